@@ -1,0 +1,21 @@
+"""DistilIQA engine: no-reference perceptual quality of CT slices.
+
+Slicer-free: no Qt or Slicer application imports anywhere in this package except the
+MRML bridge module. Typical use::
+
+    from DistilIQALib import read_volume, Scorer
+    scores = Scorer("model.safetensors").score_volume(read_volume("series_folder"))
+"""
+__version__ = "0.1.0"
+
+from .errors import Cancelled, DeviceError, DistilIQAError, InputError, NoDefaultModelError, WeightsError  # noqa: E402
+from .progress import Progress  # noqa: E402
+from .reading import read_volume  # noqa: E402
+from .scoring import Scorer, SliceScores  # noqa: E402
+from .volume import CTVolume  # noqa: E402
+from .weights import ModelInfo, load_weights, save_weights  # noqa: E402
+
+__all__ = [
+    "CTVolume", "Cancelled", "DeviceError", "DistilIQAError", "InputError", "ModelInfo", "NoDefaultModelError",
+    "Progress", "Scorer", "SliceScores", "WeightsError", "load_weights", "read_volume", "save_weights",
+]

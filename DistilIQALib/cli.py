@@ -1,0 +1,182 @@
+"""Command line: ``python -m DistilIQALib <command> ...`` (also installed as ``distiliqa``).
+
+Errors a user can cause are printed as one line (``distiliqa: error: ...``) with a
+non-zero exit code; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Callable, List, Optional
+
+from . import __version__
+from .errors import Cancelled, DistilIQAError
+
+PROGRAM = "distiliqa"
+
+
+class TerminalProgress:
+    """A one-line progress bar with ETA on stderr, drawn only on a terminal."""
+
+    def __init__(self, stream=None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.width = width
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        if not self.enabled or total <= 0:
+            return
+        filled = int(self.width * done / total)
+        elapsed = time.monotonic() - self.started
+        left = f"{elapsed * (total - done) / done:5.1f} s left" if done else "          "
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r{stage} [{bar}] {done}/{total} {left}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _add_score_parser(commands) -> None:
+    parser = commands.add_parser("score", help="score every axial slice of one CT",
+                                 description="Score every axial slice of one CT image or series.")
+    parser.add_argument("input", help="DICOM series folder, volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) "
+                                      "or 2D image (DICOM, TIFF, PNG)")
+    parser.add_argument("--weights", help="weights file (.safetensors); default: the model shipped with DistilIQA")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID to score when the folder holds several")
+    parser.add_argument("--out", help="per-slice CSV (default: printed to standard output)")
+    parser.add_argument("--plot", help="PNG plot of score and noise against z")
+    parser.add_argument("--json", help="JSON summary (mean, min, worst slices, ...)")
+    parser.add_argument("--force", action="store_true", help="score data that do not look like CT")
+    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPUs")
+    parser.set_defaults(run=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from .outputs import write_csv, write_json, write_plot
+    from .progress import Progress
+    from .reading import read_volume
+    from .scoring import Scorer
+
+    if args.batch_size < 1:
+        raise DistilIQAError("--batch-size must be at least 1")
+    volume = read_volume(args.input, series_uid=args.series, force=args.force)
+    scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size, use_amp=not args.no_amp)
+    _note(f"scoring {volume.num_slices} slice(s) of {volume.source} on {scorer.device_name} "
+          f"with {scorer.info.preset} model {scorer.info.weights_id}")
+    scores = scorer.score_volume(volume, Progress(TerminalProgress()))
+    for warning in scores.warnings:
+        _note(f"warning: {warning}")
+    write_csv(scores, args.out or sys.stdout)
+    if args.json:
+        write_json(scores, args.json)
+    if args.plot:
+        write_plot(scores, args.plot)
+    summary = scores.summary()
+    worst = summary["worst_slices"][0]
+    _note(f"mean score {summary['mean_score']:.4f}, worst slice {worst['slice_index']} (z {worst['z_mm']:.1f} mm, "
+          f"score {worst['score']:.4f}); {summary['num_slices']} slices in {summary['elapsed_s']:.1f} s"
+          + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
+def _add_demo_parser(commands) -> None:
+    parser = commands.add_parser("demo", help="write a sample CT and score it (scores.csv, scores.png)",
+                                 description="Write a sample CT series (a phantom with a low-dose dip) and "
+                                             "score it with the shipped model.")
+    parser.add_argument("--sample", default="sample_ct", help="folder for the sample DICOM series (default sample_ct)")
+    parser.add_argument("--out", default="scores.csv", help="per-slice CSV (default scores.csv)")
+    parser.add_argument("--plot", default="scores.png", help="plot (default scores.png)")
+    parser.add_argument("--json", default="summary.json", help="JSON summary (default summary.json)")
+    parser.add_argument("--weights", help="weights file; default: the model shipped with DistilIQA")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .sample import make_sample_ct
+    from .weights import resolve_weights
+
+    folder = make_sample_ct(args.sample)
+    _note(f"sample CT series: {folder}")
+    resolve_weights(args.weights)  # fail early, with the reason, when no model is installed
+    score_args = argparse.Namespace(input=str(folder), weights=args.weights, device=args.device, batch_size=8,
+                                    series=None, out=args.out, plot=args.plot, json=args.json, force=False,
+                                    no_amp=False)
+    return _run_score(score_args)
+
+
+def _add_info_parser(commands) -> None:
+    parser = commands.add_parser("info", help="describe a weights file (model card metadata)")
+    parser.add_argument("weights", nargs="?", help="weights file; default: the shipped model")
+    parser.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .weights import read_info, resolve_weights
+
+    path = resolve_weights(args.weights)
+    info = read_info(path)
+    print(f"{path}\n  id {info.weights_id}, format {info.format_version}\n  preset {info.preset}, "
+          f"{info.num_outputs} output(s), input {info.input_size}x{info.input_size}, window W{info.window.width_hu:g}/"
+          f"L{info.window.level_hu:g}\n  score {info.score.name}: {info.score.description}")
+    for key, value in sorted(info.provenance.items()):
+        print(f"  {key}: {value}")
+    return 0
+
+
+COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="DistilIQA: no-reference quality of CT slices.")
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format=f"{PROGRAM}: %(levelname)s: %(message)s")
+    try:
+        return args.run(args)
+    except Cancelled:
+        _note(f"{PROGRAM}: cancelled")
+        return Cancelled.exit_code
+    except KeyboardInterrupt:
+        _note(f"{PROGRAM}: interrupted")
+        return Cancelled.exit_code
+    except DistilIQAError as error:
+        if args.debug:
+            raise
+        _note(f"{PROGRAM}: error: {error}")
+        return error.exit_code
+    except (MemoryError, OSError) as error:
+        if args.debug:
+            raise
+        _note(f"{PROGRAM}: error: {_one_line(error)}")
+        return 1
+    except Exception as error:  # a bug: still one line for the user, details with --debug
+        if args.debug:
+            raise
+        _note(f"{PROGRAM}: internal error: {type(error).__name__}: {_one_line(error)} (rerun with --debug for details)")
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+

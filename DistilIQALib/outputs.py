@@ -1,0 +1,95 @@
+"""Writing results: per-slice CSV, JSON summary and a PNG plot of score and noise against z."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import IO, Optional
+
+import numpy as np
+
+from .scoring import SliceScores
+
+CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "dose_equivalent", "adequacy")
+
+
+def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]) -> None:
+    """One row per axial slice with :data:`CSV_COLUMNS` (empty cells where not available)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in scores.rows():
+        writer.writerow({key: "" if value is None else value for key, value in row.items()})
+    _write_text(buffer.getvalue(), destination)
+
+
+def write_json(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]) -> None:
+    _write_text(json.dumps(scores.summary(), indent=2) + "\n", destination)
+
+
+def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optional[str] = None) -> None:
+    """Score (left axis) and noise index (right axis) against slice position z (mm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    info = scores.info
+    order = np.argsort(scores.z_mm)
+    z = scores.z_mm[order]
+    figure, axis = plt.subplots(figsize=(9, 4.2), dpi=110)
+    try:
+        _draw_bands(axis, info.adequacy, info.score.minimum, info.score.maximum)
+        axis.plot(z, scores.score[order], color="#1f4e9c", marker="o", markersize=2.5, linewidth=1.4,
+                  label=f"quality score ({info.score.name})")
+        worst = np.argsort(scores.score, kind="stable")[:3]
+        axis.scatter(scores.z_mm[worst], scores.score[worst], s=40, facecolors="none", edgecolors="#c0392b",
+                     linewidths=1.5, zorder=5, label="worst slices")
+        axis.set_xlabel("slice position z (mm, superior +)")
+        axis.set_ylabel(f"score ({'higher' if info.score.higher_is_better else 'lower'} is better)")
+        low = min(info.score.minimum, float(np.nanmin(scores.score)))
+        high = max(info.score.maximum, float(np.nanmax(scores.score)))
+        axis.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
+        noise_axis = axis.twinx()
+        if np.isfinite(scores.noise_hu).any():
+            noise_axis.plot(z, scores.noise_hu[order], color="#7f7f7f", linewidth=1.0, linestyle="--",
+                            label="noise index (HU)")
+        noise_axis.set_ylabel("global noise index (HU)")
+        handles = axis.get_legend_handles_labels()
+        noise_handles = noise_axis.get_legend_handles_labels()
+        axis.legend(handles[0] + noise_handles[0], handles[1] + noise_handles[1], loc="lower left", fontsize=8)
+        axis.set_title(title or f"DistilIQA per-slice quality: {Path(scores.source).name or scores.source}",
+                       fontsize=10)
+        figure.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
+    finally:
+        plt.close(figure)
+
+
+_BAND_COLOURS = ("#d5f5e3", "#fcf3cf", "#fadbd8", "#f2f3f4")
+
+
+def _draw_bands(axis, adequacy, score_min: float, score_max: float) -> None:
+    if not adequacy or not adequacy.get("bands"):
+        return
+    upper = score_max + 1.0
+    for n, band in enumerate(adequacy["bands"]):
+        lower = band.get("min_score")
+        lower = score_min - 1.0 if lower is None else lower
+        axis.axhspan(lower, upper, color=_BAND_COLOURS[min(n, len(_BAND_COLOURS) - 1)], zorder=0,
+                     label=f"{band['name']}")
+        upper = lower
+
+
+def _write_text(text: str, destination: os.PathLike[str] | str | IO[str]) -> None:
+    if hasattr(destination, "write"):
+        destination.write(text)
+        return
+    path = Path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(text)
+    os.replace(temporary, path)

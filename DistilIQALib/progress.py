@@ -1,0 +1,45 @@
+"""One progress type for every long loop: it reports and it carries cancellation.
+
+The engine calls :meth:`Progress.update`; the command line draws a bar from it, Slicer
+moves its progress bar. :meth:`Progress.cancel` may be called from any thread (e.g. a
+Cancel button); the next ``update`` then raises :class:`~DistilIQALib.errors.Cancelled`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Optional
+
+from .errors import Cancelled
+
+#: ``callback(done, total, stage)``: ``done`` of ``total`` units of ``stage`` are finished.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class Progress:
+    def __init__(self, callback: Optional[ProgressCallback] = None) -> None:
+        self._callback = callback
+        self._cancel = threading.Event()
+        self.started = time.monotonic()
+
+    def update(self, done: int, total: int, stage: str = "") -> None:
+        if self._callback is not None:
+            self._callback(done, total, stage)
+        self.check()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+    def seconds_left(self, done: int, total: int) -> Optional[float]:
+        """Estimated seconds to finish, from the average pace so far."""
+        if done <= 0:
+            return None
+        return (time.monotonic() - self.started) * (total - done) / done

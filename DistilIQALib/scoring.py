@@ -1,0 +1,220 @@
+"""The scorer: the one path from a CT volume to per-slice quality scores.
+
+Used by the command line, the batch runner and Slicer alike. Slices go through the
+model a batch at a time (each batch converted to float32 on the device, so memory
+stays bounded whatever the scan length), with autocast on GPUs, an automatic smaller
+batch when the GPU runs out of memory (and the CPU as last resort), and a progress
+callback that can cancel. On the CPU results are deterministic.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .device import describe_device, resolve_device
+from .interpretation import adequacy_labels, dose_equivalent, lowest_adequate_score
+from .model import QualityViT, score_from_outputs
+from .noise import global_noise_index
+from .preprocessing import hu_to_tensor, prepare_batch
+from .progress import Progress
+from .volume import CTVolume
+from .weights import ModelInfo, load_weights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+WORST_SLICES = 5
+
+
+@dataclass
+class SliceScores:
+    """Per-slice results of one volume (arrays of length ``num_slices``)."""
+
+    slice_index: np.ndarray
+    z_mm: np.ndarray
+    score: np.ndarray
+    #: Raw outputs ``(num_slices, num_outputs)``; a student has one per teacher.
+    outputs: np.ndarray
+    noise_hu: np.ndarray
+    info: ModelInfo
+    source: str = ""
+    device: str = ""
+    elapsed_s: float = 0.0
+    matrix: tuple = ()
+    spacing_mm: tuple = ()
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def score_spread(self) -> np.ndarray:
+        """Standard deviation across the outputs: how much the distilled teachers disagree."""
+        if self.outputs.shape[1] < 2:
+            return np.zeros(len(self.score))
+        return self.outputs.std(axis=1)
+
+    @property
+    def dose_equivalent(self) -> Optional[np.ndarray]:
+        return dose_equivalent(self.score, self.info.dose_calibration)
+
+    @property
+    def adequacy(self) -> Optional[List[str]]:
+        return adequacy_labels(self.score, self.info.adequacy)
+
+    def rows(self) -> List[Dict[str, Any]]:
+        """One dict per slice: the columns of the CSV and of Slicer's table."""
+        dose = self.dose_equivalent
+        adequacy = self.adequacy
+        spread = self.score_spread
+        rows = []
+        for n in range(len(self.score)):
+            rows.append({
+                "slice_index": int(self.slice_index[n]),
+                "z_mm": round(float(self.z_mm[n]), 3),
+                "score": round(float(self.score[n]), 5),
+                "score_spread": round(float(spread[n]), 5),
+                "noise_hu": None if np.isnan(self.noise_hu[n]) else round(float(self.noise_hu[n]), 1),
+                "dose_equivalent": None if dose is None else round(float(dose[n]), 3),
+                "adequacy": None if adequacy is None else adequacy[n],
+            })
+        return rows
+
+    def summary(self) -> Dict[str, Any]:
+        order = np.argsort(self.score, kind="stable")
+        worst = [{"slice_index": int(self.slice_index[n]), "z_mm": round(float(self.z_mm[n]), 3),
+                  "score": round(float(self.score[n]), 5)} for n in order[:WORST_SLICES]]
+        noise = self.noise_hu[np.isfinite(self.noise_hu)]
+        threshold = lowest_adequate_score(self.info.adequacy)
+        summary = {
+            "source": self.source,
+            "num_slices": int(len(self.score)),
+            "matrix": list(self.matrix),
+            "spacing_mm": [round(float(s), 4) for s in self.spacing_mm],
+            "score_name": self.info.score.name,
+            "score_description": self.info.score.description,
+            "score_range": [self.info.score.minimum, self.info.score.maximum],
+            "higher_is_better": self.info.score.higher_is_better,
+            "mean_score": round(float(self.score.mean()), 5),
+            "median_score": round(float(np.median(self.score)), 5),
+            "min_score": round(float(self.score.min()), 5),
+            "max_score": round(float(self.score.max()), 5),
+            "worst_slices": worst,
+            "mean_noise_hu": round(float(noise.mean()), 2) if noise.size else None,
+            "fraction_inadequate": None if threshold is None else round(float((self.score < threshold).mean()), 4),
+            "adequacy_threshold": threshold,
+            "model_preset": self.info.preset,
+            "weights_id": self.info.weights_id,
+            "device": self.device,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "warnings": self.warnings,
+        }
+        return summary
+
+
+class Scorer:
+    """Loads a weights file once and scores volumes with it.
+
+    Args:
+        weights: weights file; ``None`` for the shipped default model.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        batch_size: slices per forward pass (halved automatically on GPU out-of-memory).
+        use_amp: mixed precision (float16 autocast) on GPUs; ignored on the CPU.
+    """
+
+    def __init__(self, weights: Optional[str] = None, device: str = "auto",
+                 batch_size: int = DEFAULT_BATCH_SIZE, use_amp: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        self.device = resolve_device(device)
+        self.weights_path = resolve_weights(weights)
+        self.model, self.info = load_weights(self.weights_path, self.device)
+        self.batch_size = batch_size
+        self.use_amp = use_amp
+
+    @classmethod
+    def from_model(cls, model: QualityViT, info: ModelInfo, device: str = "cpu",
+                   batch_size: int = DEFAULT_BATCH_SIZE, use_amp: bool = True) -> Scorer:
+        """A scorer around a model already in memory (e.g. during training)."""
+        scorer = cls.__new__(cls)
+        scorer.device = resolve_device(device)
+        scorer.weights_path = None
+        scorer.model = model.to(scorer.device).eval()
+        scorer.info = info
+        scorer.batch_size = batch_size
+        scorer.use_amp = use_amp
+        return scorer
+
+    @property
+    def device_name(self) -> str:
+        return describe_device(self.device)
+
+    def score_volume(self, volume: CTVolume, progress: Optional[Progress] = None) -> SliceScores:
+        """Score every axial slice of ``volume``."""
+        progress = progress or Progress()
+        started = time.monotonic()
+        total = volume.num_slices
+        outputs = np.zeros((total, self.info.num_outputs), dtype=np.float32)
+        noise = np.zeros(total, dtype=np.float32)
+        start = 0
+        progress.update(0, total, "scoring")
+        while start < total:
+            stop = min(start + self.batch_size, total)
+            try:
+                outputs[start:stop], noise[start:stop] = self._score_batch(volume, start, stop)
+            except torch.OutOfMemoryError:
+                self._shrink_after_out_of_memory()
+                continue
+            start = stop
+            progress.update(start, total, "scoring")
+        scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
+        return SliceScores(
+            slice_index=np.arange(total), z_mm=volume.z_mm(), score=scores, outputs=outputs, noise_hu=noise,
+            info=self.info, source=volume.source, device=self.device_name, elapsed_s=time.monotonic() - started,
+            matrix=tuple(volume.hu.shape[:0:-1]), spacing_mm=tuple(volume.spacing_mm),
+            warnings=self._warnings(volume),
+        )
+
+    def _score_batch(self, volume: CTVolume, start: int, stop: int):
+        with torch.inference_mode():
+            hu = hu_to_tensor(volume.hu[start:stop], self.device)
+            noise = global_noise_index(hu, volume.spacing_mm[:2])
+            batch = prepare_batch(hu, self.info.window, self.info.input_size)
+            with self._autocast():
+                outputs = self.model(batch).float()
+        return outputs.cpu().numpy(), noise.cpu().numpy()
+
+    def _autocast(self):
+        if self.use_amp and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _shrink_after_out_of_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size = max(1, self.batch_size // 2)
+            log.warning("out of memory on %s: retrying with batch size %d", self.device_name, self.batch_size)
+            return
+        if self.device.type == "cpu":
+            raise MemoryError("not enough memory to score even one slice on the CPU")
+        log.warning("out of memory on %s even with batch size 1: continuing on the CPU", self.device_name)
+        self.device = torch.device("cpu")
+        self.model = self.model.to(self.device)
+
+    def _warnings(self, volume: CTVolume) -> List[str]:
+        warnings = []
+        nz, ny, nx = volume.hu.shape
+        if (ny, nx) != (self.info.input_size, self.info.input_size):
+            warnings.append(f"matrix {nx}x{ny} was fitted to the model's {self.info.input_size}x"
+                            f"{self.info.input_size} input; scores are less comparable with "
+                            f"{self.info.input_size}-matrix scans")
+        purpose = self.info.provenance.get("purpose", "")
+        if purpose and purpose != "release":
+            warnings.append(f"this model is marked '{purpose}', not a released model: its scores are not "
+                            "quality judgements")
+        return warnings
+

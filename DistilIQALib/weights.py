@@ -1,0 +1,221 @@
+"""Weights files: one ``.safetensors`` file holding the tensors and a JSON metadata record.
+
+The safetensors format is a JSON header plus raw tensor bytes, so loading a file never
+runs code (unlike pickle-based ``.pt``/``.pth`` checkpoints, which are refused). The
+metadata says everything needed to use the model without guessing: architecture and
+preset, number of outputs, what the score means (name, range, direction), window and
+input size, adequacy bands, dose-equivalent calibration, training provenance and the
+format version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .errors import NoDefaultModelError, WeightsError
+from .model import PRESETS, Architecture, QualityViT, build_model
+from .preprocessing import DEFAULT_WINDOW, Window
+
+FORMAT_VERSION = 1
+METADATA_KEY = "distiliqa"
+WEIGHTS_SUFFIX = ".safetensors"
+DEFAULT_MODEL_NAME = "distiliqa_student" + WEIGHTS_SUFFIX
+#: Environment variable that points at a weights file to use instead of the shipped one.
+WEIGHTS_ENV = "DISTILIQA_WEIGHTS"
+
+
+@dataclass
+class ScoreDefinition:
+    """What the number means: ``name`` (e.g. ``ssim``), range and direction."""
+
+    name: str = "ssim"
+    description: str = "predicted SSIM to a full-dose image (W350/L40); 1 = indistinguishable from full dose"
+    minimum: float = 0.0
+    maximum: float = 1.0
+    higher_is_better: bool = True
+
+
+@dataclass
+class ModelInfo:
+    """Everything a weights file says about its model besides the tensors."""
+
+    preset: str
+    architecture: Architecture
+    num_outputs: int = 1
+    score: ScoreDefinition = field(default_factory=ScoreDefinition)
+    window: Window = DEFAULT_WINDOW
+    #: ``[{"name": "good", "min_score": 0.9}, ...]`` from best to worst, plus the reasoning.
+    adequacy: Optional[Dict[str, Any]] = None
+    #: ``{"score": [...], "dose_fraction": [...]}``: monotone table, interpolated linearly.
+    dose_calibration: Optional[Dict[str, List[float]]] = None
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    #: Short hash of the file the model was loaded from (set on load).
+    weights_id: str = ""
+
+    @property
+    def input_size(self) -> int:
+        return self.architecture.input_size
+
+    def to_json(self) -> str:
+        record = {
+            "format_version": self.format_version,
+            "preset": self.preset,
+            "architecture": self.architecture.to_dict(),
+            "num_outputs": self.num_outputs,
+            "score": vars(self.score),
+            "window": {"width_hu": self.window.width_hu, "level_hu": self.window.level_hu},
+            "input_size": self.input_size,
+            "adequacy": self.adequacy,
+            "dose_calibration": self.dose_calibration,
+            "provenance": self.provenance,
+        }
+        return json.dumps(record, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "") -> ModelInfo:
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            raise WeightsError(f"{source}: the model description in the weights file is not valid JSON") from None
+        version = int(record.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise WeightsError(f"{source} was written by a newer DistilIQA (weights format {version}; this version "
+                               f"reads up to {FORMAT_VERSION}); update DistilIQA")
+        if version < 1:
+            raise WeightsError(f"{source}: unknown weights format version {version}")
+        preset = record.get("preset", "")
+        try:
+            architecture = Architecture.from_dict(record["architecture"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise WeightsError(f"{source}: invalid architecture description ({error})") from None
+        if preset not in PRESETS and preset != "custom":
+            raise WeightsError(f"{source}: unknown model preset {preset!r} (known: {', '.join(PRESETS)})")
+        window = record.get("window") or {}
+        return cls(
+            preset=preset,
+            architecture=architecture,
+            num_outputs=int(record.get("num_outputs", 1)),
+            score=ScoreDefinition(**record.get("score", {})),
+            window=Window(float(window.get("width_hu", 350.0)), float(window.get("level_hu", 40.0))),
+            adequacy=record.get("adequacy"),
+            dose_calibration=record.get("dose_calibration"),
+            provenance=record.get("provenance") or {},
+            format_version=version,
+        )
+
+
+def save_weights(path: os.PathLike[str] | str, model: QualityViT, info: ModelInfo, half: bool = False) -> Path:
+    """Write ``model`` and ``info`` to one safetensors file (float16 tensors if ``half``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        tensors[name] = tensor.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    save_file(tensors, str(temporary), metadata={METADATA_KEY: info.to_json()})
+    os.replace(temporary, path)
+    return path
+
+
+def file_id(path: os.PathLike[str] | str) -> str:
+    """First 16 hex digits of the file's SHA-256: identifies the exact weights used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def read_info(path: os.PathLike[str] | str) -> ModelInfo:
+    """The metadata of a weights file, without loading its tensors."""
+    path = _check_file(Path(path))
+    header = _read_header(path)
+    metadata = header.get("__metadata__") or {}
+    if METADATA_KEY not in metadata:
+        raise WeightsError(f"{path} is a safetensors file but not a DistilIQA model (no model description)")
+    info = ModelInfo.from_json(metadata[METADATA_KEY], str(path))
+    info.weights_id = file_id(path)
+    return info
+
+
+def load_weights(path: os.PathLike[str] | str, device: torch.device | str = "cpu") -> Tuple[QualityViT, ModelInfo]:
+    """Load a weights file into a model in eval mode, float32, on ``device``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info = read_info(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{path} is corrupt ({error})") from None
+    model = build_model(info.architecture, info.num_outputs)
+    try:
+        model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor
+                               for name, tensor in tensors.items()})
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise WeightsError(f"{path}: the tensors do not fit preset {info.preset!r} ({first})") from None
+    return model.to(device).eval(), info
+
+
+def default_weights_path() -> Path:
+    """The shipped student model (``Resources/Models``), or ``$DISTILIQA_WEIGHTS``."""
+    override = os.environ.get(WEIGHTS_ENV)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME
+
+
+def resolve_weights(path: os.PathLike[str] | str | None) -> Path:
+    """``path`` if given, else the default model; a clear error when there is none."""
+    if path:
+        return Path(path)
+    default = default_weights_path()
+    if not default.is_file():
+        raise NoDefaultModelError(f"no trained DistilIQA model is installed at {default}; "
+                                  "pass a weights file with --weights")
+    return default
+
+
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+
+
+def _check_file(path: Path) -> Path:
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    with open(path, "rb") as stream:
+        start = stream.read(8)
+    if start.startswith(_PICKLE_MAGIC):
+        raise WeightsError(f"{path} is a pickle/PyTorch checkpoint, which can run code when loaded; "
+                           f"DistilIQA only loads {WEIGHTS_SUFFIX} weights files")
+    return path
+
+
+def _read_header(path: Path) -> Dict[str, Any]:
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        start = stream.read(8)
+        if len(start) < 8:
+            raise WeightsError(f"{path} is not a DistilIQA weights file (too short)")
+        header_length = int.from_bytes(start, "little")
+        if header_length <= 1 or header_length > min(size - 8, 100_000_000):
+            raise WeightsError(f"{path} is not a DistilIQA weights file or is corrupt")
+        try:
+            header = json.loads(stream.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WeightsError(f"{path} is not a DistilIQA weights file or is corrupt") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path} is not a DistilIQA weights file or is corrupt")
+    return header
