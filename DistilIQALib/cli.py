@@ -129,7 +129,147 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser]
+def _add_preprocess_parser(commands) -> None:
+    parser = commands.add_parser("preprocess", help="build a labelled dataset (train.json, test.json, ...)")
+    parser.add_argument("input", help="TCIA root, LDCTIQAC2023 folder, list file (.csv/.json) or folder of "
+                                      "full-dose CT (simulated)")
+    parser.add_argument("--type", required=True, choices=["tcia", "ldctiqac", "list", "simulated"])
+    parser.add_argument("--output", help="dataset folder for 'list' and 'simulated' (default: beside the input)")
+    parser.add_argument("--doses", type=float, nargs="+", help="dose fractions to simulate "
+                        "(tcia default 0.5 0.75; simulated default 1 0.75 0.5 0.3 0.2 0.1 0.05)")
+    parser.add_argument("--sparse-views", type=int, nargs="*", help="view counts of sparse-view images "
+                        "(simulated; default 256 128 64)")
+    parser.add_argument("--slices-per-volume", type=int, default=4, help="slices taken from each source (simulated)")
+    parser.add_argument("--train-cases", nargs="+", help="TCIA training cases (default: the paper's)")
+    parser.add_argument("--test-cases", nargs="+", help="TCIA test cases (default: C012 C077)")
+    parser.add_argument("--test-patients", nargs="*", default=[], help="held-out patients (simulated)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (ldctiqac, list)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=_run_preprocess)
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import datasets
+
+    progress = TerminalProgress()
+    source = Path(args.input)
+    if not source.exists():
+        raise DistilIQAError(f"no such file or folder: {source}")
+    if args.type == "tcia":
+        sizes = datasets.preprocess_tcia(source, args.doses or (0.5, 0.75),
+                                         args.train_cases or datasets.PAPER_TRAIN_CASES,
+                                         args.test_cases or datasets.PAPER_TEST_CASES, progress)
+        where = source
+    elif args.type == "ldctiqac":
+        sizes = datasets.preprocess_ldctiqac(source, args.test_fraction, args.seed)
+        where = source
+    elif args.type == "list":
+        where = Path(args.output or source.parent)
+        sizes = datasets.preprocess_list(source, where, args.test_fraction, args.seed)
+    else:
+        where = Path(args.output or source.with_name(source.name + "_simulated"))
+        slices = datasets.source_slices_from_folder(source, args.slices_per_volume)
+        sizes = datasets.preprocess_simulated(
+            slices, where, args.doses or datasets.DEFAULT_SIMULATED_DOSES,
+            datasets.DEFAULT_SPARSE_VIEWS if args.sparse_views is None else args.sparse_views,
+            args.test_patients, args.seed, progress)
+    _note(f"dataset in {where}: {sizes[0]} training and {sizes[1]} test images")
+    return 0
+
+
+def _add_training_arguments(parser, preset: str, epochs: int, batch_size: int) -> None:
+    parser.add_argument("data", help="dataset folder made by 'preprocess'")
+    parser.add_argument("--output", required=True, help="run folder (logs, snapshots, teachers, student)")
+    parser.add_argument("--preset", default=preset, help=f"model preset (default {preset})")
+    parser.add_argument("--input-size", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--min-lr", type=float, default=1e-6)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--purpose", default="trained", help="provenance tag stored in the weights")
+    parser.add_argument("--progress-lines", action="store_true",
+                        help="print machine-readable DISTILIQA-PROGRESS lines (for Slicer)")
+
+
+def _training_config(args: argparse.Namespace, **extra):
+    import os
+
+    from .training import TrainingConfig
+
+    if args.progress_lines:
+        os.environ["DISTILIQA_PROGRESS_LINES"] = "1"
+    if args.epochs < 1 or args.batch_size < 1:
+        raise DistilIQAError("--epochs and --batch-size must be at least 1")
+    return TrainingConfig(preset=args.preset, input_size=args.input_size, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, optimizer=args.optimizer,
+                          folds=args.folds, seed=args.seed, device=args.device, augment=not args.no_augment,
+                          amp=not args.no_amp, purpose=args.purpose, **extra)
+
+
+def _add_train_teacher_parser(commands) -> None:
+    parser = commands.add_parser("train-teacher", help="train the teacher ensemble (one network per fold)")
+    _add_training_arguments(parser, "paper", 500, 10)
+    parser.add_argument("--fold", type=int, nargs="+", help="train only these folds (e.g. one per machine)")
+    parser.set_defaults(run=_run_train_teacher)
+
+
+def _run_train_teacher(args: argparse.Namespace) -> int:
+    from .training import train_teachers
+
+    teachers = train_teachers(args.data, args.output, _training_config(args), args.fold, TerminalProgress())
+    _note(f"teachers: {', '.join(str(t) for t in teachers)}")
+    return 0
+
+
+def _add_train_student_parser(commands) -> None:
+    parser = commands.add_parser("train-student", help="distil the teachers into one student")
+    _add_training_arguments(parser, "fast", 200, 25)
+    parser.add_argument("--distillation-weight", type=float, default=0.75)
+    parser.add_argument("--gate", type=float, default=0.05,
+                        help="use the teachers where their mean is within this of the label")
+    parser.add_argument("--teachers", nargs="+", help="teacher weights (default: OUTPUT/teachers/*)")
+    parser.set_defaults(run=_run_train_student)
+
+
+def _run_train_student(args: argparse.Namespace) -> int:
+    from .training import train_student
+
+    config = _training_config(args, distillation_weight=args.distillation_weight, gate=args.gate)
+    student = train_student(args.data, args.output, config, args.teachers, TerminalProgress())
+    _note(f"student: {student}")
+    return 0
+
+
+def _add_evaluate_parser(commands) -> None:
+    parser = commands.add_parser("evaluate", help="PLCC, SROCC, KROCC, overall, MAE, MSE on a split")
+    parser.add_argument("data", help="dataset folder made by 'preprocess'")
+    parser.add_argument("--weights", nargs="+", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .training import evaluate
+
+    for metrics in evaluate(args.weights, args.data, args.output, args.split, args.device):
+        print(f"{metrics['model']}: PLCC {metrics['PLCC']:.4f}  SROCC {metrics['SROCC']:.4f}  "
+              f"KROCC {metrics['KROCC']:.4f}  overall {metrics['overall']:.4f}  MAE {metrics['MAE']:.4f}  "
+              f"MSE {metrics['MSE']:.5f}  ({metrics['images']} images)")
+    return 0
+
+
+COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser, _add_preprocess_parser,
+                            _add_train_teacher_parser, _add_train_student_parser, _add_evaluate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

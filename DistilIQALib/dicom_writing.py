@@ -126,3 +126,31 @@ def _slice_dataset(pixels: np.ndarray, transfer_syntax: str, instance_uid: str) 
         ds.file_meta.TransferSyntaxUID = syntax
         ds.PixelData = pixels.tobytes()
     return ds
+
+
+def write_like(template: os.PathLike[str] | str, hu: np.ndarray, target: os.PathLike[str] | str,
+               description_suffix: str) -> Path:
+    """Write ``hu`` as a copy of the DICOM file ``template`` (same geometry and patient) with new
+    instance and series UIDs (one derived series per source series and description)."""
+    import pydicom
+
+    ds = pydicom.dcmread(template)
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    stored = np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope)
+    dtype = np.int16 if int(getattr(ds, "PixelRepresentation", 1)) == 1 else np.uint16
+    limits = np.iinfo(dtype)
+    pixels = stored.clip(limits.min, limits.max).astype(dtype)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = pixels.tobytes()
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(ds.SeriesInstanceUID), description_suffix])
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), description_suffix])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesDescription = f"{getattr(ds, 'SeriesDescription', '')} ({description_suffix})".strip()
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
+    return target

@@ -56,7 +56,7 @@ def phantom_slice(position: float = 0.5, size: int = 512, pixel_mm: float = 0.7,
     """
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    scale = 0.7 / pixel_mm  # shapes are designed in 0.7 mm pixels: the body is about 25 cm wide
+    scale = 0.91 / pixel_mm  # shapes are designed in units of 0.91 mm: the body is about 32 x 23 cm
     centre = size / 2.0
     body_rx = (175 + rng.uniform(-20, 25)) * scale
     body_ry = (125 + rng.uniform(-15, 20)) * scale

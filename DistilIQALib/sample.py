@@ -35,3 +35,38 @@ def make_sample_ct(folder: os.PathLike[str] | str, num_slices: int = 40, size: i
                  series_description="DistilIQA sample: phantom with a low-dose dip",
                  series_uid="1.2.826.0.1.3680043.8.498.20241.1")
     return folder
+
+
+def write_tcia_like(root: "os.PathLike[str] | str", cases: Tuple[str, ...] = ("C001", "C002", "C003", "L001"),
+                    slices: int = 3, size: int = 256, base_dose: float = 0.6, seed: int = 0) -> Path:
+    """A folder laid out like TCIA "LDCT and Projection data": ``<case>/<study>/<n>-Full Dose/1-00k.dcm``
+    and ``<n>-Low Dose/1-00k.dcm``, with projection-domain noise (low dose 10% for C cases, 25% for L and
+    N cases). The full-dose images carry the noise of ``base_dose`` relative to the noise-free phantom.
+    """
+    from .datasets import TCIA_LOW_DOSE
+    from .simulation import DoseSimulator
+
+    root = Path(root)
+    pixel_mm = 0.7 * 512 / size
+    for number, case in enumerate(cases):
+        clean = phantom_volume(slices, size=size, pixel_mm=pixel_mm, seed=seed * 1000 + number)
+        full = np.empty_like(clean)
+        low = np.empty_like(clean)
+        for k in range(slices):
+            full[k] = DoseSimulator(clean[k], pixel_mm, seed=seed * 7919 + number * 100 + k).at_dose(base_dose)
+            extra = DoseSimulator(full[k], pixel_mm, seed=seed * 7919 + number * 100 + k + 50)
+            low[k] = extra.at_dose(TCIA_LOW_DOSE[case[0]])
+        study = root / case / "01-01-2018-NA-NA-12345"
+        for label, volume, series in (("Full Dose", full, 1), ("Low Dose", low, 2)):
+            folder = study / f"{series}.000000-{label} Images-{number:05d}"
+            paths = write_series(volume, folder, spacing_mm=(pixel_mm, pixel_mm, 1.0), patient_id=case,
+                                 series_description=f"{label} Images")
+            for k, path in enumerate(sorted(paths, key=lambda p: _instance_number(p))):
+                path.rename(folder / f"1-{k + 1:03d}.dcm")
+    return root
+
+
+def _instance_number(path: Path) -> int:
+    import pydicom
+
+    return int(pydicom.dcmread(path, stop_before_pixels=True).InstanceNumber)

@@ -189,33 +189,38 @@ def resolve_weights(path: os.PathLike[str] | str | None) -> Path:
     return default
 
 
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
-
-
 def _check_file(path: Path) -> Path:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    with open(path, "rb") as stream:
-        start = stream.read(8)
-    if start.startswith(_PICKLE_MAGIC):
-        raise WeightsError(f"{path} is a pickle/PyTorch checkpoint, which can run code when loaded; "
-                           f"DistilIQA only loads {WEIGHTS_SUFFIX} weights files")
     return path
 
 
+def _looks_like_pickle(start: bytes) -> bool:
+    """Pickle protocol 2+ (``0x80 <protocol>``) or a zip archive (``torch.save``)."""
+    return (len(start) >= 2 and start[0] == 0x80 and 2 <= start[1] <= 5) or start.startswith(b"PK\x03\x04")
+
+
+def _not_weights(path: Path, start: bytes) -> WeightsError:
+    if _looks_like_pickle(start):
+        return WeightsError(f"{path} is a pickle/PyTorch checkpoint, which can run code when loaded; "
+                            f"DistilIQA only loads {WEIGHTS_SUFFIX} weights files")
+    return WeightsError(f"{path} is not a DistilIQA weights file or is corrupt")
+
+
 def _read_header(path: Path) -> Dict[str, Any]:
+    """The safetensors JSON header; anything else (a pickle above all) is refused unread."""
     size = path.stat().st_size
     with open(path, "rb") as stream:
         start = stream.read(8)
         if len(start) < 8:
-            raise WeightsError(f"{path} is not a DistilIQA weights file (too short)")
+            raise _not_weights(path, start)
         header_length = int.from_bytes(start, "little")
         if header_length <= 1 or header_length > min(size - 8, 100_000_000):
-            raise WeightsError(f"{path} is not a DistilIQA weights file or is corrupt")
+            raise _not_weights(path, start)
         try:
             header = json.loads(stream.read(header_length))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise WeightsError(f"{path} is not a DistilIQA weights file or is corrupt") from None
+            raise _not_weights(path, start) from None
     if not isinstance(header, dict):
-        raise WeightsError(f"{path} is not a DistilIQA weights file or is corrupt")
+        raise _not_weights(path, start)
     return header

@@ -62,6 +62,19 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
         assert not marker.exists()
 
 
+def test_header_length_that_starts_like_a_pickle_still_loads(tmp_path):
+    """A safetensors header whose length's first byte is 0x80 (a pickle's first byte) is valid."""
+    model = build_model(PRESETS["tiny"], 1)
+    for padding in range(256):
+        path = save_weights(tmp_path / "m.safetensors", model, _info(num_outputs=1, provenance={"pad": "x" * padding}))
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length with first byte 0x80")
+    loaded, info = load_weights(path)
+    assert info.provenance["pad"] == "x" * padding
+
+
 def test_corrupt_and_truncated_files(tmp_path):
     model = build_model(PRESETS["tiny"], 1)
     good = save_weights(tmp_path / "good.safetensors", model, _info(num_outputs=1))

@@ -1,0 +1,307 @@
+"""Training data: building labelled image lists (``preprocess``) and loading them for training.
+
+Every dataset folder ends up with the paper's files plus two of ours:
+
+* ``dataset.json``, ``train.json``, ``test.json``: image path (relative to the folder) -> label;
+* ``patients.json``: image path -> patient id (folds and splits are grouped by patient);
+* ``dataset_info.json``: the dataset type and what the label means (stored in the weights).
+
+Builders: TCIA "LDCT and Projection data" (paired full/low dose, extra doses simulated with
+the right factor per case), LDCTIQAC2023 (TIFFs in [0, 1] with radiologists' 0-4 scores),
+any list of (path, score, patient), and simulated doses/sparse views of any full-dose CT.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .metrics import ssim
+from .preprocessing import DEFAULT_WINDOW, prepare_batch, window_to_unit
+from .reading import read_volume
+
+PAPER_TRAIN_CASES = ("C002", "C004", "C016", "C021", "C030", "C050", "C052", "C067", "C081")
+PAPER_TEST_CASES = ("C012", "C077")
+#: Dose fraction of the "Low Dose" series by case prefix (chest 10%, abdomen and head 25%).
+TCIA_LOW_DOSE = {"C": 0.10, "L": 0.25, "N": 0.25}
+SSIM_SCORE = {"name": "ssim", "description": "predicted SSIM to a full-dose image (W350/L40); 1 = as full dose",
+              "minimum": 0.0, "maximum": 1.0, "higher_is_better": True}
+RADIOLOGIST_SCORE = {"name": "radiologist", "description": "predicted mean radiologists' score (LDCTIQAC2023 scale)",
+                     "minimum": 0.0, "maximum": 4.0, "higher_is_better": True}
+
+
+@dataclass
+class LabelledImages:
+    """A dataset split: image paths, labels and patient ids (parallel lists)."""
+
+    root: Path
+    paths: List[str]
+    labels: np.ndarray
+    patients: List[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> LabelledImages:
+        return LabelledImages(self.root, [self.paths[i] for i in indices], self.labels[list(indices)],
+                              [self.patients[i] for i in indices])
+
+
+def window_label(full_hu: np.ndarray, image_hu: np.ndarray) -> float:
+    """The chest-data label: SSIM of the W350/L40-windowed images (data range 1)."""
+    return ssim(window_to_unit(full_hu, DEFAULT_WINDOW), window_to_unit(image_hu, DEFAULT_WINDOW))
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def write_dataset_files(folder: Path, labels: Dict[str, float], patients: Dict[str, str],
+                        test_patients: Iterable[str], info: Dict) -> Tuple[int, int]:
+    """Write dataset/train/test/patients/dataset_info JSON files; returns (train, test) sizes."""
+    test_patients = set(test_patients)
+    train = {path: label for path, label in labels.items() if patients[path] not in test_patients}
+    test = {path: label for path, label in labels.items() if patients[path] in test_patients}
+    _write_json(folder / "dataset.json", labels)
+    _write_json(folder / "train.json", train)
+    _write_json(folder / "test.json", test)
+    _write_json(folder / "patients.json", patients)
+    _write_json(folder / "dataset_info.json", info)
+    return len(train), len(test)
+
+
+def load_split(folder: Path | str, split: str = "train") -> LabelledImages:
+    """Read ``<split>.json`` (and ``patients.json`` when present) of a dataset folder."""
+    folder = Path(folder)
+    path = folder / f"{split}.json" if not str(split).endswith(".json") else Path(split)
+    if not path.is_file():
+        raise InputError(f"no {path.name} in {folder}: run 'preprocess' first")
+    labels = json.loads(path.read_text())
+    patients_file = folder / "patients.json"
+    patients = json.loads(patients_file.read_text()) if patients_file.is_file() else {}
+    names = sorted(labels)
+    return LabelledImages(folder, names, np.array([float(labels[n]) for n in names], dtype=np.float32),
+                          [str(patients.get(n, n)) for n in names])
+
+
+def dataset_info(folder: Path | str) -> Dict:
+    path = Path(folder) / "dataset_info.json"
+    return json.loads(path.read_text()) if path.is_file() else {"type": "list", "score": SSIM_SCORE}
+
+
+def load_images(images: LabelledImages, input_size: int = 512,
+                progress: Optional[Callable[[int, int, str], None]] = None) -> torch.Tensor:
+    """Every image, windowed and fitted by the shared preprocessing, as ``(N, 1, S, S)`` float16."""
+    tensor = torch.empty(len(images), 1, input_size, input_size, dtype=torch.float16)
+    for n, relative in enumerate(images.paths):
+        volume = read_volume(images.root / relative, force=True)
+        tensor[n] = prepare_batch(volume.hu[:1], input_size=input_size)[0].half()
+        if progress is not None:
+            progress(n + 1, len(images), "loading images")
+    return tensor
+
+
+# --- TCIA "LDCT and Projection data" -------------------------------------------------------------
+
+_CASE = re.compile(r"\b([CLN]\d{3})\b")
+
+
+def find_tcia_pairs(root: Path) -> List[Tuple[str, Path, Path]]:
+    """(case, full-dose file, low-dose file) for every slice found in both series of a case."""
+    full: Dict[Tuple[str, str], Path] = {}
+    low: Dict[Tuple[str, str], Path] = {}
+    for path in sorted(root.rglob("*.dcm")):
+        text = str(path.relative_to(root))
+        case = _CASE.search(text.replace("/", " ").replace("_", " ").replace("-", " "))
+        if case is None or "Dose" not in text:
+            continue
+        if "Full Dose" in text:
+            full[(case.group(1), path.name)] = path
+        elif "Low Dose" in text:
+            low[(case.group(1), path.name)] = path
+    return [(case, full[(case, name)], low[(case, name)]) for case, name in sorted(full) if (case, name) in low]
+
+
+def preprocess_tcia(root: Path | str, doses: Sequence[float] = (0.5, 0.75),
+                    train_cases: Sequence[str] = PAPER_TRAIN_CASES, test_cases: Sequence[str] = PAPER_TEST_CASES,
+                    progress: Optional[Callable[[int, int, str], None]] = None) -> Tuple[int, int]:
+    """Simulate intermediate doses next to the sources, label by SSIM, split by patient."""
+    from .dicom_writing import write_like
+    from .simulation import paired_dose
+
+    root = Path(root)
+    pairs = find_tcia_pairs(root)
+    if not pairs:
+        raise InputError(f"no paired 'Full Dose' / 'Low Dose' DICOM slices of TCIA cases (C***, L***, N***) in {root}")
+    labels: Dict[str, float] = {}
+    patients: Dict[str, str] = {}
+    for n, (case, full_path, low_path) in enumerate(pairs):
+        full = read_volume(full_path).hu[0].astype(np.float32)
+        low = read_volume(low_path).hu[0].astype(np.float32)
+        low_fraction = TCIA_LOW_DOSE[case[0]]
+        entries = {full_path: full, low_path: low}
+        for dose in doses:
+            image = paired_dose(full, low, low_fraction, dose)
+            target = full_path.parent.parent / f"{dose:g}Dose" / full_path.name
+            write_like(full_path, image, target, f"simulated {dose:.0%} dose")
+            entries[target] = image
+        for path, image in entries.items():
+            relative = str(path.relative_to(root))
+            labels[relative] = 1.0 if path == full_path else window_label(full, image)
+            patients[relative] = case
+        if progress is not None:
+            progress(n + 1, len(pairs), "preprocess")
+    cases = sorted(set(patients.values()))
+    test = [case for case in cases if case in set(test_cases)]
+    info = {"type": "tcia", "score": SSIM_SCORE, "doses": list(doses), "train_cases": list(train_cases),
+            "test_cases": test}
+    return write_dataset_files(root, labels, patients, test, info)
+
+
+# --- LDCTIQAC2023 ---------------------------------------------------------------------------------
+
+def preprocess_ldctiqac(root: Path | str, test_fraction: float = 0.2, seed: int = 0) -> Tuple[int, int]:
+    """The challenge folder: ``NNNN.tif`` in [0, 1] and ``train.json`` (file name -> 0-4 score).
+
+    The challenge gives no patient ids, so each image is its own group; a held-out
+    ``test.json`` of ``test_fraction`` of the images is drawn with ``seed``.
+    """
+    root = Path(root)
+    source = root / "train.json"
+    if not source.is_file():
+        raise InputError(f"no train.json with the radiologists' scores in {root}")
+    scores = json.loads(source.read_text())
+    missing = [name for name in scores if not (root / name).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) listed in train.json are missing, e.g. {missing[0]}")
+    original = root / "train_original.json"
+    if not original.is_file():
+        original.write_text(source.read_text())
+    names = sorted(scores)
+    rng = np.random.default_rng(seed)
+    test = set(rng.choice(names, size=int(round(test_fraction * len(names))), replace=False).tolist())
+    labels = {name: float(scores[name]) for name in names}
+    patients = {name: name for name in names}
+    return write_dataset_files(root, labels, patients, test, {"type": "ldctiqac2023", "score": RADIOLOGIST_SCORE})
+
+
+# --- a list of images -----------------------------------------------------------------------------
+
+def preprocess_list(list_file: Path | str, output: Path | str, test_fraction: float = 0.2,
+                    seed: int = 0, score: Optional[Dict] = None) -> Tuple[int, int]:
+    """A CSV (``path,score[,patient]``) or JSON (``{path: score}`` or list of records) of images."""
+    list_file = Path(list_file)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    records = _read_list(list_file)
+    labels: Dict[str, float] = {}
+    patients: Dict[str, str] = {}
+    for path, label, patient in records:
+        absolute = (list_file.parent / path).resolve()
+        if not absolute.exists():
+            raise InputError(f"image listed in {list_file.name} not found: {path}")
+        key = str(absolute)
+        labels[key] = float(label)
+        patients[key] = patient or key
+    groups = sorted(set(patients.values()))
+    rng = np.random.default_rng(seed)
+    test = rng.choice(groups, size=int(round(test_fraction * len(groups))), replace=False).tolist()
+    return write_dataset_files(output, labels, patients, test, {"type": "list", "score": score or SSIM_SCORE})
+
+
+def _read_list(path: Path) -> List[Tuple[str, float, str]]:
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return [(name, float(value), "") for name, value in data.items()]
+        return [(r["path"], float(r["score"]), str(r.get("patient", ""))) for r in data]
+    with path.open(newline="") as stream:
+        return [(r["path"], float(r["score"]), r.get("patient", "") or "") for r in csv.DictReader(stream)]
+
+
+# --- simulated doses of full-dose CT --------------------------------------------------------------
+
+DEFAULT_SIMULATED_DOSES = (1.0, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05)
+DEFAULT_SPARSE_VIEWS = (256, 128, 64)
+
+
+@dataclass
+class SourceSlice:
+    """A full-dose slice to degrade: HU (square), pixel size and the patient it belongs to."""
+
+    patient: str
+    name: str
+    hu: np.ndarray
+    pixel_mm: float
+
+
+def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
+                         doses: Sequence[float] = DEFAULT_SIMULATED_DOSES,
+                         sparse_views: Sequence[int] = DEFAULT_SPARSE_VIEWS,
+                         test_patients: Sequence[str] = (), seed: int = 0,
+                         progress: Optional[Callable[[int, int, str], None]] = None) -> Tuple[int, int]:
+    """Write each source at every dose (projection-domain noise) and view count, labelled by SSIM."""
+    import SimpleITK as sitk
+
+    from .simulation import DoseSimulator, dense_reconstruction, sparse_view
+
+    output = Path(output)
+    sources = list(sources)
+    labels: Dict[str, float] = {}
+    patients: Dict[str, str] = {}
+    for n, source in enumerate(sources):
+        hu = source.hu.astype(np.float32)
+        simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n)
+        images = {f"dose{dose:g}": simulator.at_dose(dose) for dose in doses}
+        if sparse_views:
+            dense = dense_reconstruction(hu, source.pixel_mm)
+            for views in sparse_views:
+                images[f"views{views}"] = sparse_view(hu, source.pixel_mm, views, dense)
+        folder = output / "images" / source.patient
+        folder.mkdir(parents=True, exist_ok=True)
+        for kind, image in images.items():
+            relative = f"images/{source.patient}/{source.name}_{kind}.mha"
+            itk_image = sitk.GetImageFromArray(image.astype(np.float32))
+            itk_image.SetSpacing((source.pixel_mm, source.pixel_mm))
+            sitk.WriteImage(itk_image, str(output / relative), True)
+            labels[relative] = window_label(hu, image)
+            patients[relative] = source.patient
+        if progress is not None:
+            progress(n + 1, len(sources), "simulating")
+    info = {"type": "simulated", "score": SSIM_SCORE, "doses": list(doses), "sparse_views": list(sparse_views)}
+    return write_dataset_files(output, labels, patients, test_patients, info)
+
+
+def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) -> List[SourceSlice]:
+    """Full-dose slices from every CT under ``folder``: each DICOM series folder and each volume or
+    image file is one patient; ``slices_per_volume`` slices are taken evenly along z."""
+    from .reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series
+
+    folder = Path(folder)
+    sources: List[SourceSlice] = []
+    entries = [(Path(s["folder"]), s["uid"]) for s in list_dicom_series(folder)]
+    entries += [(p, None) for p in sorted(folder.rglob("*")) if p.is_file()
+                and p.name.lower().endswith(VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES)]
+    for path, uid in entries:
+        volume = read_volume(path, series_uid=uid)
+        patient = re.sub(r"[^A-Za-z0-9_.-]", "_", str(path.relative_to(folder)) or path.name)
+        picks = np.unique(np.linspace(0, volume.num_slices - 1, min(slices_per_volume, volume.num_slices)).round())
+        for index in picks.astype(int):
+            hu = np.asarray(volume.hu[index], dtype=np.float32)
+            side = max(hu.shape)
+            if hu.shape[0] != hu.shape[1]:
+                square = np.full((side, side), -1000.0, dtype=np.float32)
+                top, left = (side - hu.shape[0]) // 2, (side - hu.shape[1]) // 2
+                square[top:top + hu.shape[0], left:left + hu.shape[1]] = hu
+                hu = square
+            sources.append(SourceSlice(patient, f"slice{index:04d}", hu, float(volume.spacing_mm[0])))
+    if not sources:
+        raise InputError(f"no CT found under {folder}")
+    return sources
