@@ -68,11 +68,11 @@ class Architecture:
 PRESETS: Dict[str, Architecture] = {
     "paper": Architecture(),
     "fast": Architecture(
-        stem_channels=(16, 32, 48), stem_strides=(2, 2, 1), stem_padding=1, embed_channels=96,
+        stem_channels=(16, 32, 48), stem_strides=(1, 2, 2), stem_padding=1, embed_channels=96,
         crop_size=56, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_dim=768,
     ),
     "tiny": Architecture(
-        stem_channels=(8, 16), stem_strides=(2, 2), stem_padding=1, embed_channels=32,
+        stem_channels=(8, 16), stem_strides=(1, 2), stem_padding=1, embed_channels=32,
         crop_size=56, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_dim=128,
     ),
 }

@@ -37,11 +37,13 @@ def make_sample_ct(folder: os.PathLike[str] | str, num_slices: int = 40, size: i
     return folder
 
 
-def write_tcia_like(root: "os.PathLike[str] | str", cases: Tuple[str, ...] = ("C001", "C002", "C003", "L001"),
-                    slices: int = 3, size: int = 256, base_dose: float = 0.6, seed: int = 0) -> Path:
+def write_tcia_like(root: os.PathLike[str] | str, cases: Tuple[str, ...] = ("C001", "C002", "C003", "L001"),
+                    slices: int = 3, size: int = 256, base_dose: float = 0.6, seed: int = 0,
+                    i0: float = 1.5e5) -> Path:
     """A folder laid out like TCIA "LDCT and Projection data": ``<case>/<study>/<n>-Full Dose/1-00k.dcm``
     and ``<n>-Low Dose/1-00k.dcm``, with projection-domain noise (low dose 10% for C cases, 25% for L and
-    N cases). The full-dose images carry the noise of ``base_dose`` relative to the noise-free phantom.
+    N cases). The full-dose images carry the noise of ``base_dose`` relative to the noise-free phantom;
+    ``i0`` (photons per ray at full dose) sets the overall noise level.
     """
     from .datasets import TCIA_LOW_DOSE
     from .simulation import DoseSimulator
@@ -53,8 +55,8 @@ def write_tcia_like(root: "os.PathLike[str] | str", cases: Tuple[str, ...] = ("C
         full = np.empty_like(clean)
         low = np.empty_like(clean)
         for k in range(slices):
-            full[k] = DoseSimulator(clean[k], pixel_mm, seed=seed * 7919 + number * 100 + k).at_dose(base_dose)
-            extra = DoseSimulator(full[k], pixel_mm, seed=seed * 7919 + number * 100 + k + 50)
+            full[k] = DoseSimulator(clean[k], pixel_mm, i0=i0, seed=seed * 7919 + number * 100 + k).at_dose(base_dose)
+            extra = DoseSimulator(full[k], pixel_mm, i0=i0, seed=seed * 7919 + number * 100 + k + 50)
             low[k] = extra.at_dose(TCIA_LOW_DOSE[case[0]])
         study = root / case / "01-01-2018-NA-NA-12345"
         for label, volume, series in (("Full Dose", full, 1), ("Low Dose", low, 2)):

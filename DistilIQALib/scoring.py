@@ -212,9 +212,8 @@ class Scorer:
             warnings.append(f"matrix {nx}x{ny} was fitted to the model's {self.info.input_size}x"
                             f"{self.info.input_size} input; scores are less comparable with "
                             f"{self.info.input_size}-matrix scans")
-        purpose = self.info.provenance.get("purpose", "")
-        if purpose and purpose != "release":
-            warnings.append(f"this model is marked '{purpose}', not a released model: its scores are not "
+        if self.info.provenance.get("purpose") == "test":
+            warnings.append("this model is marked 'test' (trained only to check the software): its scores are not "
                             "quality judgements")
         return warnings
 

@@ -149,6 +149,18 @@ def l1_l2(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return difference.abs().mean(dim=1) + (difference * difference).mean(dim=1)
 
 
+def training_loss(outputs: torch.Tensor, label: torch.Tensor, teachers: Optional[torch.Tensor] = None,
+                  distillation_weight: float = 0.75, gate: float = 0.05) -> torch.Tensor:
+    """Mean over the batch of L1+L2 to the label, plus, for a student, ``distillation_weight`` times
+    L1+L2 of output k to teacher k on the samples where the teachers' mean is within ``gate`` of
+    the label. ``outputs`` ``(B, N)``, ``label`` ``(B, 1)``, ``teachers`` ``(B, N)``."""
+    loss = l1_l2(outputs, label.expand_as(outputs))
+    if teachers is not None:
+        trusted = ((teachers.mean(dim=1, keepdim=True) - label).abs() <= gate).float().squeeze(1)
+        loss = loss + distillation_weight * trusted * l1_l2(outputs, teachers)
+    return loss.mean()
+
+
 # --- the training loop shared by teachers and student ---------------------------------------------
 
 @dataclass
@@ -230,12 +242,8 @@ def _fit(run: _Run, model: QualityViT, config: TrainingConfig, device: torch.dev
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 outputs = network(batch)
             outputs = outputs.float()
-            loss_per_sample = l1_l2(outputs, target.expand_as(outputs))
-            if teacher_targets is not None:
-                teachers = teacher_targets[index].to(device)
-                gate = ((teachers.mean(dim=1, keepdim=True) - target).abs() <= config.gate).float().squeeze(1)
-                loss_per_sample = loss_per_sample + config.distillation_weight * gate * l1_l2(outputs, teachers)
-            loss = loss_per_sample.mean()
+            teachers = None if teacher_targets is None else teacher_targets[index].to(device)
+            loss = training_loss(outputs, target, teachers, config.distillation_weight, config.gate)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)

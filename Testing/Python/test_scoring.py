@@ -31,7 +31,7 @@ def test_scores_every_slice_with_noise_and_interpretation(tiny_weights, dicom_se
     summary = scores.summary()
     assert summary["min_score"] == pytest.approx(float(scores.score.min()), abs=1e-5)
     assert summary["worst_slices"][0]["score"] == summary["min_score"]
-    assert any("not a released model" in warning for warning in scores.warnings)
+    assert any("not quality judgements" in warning for warning in scores.warnings)
 
 
 def test_noisier_slices_score_lower(tiny_weights):
