@@ -68,7 +68,7 @@ class Architecture:
 PRESETS: Dict[str, Architecture] = {
     "paper": Architecture(),
     "fast": Architecture(
-        stem_channels=(16, 32, 48), stem_strides=(1, 2, 2), stem_padding=1, embed_channels=96,
+        stem_channels=(8, 16, 48), stem_strides=(1, 2, 2), stem_padding=1, embed_channels=96,
         crop_size=56, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_dim=768,
     ),
     "tiny": Architecture(
