@@ -259,7 +259,7 @@ def _add_evaluate_parser(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .training import evaluate
+    from .evaluation import evaluate
 
     for metrics in evaluate(args.weights, args.data, args.output, args.split, args.device):
         print(f"{metrics['model']}: PLCC {metrics['PLCC']:.4f}  SROCC {metrics['SROCC']:.4f}  "

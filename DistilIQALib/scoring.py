@@ -19,7 +19,7 @@ import torch
 
 from .device import describe_device, resolve_device
 from .interpretation import adequacy_labels, dose_equivalent, lowest_adequate_score
-from .model import QualityViT, score_from_outputs
+from .model import score_from_outputs
 from .noise import global_noise_index
 from .preprocessing import hu_to_tensor, prepare_batch
 from .progress import Progress
@@ -134,19 +134,6 @@ class Scorer:
         self.model, self.info = load_weights(self.weights_path, self.device)
         self.batch_size = batch_size
         self.use_amp = use_amp
-
-    @classmethod
-    def from_model(cls, model: QualityViT, info: ModelInfo, device: str = "cpu",
-                   batch_size: int = DEFAULT_BATCH_SIZE, use_amp: bool = True) -> Scorer:
-        """A scorer around a model already in memory (e.g. during training)."""
-        scorer = cls.__new__(cls)
-        scorer.device = resolve_device(device)
-        scorer.weights_path = None
-        scorer.model = model.to(scorer.device).eval()
-        scorer.info = info
-        scorer.batch_size = batch_size
-        scorer.use_amp = use_amp
-        return scorer
 
     @property
     def device_name(self) -> str:

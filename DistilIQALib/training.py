@@ -17,11 +17,10 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,7 +58,6 @@ class TrainingConfig:
     augment: bool = True
     amp: bool = True
     purpose: str = "trained"
-    extra: Dict[str, object] = field(default_factory=dict)
 
 
 # --- distributed helpers --------------------------------------------------------------------------
@@ -306,7 +304,7 @@ def _model_info(config: TrainingConfig, num_outputs: int, data_dir: Path, role: 
         num_outputs=num_outputs,
         score=ScoreDefinition(**score) if score else ScoreDefinition(),
         provenance={"role": role, "purpose": config.purpose, "dataset_type": info.get("type", "list"),
-                    "training": {k: v for k, v in asdict(config).items() if k not in ("device", "extra")},
+                    "training": {k: v for k, v in asdict(config).items() if k != "device"},
                     "torch": torch.__version__, **provenance},
     )
 
@@ -387,72 +385,3 @@ def train_student(data_dir: Path | str, output_dir: Path | str, config: Training
         shutil.copyfile(best, target)
     _barrier()
     return target
-
-
-def evaluate(weights: Sequence[Path | str], data_dir: Path | str, output_dir: Path | str,
-             split_name: str = "test", device_spec: str = "auto", plot: bool = True) -> List[Dict[str, float]]:
-    """Metrics of each weights file on a split: ``eval_info.csv`` (per image), ``accumulate_metrics.csv``
-    (one row per model, appended) and ``scatter_<model>.png``."""
-    data_dir, output_dir = Path(data_dir), Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device_spec)
-    split = load_split(data_dir, split_name)
-    if len(split) < 2:
-        raise InputError(f"the {split_name} split of {data_dir} has fewer than 2 images")
-    cache: Dict[int, torch.Tensor] = {}
-    results = []
-    rows = []
-    for path in weights:
-        path = Path(path)
-        model, info = load_weights(path, device)
-        if info.input_size not in cache:
-            cache[info.input_size] = load_images(split, info.input_size)
-        outputs = predict(model, cache[info.input_size], device)
-        scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
-        metrics = {"model": path.name, "split": split_name, "images": len(split), **agreement(scores, split.labels)}
-        results.append(metrics)
-        for n, name in enumerate(split.paths):
-            rows.append([path.name, name, split.patients[n], f"{split.labels[n]:.6f}", f"{scores[n]:.6f}"]
-                        + [f"{value:.6f}" for value in outputs[n]])
-        if plot:
-            _scatter(scores, split.labels, metrics, output_dir / f"scatter_{path.stem}.png", info)
-    with (output_dir / "eval_info.csv").open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["model", "image", "patient", "label", "prediction", "outputs..."])
-        writer.writerows(rows)
-    accumulate = output_dir / "accumulate_metrics.csv"
-    columns = ["model", "split", "images", "PLCC", "SROCC", "KROCC", "overall", "MAE", "MSE"]
-    new_file = not accumulate.is_file()
-    with accumulate.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
-        if new_file:
-            writer.writeheader()
-        for metrics in results:
-            writer.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in metrics.items()})
-    return results
-
-
-def _scatter(prediction: np.ndarray, label: np.ndarray, metrics: Dict, path: Path, info: ModelInfo) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(4.8, 4.6), dpi=110)
-    try:
-        axis.scatter(label, prediction, s=10, alpha=0.6, color="#1f4e9c")
-        low = float(min(label.min(), prediction.min()))
-        high = float(max(label.max(), prediction.max()))
-        axis.plot([low, high], [low, high], color="#7f7f7f", linewidth=1, linestyle="--")
-        axis.set_xlabel(f"label ({info.score.name})")
-        axis.set_ylabel("prediction")
-        axis.set_title(f"{metrics['model']}: PLCC {metrics['PLCC']:.3f}, SROCC {metrics['SROCC']:.3f}, "
-                       f"KROCC {metrics['KROCC']:.3f}", fontsize=8)
-        figure.tight_layout()
-        figure.savefig(path)
-    finally:
-        plt.close(figure)
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
