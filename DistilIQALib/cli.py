@@ -268,8 +268,76 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_batch_parser(commands) -> None:
+    parser = commands.add_parser("batch", help="score every CT series of a DICOM archive into an SQLite store",
+                                 description="Score every axial CT series under ROOT (a DICOM folder tree or a "
+                                             "Slicer DICOM database folder). Results are written as they are made; "
+                                             "a rerun resumes.")
+    parser.add_argument("root")
+    parser.add_argument("--db", required=True, help="SQLite results store (created or resumed)")
+    parser.add_argument("--csv", help="per-series summary CSV")
+    parser.add_argument("--report", help="self-contained HTML report")
+    parser.add_argument("--shard", help="k/n: score only the k-th of n parts (default under torchrun: the rank)")
+    parser.add_argument("--rescore", action="store_true", help="score series the store already has")
+    parser.add_argument("--weights", help="weights file; default: the shipped model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="threads decoding DICOM ahead of the model")
+    parser.set_defaults(run=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from .batch import parse_shard, run_batch, write_html_report, write_summary_csv
+    from .interpretation import lowest_adequate_score
+    from .progress import Progress
+    from .scoring import Scorer
+
+    shard = parse_shard(args.shard)
+    store = Path(args.db)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.shard:
+        rank = int(os.environ.get("RANK", "0"))
+        shard = (rank + 1, world)
+        store = store.with_name(f"{store.stem}.part{rank + 1}of{world}{store.suffix}")
+    scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size)
+    _note(f"batch {args.root} -> {store} (shard {shard[0]}/{shard[1]}) on {scorer.device_name}")
+    summary = run_batch(args.root, store, scorer, shard, args.rescore, args.workers, Progress(TerminalProgress()))
+    _note(f"{summary.scored} series scored, {summary.skipped} skipped, {summary.failed} failed, "
+          f"{summary.already_done} already in the store, {summary.unreadable_files} unreadable file(s); "
+          f"{summary.slices} slices in {summary.seconds:.1f} s ({summary.slices_per_second:.1f} slices/s)")
+    if args.csv:
+        write_summary_csv(store, args.csv)
+    if args.report:
+        write_html_report(store, args.report, lowest_adequate_score(scorer.info.adequacy))
+    return 0
+
+
+def _add_merge_parser(commands) -> None:
+    parser = commands.add_parser("merge", help="merge batch stores (e.g. of shards) into one")
+    parser.add_argument("output", help="store to merge into (created if missing)")
+    parser.add_argument("inputs", nargs="+", help="stores to merge")
+    parser.set_defaults(run=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .store import ResultStore
+
+    with ResultStore(args.output) as store:
+        for path in args.inputs:
+            if not Path(path).is_file():
+                raise DistilIQAError(f"no such store: {path}")
+            _note(f"{path}: {store.merge_from(path)} series rows")
+    return 0
+
+
 COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser, _add_preprocess_parser,
-                            _add_train_teacher_parser, _add_train_student_parser, _add_evaluate_parser]
+                            _add_train_teacher_parser, _add_train_student_parser, _add_evaluate_parser,
+                            _add_batch_parser, _add_merge_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

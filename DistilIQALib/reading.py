@@ -110,13 +110,26 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> Tuple[sitk.Im
         raise InputError(f"{folder} holds {len(series)} DICOM series, pick one with --series UID: {listing}")
     files = series[0]["files"]
     _check_no_broken_dicom(Path(series[0]["folder"]), files)
+    return _read_dicom_files(files, str(folder))
+
+
+def read_dicom_files(files: List[str], source: str, force: bool = False) -> CTVolume:
+    """Read the DICOM files of one series, already sorted by position, into a :class:`CTVolume`."""
+    _silence_itk_warnings()
+    image, metadata = _read_dicom_files(files, source)
+    volume = _volume_from_image(image, metadata, source)
+    _check_volume(volume, force)
+    return volume
+
+
+def _read_dicom_files(files: List[str], source: str) -> Tuple[sitk.Image, Dict[str, str]]:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"cannot read the DICOM series in {folder}: {_first_line(error)}") from None
+        raise InputError(f"cannot read the DICOM series in {source}: {_first_line(error)}") from None
     metadata = {key: reader.GetMetaData(0, tag).strip()
                 for key, tag in DICOM_TAGS.items() if reader.HasMetaDataKey(0, tag)}
     metadata["num_files"] = str(len(files))

@@ -1,0 +1,137 @@
+"""The batch results store: one SQLite file, written one series per transaction.
+
+Tables: ``series`` (one row per series and weights: status scored / skipped / failed, the
+header facts, summary numbers and a thumbnail of the worst slice), ``slices`` (one row per
+scored slice) and ``problems`` (unreadable files and other non-fatal trouble). A crash loses
+at most the series in progress; :meth:`ResultStore.done` tells a rerun what to skip.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Set
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT NOT NULL,
+    weights_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    patient_id TEXT, patient_name TEXT, study_uid TEXT, study_date TEXT, description TEXT,
+    kernel TEXT, kvp REAL, exposure_mas REAL,
+    num_files INTEGER, num_slices INTEGER,
+    mean_score REAL, min_score REAL, worst_slice INTEGER, mean_noise_hu REAL, fraction_inadequate REAL,
+    folder TEXT, seconds REAL, written_at TEXT, worst_thumbnail_png BLOB,
+    PRIMARY KEY (series_uid, weights_id)
+);
+CREATE TABLE IF NOT EXISTS slices (
+    series_uid TEXT NOT NULL,
+    weights_id TEXT NOT NULL,
+    slice_index INTEGER NOT NULL,
+    z_mm REAL, score REAL, score_spread REAL, noise_hu REAL, dose_equivalent REAL, adequacy TEXT,
+    PRIMARY KEY (series_uid, weights_id, slice_index)
+);
+CREATE TABLE IF NOT EXISTS problems (
+    path TEXT, series_uid TEXT, message TEXT, written_at TEXT
+);
+"""
+
+SERIES_COLUMNS = ("series_uid", "weights_id", "status", "reason", "patient_id", "patient_name", "study_uid",
+                  "study_date", "description", "kernel", "kvp", "exposure_mas", "num_files", "num_slices",
+                  "mean_score", "min_score", "worst_slice", "mean_noise_hu", "fraction_inadequate", "folder",
+                  "seconds", "written_at", "worst_thumbnail_png")
+SLICE_COLUMNS = ("series_uid", "weights_id", "slice_index", "z_mm", "score", "score_spread", "noise_hu",
+                 "dose_equivalent", "adequacy")
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+class ResultStore:
+    """An open results file; safe to reopen after a crash (SQLite's journal rolls back a half write)."""
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(str(self.path), timeout=60)
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=NORMAL")
+        self.connection.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def done(self, weights_id: str) -> Set[str]:
+        """Series already scored or skipped with these weights (failed ones are tried again)."""
+        rows = self.connection.execute(
+            "SELECT series_uid FROM series WHERE weights_id = ? AND status IN ('scored', 'skipped')", (weights_id,))
+        return {uid for (uid,) in rows}
+
+    def write_series(self, record: Dict, slices: Sequence[Dict] = ()) -> None:
+        """Replace this series' rows (and its slices) in one transaction."""
+        record = {**record, "written_at": _now()}
+        key = (record["series_uid"], record["weights_id"])
+        with self.connection:
+            self.connection.execute("DELETE FROM slices WHERE series_uid = ? AND weights_id = ?", key)
+            self.connection.execute(
+                f"INSERT OR REPLACE INTO series ({', '.join(SERIES_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(SERIES_COLUMNS))})",
+                [record.get(column) for column in SERIES_COLUMNS])
+            self.connection.executemany(
+                f"INSERT INTO slices ({', '.join(SLICE_COLUMNS)}) VALUES ({', '.join('?' * len(SLICE_COLUMNS))})",
+                [[row.get(column) if column not in ("series_uid", "weights_id") else key[i]
+                  for i, column in enumerate(SLICE_COLUMNS)] for row in slices])
+
+    def add_problems(self, problems: Iterable[tuple]) -> None:
+        """Record ``(path, series_uid, message)`` entries once each."""
+        problems = list(problems)
+        if not problems:
+            return
+        with self.connection:
+            known = set(self.connection.execute("SELECT path, series_uid, message FROM problems"))
+            self.connection.executemany("INSERT INTO problems VALUES (?, ?, ?, ?)",
+                                        [(*p, _now()) for p in problems if tuple(p) not in known])
+
+    def series_rows(self, weights_id: Optional[str] = None) -> List[Dict]:
+        query = f"SELECT {', '.join(SERIES_COLUMNS)} FROM series"
+        parameters: tuple = ()
+        if weights_id:
+            query += " WHERE weights_id = ?"
+            parameters = (weights_id,)
+        query += " ORDER BY status, fraction_inadequate DESC, mean_score, series_uid"
+        return [dict(zip(SERIES_COLUMNS, row)) for row in self.connection.execute(query, parameters)]
+
+    def slice_rows(self, series_uid: str, weights_id: str) -> List[Dict]:
+        rows = self.connection.execute(
+            f"SELECT {', '.join(SLICE_COLUMNS)} FROM slices WHERE series_uid = ? AND weights_id = ? "
+            "ORDER BY slice_index", (series_uid, weights_id))
+        return [dict(zip(SLICE_COLUMNS, row)) for row in rows]
+
+    def problem_rows(self) -> List[Dict]:
+        rows = self.connection.execute("SELECT path, series_uid, message FROM problems ORDER BY path")
+        return [{"path": p, "series_uid": s, "message": m} for p, s, m in rows]
+
+    def merge_from(self, other: os.PathLike[str] | str) -> int:
+        """Copy every row of another store into this one (its series replace ours); returns its series count."""
+        self.connection.execute("ATTACH DATABASE ? AS other", (str(other),))
+        try:
+            with self.connection:
+                count = self.connection.execute("SELECT COUNT(*) FROM other.series").fetchone()[0]
+                self.connection.execute("DELETE FROM slices WHERE (series_uid, weights_id) IN "
+                                        "(SELECT series_uid, weights_id FROM other.series)")
+                self.connection.execute("INSERT OR REPLACE INTO series SELECT * FROM other.series")
+                self.connection.execute("INSERT OR REPLACE INTO slices SELECT * FROM other.slices")
+                self.connection.execute("INSERT INTO problems SELECT * FROM other.problems WHERE (path, series_uid, "
+                                        "message) NOT IN (SELECT path, series_uid, message FROM problems)")
+        finally:
+            self.connection.execute("DETACH DATABASE other")
+        return count
