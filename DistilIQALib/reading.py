@@ -122,7 +122,25 @@ def read_dicom_files(files: List[str], source: str, force: bool = False) -> CTVo
     return volume
 
 
+def _check_same_matrix(files: List[str], source: str) -> None:
+    """The series reader takes the first file's matrix for all: a slice of another size would be misread."""
+    sizes = {}
+    probe = sitk.ImageFileReader()
+    for name in files:
+        probe.SetFileName(name)
+        try:
+            probe.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(f"cannot read the DICOM series in {source}: file {Path(name).name} is truncated "
+                             "or corrupt") from None
+        sizes.setdefault(tuple(probe.GetSize()[:2]), Path(name).name)
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w}x{h} ({name})" for (w, h), name in sizes.items())
+        raise InputError(f"the DICOM series in {source} mixes matrix sizes: {listed}")
+
+
 def _read_dicom_files(files: List[str], source: str) -> Tuple[sitk.Image, Dict[str, str]]:
+    _check_same_matrix(files, source)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()

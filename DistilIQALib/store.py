@@ -107,7 +107,8 @@ class ResultStore:
         if weights_id:
             query += " WHERE weights_id = ?"
             parameters = (weights_id,)
-        query += " ORDER BY status, fraction_inadequate DESC, mean_score, series_uid"
+        query += (" ORDER BY CASE status WHEN 'scored' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END, "
+                  "fraction_inadequate DESC, mean_score, series_uid")
         return [dict(zip(SERIES_COLUMNS, row)) for row in self.connection.execute(query, parameters)]
 
     def slice_rows(self, series_uid: str, weights_id: str) -> List[Dict]:
