@@ -196,9 +196,13 @@ def _svg_plot(slices: List[Dict], threshold: Optional[float], width: int = 220, 
             f'<polyline fill="none" stroke="#1f4e9c" stroke-width="1.5" points="{points}"/></svg>')
 
 
-_REPORT_STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 6px;vertical-align:middle}th{background:#eef;cursor:pointer}
-tr.inadequate{background:#fadbd8}tr.skipped,tr.failed{color:#777}img{image-rendering:pixelated}"""
+_REPORT_STYLE = """
+body{font-family:sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 6px;vertical-align:middle;max-width:22em;overflow-wrap:anywhere}
+th{background:#eef;cursor:pointer}
+tr.inadequate{background:#fadbd8}
+tr.skipped,tr.failed{color:#777}"""
 
 _SORT_SCRIPT = """
 document.querySelectorAll('th').forEach(function (th, col) {
