@@ -296,6 +296,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .scoring import Scorer
 
     shard = parse_shard(args.shard)
+    if not Path(args.root).is_dir():
+        raise DistilIQAError(f"no such folder: {args.root}")
     store = Path(args.db)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not args.shard:
@@ -327,10 +329,11 @@ def _run_merge(args: argparse.Namespace) -> int:
 
     from .store import ResultStore
 
+    missing = [path for path in args.inputs if not Path(path).is_file()]
+    if missing:
+        raise DistilIQAError(f"no such store: {missing[0]}")
     with ResultStore(args.output) as store:
         for path in args.inputs:
-            if not Path(path).is_file():
-                raise DistilIQAError(f"no such store: {path}")
             _note(f"{path}: {store.merge_from(path)} series rows")
     return 0
 
