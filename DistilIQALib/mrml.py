@@ -1,0 +1,273 @@
+"""The bridge between the engine and Slicer's scene (MRML): the only module that touches MRML.
+
+It imports only ``slicer`` MRML classes, ``slicer.util`` and VTK, never Qt or the Slicer
+application, and takes the scene from the nodes it is given, so it runs against the
+``slicer-core`` wheel as well as inside Slicer.
+
+* :func:`volume_from_node`: a scalar volume node as a :class:`~DistilIQALib.volume.CTVolume`
+  (RAS -> LPS, any orientation turned into axial slices, no copy of the voxels).
+* :func:`show_results`: per-slice results as a table node, a score plot chart, a dose-adequacy
+  chart and a quality-map volume (each axial slice filled with its score) displayed with a
+  red-to-green colour table; all placed beside the CT in the subject hierarchy. Running it again
+  for the same CT updates those nodes instead of adding new ones.
+* :func:`render_slice_view`: the picture a slice view shows (CT background at W350/L40, quality
+  map foreground), composed by Slicer's own slice logic and written to PNG.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import slicer
+import vtk
+
+from .interpretation import lowest_adequate_score
+from .scoring import SliceScores
+from .volume import CTVolume, to_axial
+
+ATTRIBUTE_SOURCE = "DistilIQA.SourceVolumeID"
+ATTRIBUTE_ROLE = "DistilIQA.Role"
+COLOR_TABLE_NAME = "DistilIQA quality"
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_from_node(node) -> CTVolume:
+    """A scalar volume node's voxels (HU) and geometry as an axial :class:`CTVolume`."""
+    array = slicer.util.arrayFromVolume(node)  # (k, j, i), a view of the node's image data
+    if array.ndim != 3:
+        raise ValueError(f"{node.GetName()} is not a single-component 3D volume")
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = _matrix_to_numpy(matrix)
+    spacing = np.asarray(node.GetSpacing(), dtype=np.float64)
+    direction_lps = _RAS_FROM_LPS @ (ijk_to_ras[:3, :3] / spacing)
+    origin_lps = _RAS_FROM_LPS @ ijk_to_ras[:3, 3]
+    hu, spacing_mm, origin_mm, direction = to_axial(array, spacing, origin_lps, direction_lps)
+    return CTVolume(hu=hu, spacing_mm=spacing_mm, origin_mm=origin_mm, direction=direction,
+                    source=node.GetName(), metadata={"node_id": node.GetID()})
+
+
+def _ijk_to_ras(volume: CTVolume, spacing_mm) -> vtk.vtkMatrix4x4:
+    """IJK-to-RAS of a grid with ``volume``'s axes, ``spacing_mm`` voxels and the same outer extent."""
+    spacing_mm = np.asarray(spacing_mm, dtype=np.float64)
+    half_shift = 0.5 * (spacing_mm - np.asarray(volume.spacing_mm))
+    direction = np.asarray(volume.direction)
+    origin_lps = np.asarray(volume.origin_mm) + direction @ half_shift
+    matrix = vtk.vtkMatrix4x4()
+    ras_direction = _RAS_FROM_LPS @ direction
+    ras_origin = _RAS_FROM_LPS @ origin_lps
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, ras_direction[r, c] * spacing_mm[c])
+        matrix.SetElement(r, 3, ras_origin[r])
+    return matrix
+
+
+def _find_or_add(scene, class_name: str, source_node, role: str, name: str):
+    for index in range(scene.GetNumberOfNodesByClass(class_name)):
+        node = scene.GetNthNodeByClass(index, class_name)
+        if node.GetAttribute(ATTRIBUTE_SOURCE) == source_node.GetID() and node.GetAttribute(ATTRIBUTE_ROLE) == role:
+            node.SetName(name)
+            return node
+    node = scene.AddNewNodeByClass(class_name, name)
+    node.SetAttribute(ATTRIBUTE_SOURCE, source_node.GetID())
+    node.SetAttribute(ATTRIBUTE_ROLE, role)
+    return node
+
+
+def quality_color_table(scene):
+    """A continuous red (low) -> yellow -> green (high) colour table, created once per scene."""
+    nodes = scene.GetNodesByClassByName("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
+    if nodes.GetNumberOfItems():
+        return nodes.GetItemAsObject(0)
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(256)
+    for index in range(256):
+        t = index / 255.0
+        red = 1.0 if t < 0.5 else 2.0 * (1.0 - t)
+        green = 2.0 * t if t < 0.5 else 0.8
+        table.SetColor(index, f"q{index}", red * 0.9, green, 0.1, 1.0)
+    return table
+
+
+def _fill_table(table_node, scores: SliceScores, thresholds) -> None:
+    table = vtk.vtkTable()
+    rows = scores.rows()
+    columns = [("slice_index", vtk.vtkIntArray), ("z_mm", vtk.vtkDoubleArray), ("score", vtk.vtkDoubleArray),
+               ("score_spread", vtk.vtkDoubleArray), ("noise_hu", vtk.vtkDoubleArray),
+               ("dose_equivalent", vtk.vtkDoubleArray), ("adequacy", vtk.vtkStringArray)]
+    columns += [(name, vtk.vtkDoubleArray) for name, _ in thresholds]
+    arrays = {}
+    for name, array_class in columns:
+        array = array_class()
+        array.SetName(name)
+        array.SetNumberOfValues(len(rows))
+        arrays[name] = array
+        table.AddColumn(array)
+    for n, row in enumerate(rows):
+        for name, _ in columns[:7]:
+            value = row[name]
+            if name == "adequacy":
+                arrays[name].SetValue(n, value or "")
+            else:
+                arrays[name].SetValue(n, np.nan if value is None else value)
+        for name, threshold in thresholds:
+            arrays[name].SetValue(n, threshold)
+    table_node.SetAndObserveTable(table)
+    table_node.Modified()
+
+
+def _series(scene, source, role, name, table_node, y_column, color, dashed=False):
+    series = _find_or_add(scene, "vtkMRMLPlotSeriesNode", source, role, name)
+    series.SetAndObserveTableNodeID(table_node.GetID())
+    series.SetXColumnName("z_mm")
+    series.SetYColumnName(y_column)
+    series.SetPlotType(series.PlotTypeScatter)
+    series.SetColor(*color)
+    series.SetMarkerStyle(series.MarkerStyleNone if dashed else series.MarkerStyleCircle)
+    series.SetLineStyle(series.LineStyleDash if dashed else series.LineStyleSolid)
+    return series
+
+
+@dataclass
+class ResultNodes:
+    table: object
+    score_chart: object
+    adequacy_chart: object
+    quality_map: object
+
+
+def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None) -> ResultNodes:
+    """Create or update the result nodes of ``ct_node`` (see the module doc)."""
+    scene = ct_node.GetScene()
+    volume = volume or volume_from_node(ct_node)
+    name = ct_node.GetName()
+    info = scores.info
+    thresholds = []
+    if info.adequacy and info.adequacy.get("bands"):
+        thresholds = [(f"{band['name']}_from", float(band["min_score"])) for band in info.adequacy["bands"]
+                      if band.get("min_score") is not None]
+    table = _find_or_add(scene, "vtkMRMLTableNode", ct_node, "table", f"{name} DistilIQA scores")
+    _fill_table(table, scores, thresholds)
+    score_series = _series(scene, ct_node, "score series", f"{name} quality score", table, "score", (0.12, 0.3, 0.61))
+    score_chart = _find_or_add(scene, "vtkMRMLPlotChartNode", ct_node, "score chart", f"{name} per-slice quality")
+    score_chart.RemoveAllPlotSeriesNodeIDs()
+    score_chart.AddAndObservePlotSeriesNodeID(score_series.GetID())
+    noise_series = _series(scene, ct_node, "noise series", f"{name} noise (HU)", table, "noise_hu", (0.5, 0.5, 0.5))
+    score_chart.SetTitle(f"DistilIQA: {name}")
+    score_chart.SetXAxisTitle("z (mm)")
+    score_chart.SetYAxisTitle(f"{info.score.name} ({'higher' if info.score.higher_is_better else 'lower'} is better)")
+    adequacy_chart = _find_or_add(scene, "vtkMRMLPlotChartNode", ct_node, "adequacy chart",
+                                  f"{name} dose adequacy")
+    adequacy_chart.RemoveAllPlotSeriesNodeIDs()
+    adequacy_chart.AddAndObservePlotSeriesNodeID(score_series.GetID())
+    band_colors = [(0.15, 0.6, 0.3), (0.85, 0.6, 0.1), (0.75, 0.2, 0.2)]
+    for n, (column, _) in enumerate(thresholds):
+        line = _series(scene, ct_node, f"band {column}", f"{name} {column}", table, column,
+                       band_colors[min(n, len(band_colors) - 1)], dashed=True)
+        adequacy_chart.AddAndObservePlotSeriesNodeID(line.GetID())
+    adequacy_chart.SetTitle(f"Dose adequacy: {name}")
+    adequacy_chart.SetXAxisTitle("z (mm)")
+    adequacy_chart.SetYAxisTitle(info.score.name)
+    del noise_series  # kept in the scene for the user; the score chart shows the score alone
+    quality_map = _quality_map(scene, ct_node, volume, scores)
+    _place_in_hierarchy(ct_node, [table, score_chart, adequacy_chart, quality_map])
+    return ResultNodes(table, score_chart, adequacy_chart, quality_map)
+
+
+def _quality_map(scene, ct_node, volume: CTVolume, scores: SliceScores):
+    """A volume with the CT's axial slicing and extent, 2x2 voxels per slice, each slice set to its score."""
+    node = _find_or_add(scene, "vtkMRMLScalarVolumeNode", ct_node, "quality map",
+                        f"{ct_node.GetName()} DistilIQA quality map")
+    nz, ny, nx = volume.hu.shape
+    values = np.repeat(scores.score.astype(np.float32)[:, None, None], 2, axis=1).repeat(2, axis=2)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(values))
+    spacing = (nx * volume.spacing_mm[0] / 2.0, ny * volume.spacing_mm[1] / 2.0, volume.spacing_mm[2])
+    node.SetIJKToRASMatrix(_ijk_to_ras(volume, spacing))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(quality_color_table(scene).GetID())
+    display.AutoWindowLevelOff()
+    low, high = scores.info.score.minimum, scores.info.score.maximum
+    threshold = lowest_adequate_score(scores.info.adequacy)
+    if threshold is not None:
+        low = max(low, 2 * threshold - high)  # the threshold sits mid-scale: red below, green above
+    display.SetWindowLevelMinMax(low, high)
+    display.SetInterpolate(False)
+    return node
+
+
+def _place_in_hierarchy(ct_node, nodes) -> None:
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(ct_node.GetScene())
+    ct_item = hierarchy.GetItemByDataNode(ct_node)
+    if not ct_item:
+        ct_item = hierarchy.CreateItem(hierarchy.GetSceneItemID(), ct_node)
+    parent = hierarchy.GetItemParent(ct_item)
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if not item:
+            hierarchy.CreateItem(parent, node)
+        else:
+            hierarchy.SetItemParent(item, parent)
+
+
+def show_in_slice_views(scene, ct_node, quality_map=None, opacity: float = 0.35) -> None:
+    """CT as background (W350/L40) and, if given, the quality map as foreground in every slice view."""
+    if ct_node.GetDisplayNode() is None:
+        ct_node.CreateDefaultDisplayNodes()
+    display = ct_node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(350.0, 40.0)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        composite.SetBackgroundVolumeID(ct_node.GetID())
+        composite.SetForegroundVolumeID(quality_map.GetID() if quality_map is not None else None)
+        composite.SetForegroundOpacity(opacity if quality_map is not None else 0.0)
+
+
+class SliceRenderer:
+    """One headless slice view of a scene (Slicer's slice logic with an application logic): it composes the
+    background CT and the foreground quality map exactly as a slice view in Slicer does."""
+
+    def __init__(self, scene, size: int = 320) -> None:
+        if scene.GetNodeByID("vtkMRMLColorTableNodeGrey") is None:
+            self._color_logic = slicer.vtkMRMLColorLogic()
+            self._color_logic.SetMRMLScene(scene)
+        self.scene = scene
+        self._application_logic = slicer.vtkMRMLApplicationLogic()
+        self._application_logic.SetMRMLScene(scene)
+        self.slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        self.slice_node.SetLayoutName("DistilIQAOffscreen")
+        self.slice_node.SetDimensions(size, size, 1)
+        self.logic = slicer.vtkMRMLSliceLogic()
+        self.logic.SetMRMLApplicationLogic(self._application_logic)
+        self.logic.SetMRMLScene(scene)
+        self.logic.SetSliceNode(self.slice_node)
+
+    def render(self, ct_node, quality_map, orientation: str, offset_mm: float, path: Optional[str] = None,
+               opacity: float = 0.35) -> np.ndarray:
+        """The composed RGBA picture (rows top to bottom); also written to ``path`` as PNG if given."""
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        show_in_slice_views(self.scene, ct_node, quality_map, opacity)
+        self.slice_node.SetOrientation(orientation)
+        self.logic.FitSliceToAll()
+        self.logic.SetSliceOffset(offset_mm)
+        output = self.logic.GetImageDataConnection()
+        output.GetProducer().Update()
+        if path is not None:
+            writer = vtk.vtkPNGWriter()
+            writer.SetInputConnection(output)
+            writer.SetFileName(str(path))
+            writer.Write()
+        image = output.GetProducer().GetOutputDataObject(output.GetIndex())
+        width, height, _ = image.GetDimensions()
+        pixels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)
+        return pixels[::-1].copy()

@@ -1,0 +1,153 @@
+"""The MRML bridge against real MRML (the slicer-core wheel): geometry, result nodes, reruns, save/reload,
+and slice-view pictures composed by Slicer's own slice logic."""
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")  # slicer-core needs Python >= 3.10
+vtk = pytest.importorskip("vtk")
+
+from DistilIQALib import mrml  # noqa: E402
+from DistilIQALib.model import PRESETS  # noqa: E402
+from DistilIQALib.phantoms import phantom_volume  # noqa: E402
+from DistilIQALib.scoring import Scorer, SliceScores  # noqa: E402
+from DistilIQALib.weights import ModelInfo  # noqa: E402
+
+SPACING = (2.8, 2.6, 5.0)  # x, y, z in mm
+ORIGIN_LPS = (-170.0, -160.0, -40.0)
+BANDS = {"bands": [{"name": "good", "min_score": 0.8}, {"name": "borderline", "min_score": 0.6},
+                   {"name": "inadequate", "min_score": None}]}
+
+
+def _coronal_node(scene, axial):
+    """``axial`` (z, y, x) stored as coronal slices with a non-identity IJK-to-RAS matrix."""
+    nz = axial.shape[0]
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "coronal CT")
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(axial[::-1].transpose(1, 0, 2)))
+    matrix = vtk.vtkMatrix4x4()
+    columns = {0: (-1, 0, 0), 1: (0, 0, -1), 2: (0, -1, 0)}  # i -> L, j -> inferior, k -> posterior (RAS)
+    spacing = {0: SPACING[0], 1: SPACING[2], 2: SPACING[1]}
+    for c, direction in columns.items():
+        for r in range(3):
+            matrix.SetElement(r, c, direction[r] * spacing[c])
+    top = (-ORIGIN_LPS[0], -ORIGIN_LPS[1], ORIGIN_LPS[2] + (nz - 1) * SPACING[2])
+    for r in range(3):
+        matrix.SetElement(r, 3, top[r])
+    node.SetIJKToRASMatrix(matrix)
+    return node
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture(scope="module")
+def axial_hu():
+    return np.rint(phantom_volume(8, size=96, pixel_mm=3.0, noise_sd_hu=10, seed=4)).astype(np.int16)
+
+
+def test_volume_node_geometry_becomes_axial_with_z(scene, axial_hu):
+    volume = mrml.volume_from_node(_coronal_node(scene, axial_hu))
+    np.testing.assert_array_equal(volume.hu, axial_hu)
+    assert volume.spacing_mm == pytest.approx(SPACING)
+    np.testing.assert_allclose(volume.z_mm(), ORIGIN_LPS[2] + np.arange(8) * SPACING[2], atol=1e-6)
+    np.testing.assert_allclose(volume.origin_mm, ORIGIN_LPS, atol=1e-6)
+
+
+def _scores_for(volume, tiny_weights):
+    scores = Scorer(str(tiny_weights), device="cpu").score_volume(volume)
+    return scores
+
+
+def _count(scene, class_name):
+    return scene.GetNumberOfNodesByClass(class_name)
+
+
+def test_results_table_charts_map_and_rerun(scene, axial_hu, tiny_weights, tmp_path):
+    ct = _coronal_node(scene, axial_hu)
+    volume = mrml.volume_from_node(ct)
+    scores = _scores_for(volume, tiny_weights)
+    nodes = mrml.show_results(ct, scores, volume)
+    table = nodes.table.GetTable()
+    assert table.GetNumberOfRows() == 8
+    assert [table.GetColumnName(c) for c in range(7)] == ["slice_index", "z_mm", "score", "score_spread",
+                                                          "noise_hu", "dose_equivalent", "adequacy"]
+    np.testing.assert_allclose([table.GetValue(r, 2).ToDouble() for r in range(8)], scores.score, atol=1e-5)
+    np.testing.assert_allclose([table.GetValue(r, 1).ToDouble() for r in range(8)], volume.z_mm(), atol=1e-3)
+    assert {table.GetValue(r, 6).ToString() for r in range(8)} <= {"good", "borderline", "inadequate"}
+    assert nodes.score_chart.GetNumberOfPlotSeriesNodes() == 1
+    assert nodes.adequacy_chart.GetNumberOfPlotSeriesNodes() == 3  # score + 2 thresholds
+    # quality map: slice k holds the score of slice k, at the same S coordinate
+    values = slicer.util.arrayFromVolume(nodes.quality_map)
+    np.testing.assert_allclose(values[:, 0, 0], scores.score, atol=1e-6)
+    matrix = vtk.vtkMatrix4x4()
+    nodes.quality_map.GetIJKToRASMatrix(matrix)
+    centres = [matrix.MultiplyPoint((0.5, 0.5, k, 1.0))[2] for k in range(8)]
+    np.testing.assert_allclose(centres, volume.z_mm(), atol=1e-6)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(ct))
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(nodes.table)) == parent
+    counts = {c: _count(scene, c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode",
+                                           "vtkMRMLScalarVolumeNode", "vtkMRMLColorTableNode")}
+    again = mrml.show_results(ct, scores, volume)
+    assert {c: _count(scene, c) for c in counts} == counts
+    assert again.table.GetID() == nodes.table.GetID()
+
+
+def test_scene_save_and_reload_keeps_results(scene, axial_hu, tiny_weights, tmp_path):
+    ct = _coronal_node(scene, axial_hu)
+    nodes = mrml.show_results(ct, _scores_for(mrml.volume_from_node(ct), tiny_weights))
+    for node in (ct, nodes.table, nodes.quality_map):
+        node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        file_name = f"{node.GetName().replace(' ', '_')}.{storage.GetDefaultWriteFileExtension()}"
+        storage.SetFileName(str(tmp_path / file_name))
+        assert storage.WriteData(node)
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    assert scene.Commit()
+    reloaded = slicer.vtkMRMLScene()
+    reloaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert reloaded.Import()
+    tables = reloaded.GetNodesByClassByName("vtkMRMLTableNode", nodes.table.GetName())
+    assert tables.GetNumberOfItems() == 1
+    assert tables.GetItemAsObject(0).GetTable().GetNumberOfRows() == 8
+    assert reloaded.GetNodesByClassByName("vtkMRMLPlotChartNode", nodes.adequacy_chart.GetName()).GetNumberOfItems()
+
+
+def test_slice_views_show_the_bad_slab_in_red(scene, tmp_path):
+    """Axial and coronal pictures of a CT with a bad slab, composed as Slicer's slice views do."""
+    hu = np.rint(phantom_volume(30, size=96, pixel_mm=3.6, noise_sd_hu=10, seed=1)).astype(np.int16)
+    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    slicer.util.updateVolumeFromArray(ct, hu)
+    matrix = vtk.vtkMatrix4x4()
+    for axis, spacing in enumerate((-3.6, -3.6, 5.0)):  # LPS voxel axes in RAS
+        matrix.SetElement(axis, axis, spacing)
+    ct.SetIJKToRASMatrix(matrix)
+    volume = mrml.volume_from_node(ct)
+    score = np.full(30, 0.95)
+    score[12:18] = 0.3  # the bad slab
+    info = ModelInfo(preset="tiny", architecture=PRESETS["tiny"], adequacy=BANDS)
+    scores = SliceScores(slice_index=np.arange(30), z_mm=volume.z_mm(), score=score, outputs=score[:, None],
+                         noise_hu=np.full(30, 10.0), info=info, source="CT")
+    nodes = mrml.show_results(ct, scores, volume)
+    renderer = mrml.SliceRenderer(scene)
+    z = volume.z_mm()
+    anterior = -float(volume.slice_centres_mm()[0, 1])  # RAS A of the volume's centre
+    bad = renderer.render(ct, nodes.quality_map, "Axial", float(z[15]), tmp_path / "axial_bad.png", 0.5)
+    good = renderer.render(ct, nodes.quality_map, "Axial", float(z[5]), tmp_path / "axial_good.png", 0.5)
+    coronal = renderer.render(ct, nodes.quality_map, "Coronal", anterior, tmp_path / "coronal.png", 0.5)
+    for path in ("axial_bad.png", "axial_good.png", "coronal.png"):
+        assert (tmp_path / path).read_bytes()[:4] == b"\x89PNG"
+
+    def redness(pixels):
+        return pixels[..., 0].astype(float) - pixels[..., 1].astype(float)
+
+    middle = np.s_[100:220, 100:220]
+    assert redness(bad)[middle].mean() > 40 and redness(good)[middle].mean() < -40
+    # coronal: the slab's rows are red across the body, the rows above and below are green
+    column_band = redness(coronal)[:, 140:180].mean(axis=1)
+    red_rows = np.flatnonzero(column_band > 40)
+    green_rows = np.flatnonzero(column_band < -40)
+    assert len(red_rows) > 5 and len(green_rows) > 4 * len(red_rows) / 2
+    assert red_rows.min() > green_rows.min() and red_rows.max() < green_rows.max()  # a band inside the body
