@@ -19,7 +19,7 @@ set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/Nothing.cmake)
 set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Nothing.cmake)
 """
 USE_SLICER = """
-set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "%s")
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "@SCRIPTED@")
 macro(slicerMacroBuildScriptedModule)
   cmake_parse_arguments(_MODULE "WITH_GENERIC_TESTS;WITH_SUBDIR" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
   foreach(_file ${_MODULE_SCRIPTS} ${_MODULE_RESOURCES})
@@ -27,10 +27,11 @@ macro(slicerMacroBuildScriptedModule)
       message(FATAL_ERROR "listed file missing: ${_file}")
     endif()
     get_filename_component(_folder ${_file} DIRECTORY)
-    install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/${_file} DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/${_folder})
+    install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/${_file}
+            DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/${_folder})
   endforeach()
 endmacro()
-""" % SCRIPTED
+""".replace("@SCRIPTED@", SCRIPTED)
 
 
 def _cmake():
