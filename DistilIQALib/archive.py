@@ -135,11 +135,15 @@ def _add(scan: ArchiveScan, path: str, ds) -> None:
 def scan_folder(root: Path | str, workers: int = 4, files: Optional[Iterable[str]] = None) -> ArchiveScan:
     """Group every DICOM file under ``root`` (any nesting, any names, DICOMDIR ignored) by series."""
     root = Path(root)
+    scan = ArchiveScan()
     if files is None:
         files = []
-        for directory, _subdirectories, names in os.walk(root, onerror=lambda error: None):
+
+        def unreadable_folder(error: OSError) -> None:
+            scan.unreadable.append((str(error.filename), f"unreadable folder: {error.strerror}"))
+
+        for directory, _subdirectories, names in os.walk(root, onerror=unreadable_folder):
             files.extend(os.path.join(directory, name) for name in sorted(names) if name.upper() != "DICOMDIR")
-    scan = ArchiveScan()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for path, (ds, error) in zip(files, pool.map(_read_header, files)):
             if ds is None:
