@@ -200,6 +200,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             nodes = self.logic.showResults(run, self._parameterNode.showOverlay, self._parameterNode.overlayOpacity)
             self._showSummary(run.scores)
             self._lastResults = nodes
+            self._observeSliceViews()
+            self._observePlotClicks()
 
     def _showSummary(self, scores):
         summary = scores.summary()
@@ -217,6 +219,50 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for row, worst in enumerate(summary["worst_slices"]):
             for column, value in enumerate((worst["slice_index"], f"{worst['z_mm']:.1f}", f"{worst['score']:.4f}")):
                 table.setItem(row, column, qt.QTableWidgetItem(str(value)))
+
+    def _observeSliceViews(self):
+        """Show the current slice's score in each slice view's corner as the user scrolls."""
+        layoutManager = slicer.app.layoutManager()
+        for name in layoutManager.sliceViewNames():
+            sliceNode = layoutManager.sliceWidget(name).mrmlSliceNode()
+            if not self.hasObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onSliceMoved):
+                self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.onSliceMoved)
+        self.onSliceMoved()
+
+    def onSliceMoved(self, caller=None, event=None):
+        from DistilIQALib.mrml import score_text_at
+
+        results = getattr(self, "_lastResults", None)
+        layoutManager = slicer.app.layoutManager()
+        for name in layoutManager.sliceViewNames():
+            widget = layoutManager.sliceWidget(name)
+            sliceNode = widget.mrmlSliceNode()
+            text = ""
+            if results is not None and sliceNode.GetOrientation() == "Axial":
+                text = score_text_at(results.table, sliceNode.GetSliceOffset())
+            view = widget.sliceView()
+            view.cornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperRight, text)
+            view.forceRender()
+
+    def _observePlotClicks(self):
+        """Clicking a point of a DistilIQA chart moves the slice views to that slice."""
+        layoutManager = slicer.app.layoutManager()
+        for index in range(layoutManager.plotViewCount):
+            view = layoutManager.plotWidget(index).plotView()
+            if not view.property("DistilIQAConnected"):
+                view.connect("dataSelected(vtkStringArray*, vtkCollection*)", self.onPlotDataSelected)
+                view.setProperty("DistilIQAConnected", True)
+
+    def onPlotDataSelected(self, seriesIds, selections):
+        results = getattr(self, "_lastResults", None)
+        if results is None:
+            return
+        table = results.table.GetTable()
+        for n in range(selections.GetNumberOfItems()):
+            points = selections.GetItemAsObject(n)
+            if points is not None and points.GetNumberOfTuples():
+                self.logic.jumpToZ(table.GetValue(int(points.GetValue(0)), 1).ToDouble())
+                return
 
     def onWorstSliceClicked(self, row, column):
         item = self.ui.worstSlicesTable.item(row, 1)

@@ -218,6 +218,24 @@ def _place_in_hierarchy(ct_node, nodes) -> None:
             hierarchy.SetItemParent(item, parent)
 
 
+def score_text_at(table_node, z_mm: float) -> str:
+    """``"slice 12: score 0.912 (good)"`` for the scored slice whose centre is nearest to ``z_mm``
+    (the text a slice view's corner shows while the user scrolls); empty when ``z_mm`` is more than
+    one slice spacing away from every scored slice."""
+    table = table_node.GetTable() if table_node is not None else None
+    if table is None or table.GetNumberOfRows() == 0:
+        return ""
+    z = np.array([table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())])
+    nearest = int(np.argmin(np.abs(z - z_mm)))
+    spacing = float(np.min(np.abs(np.diff(np.sort(z))))) if len(z) > 1 else 1.0
+    if abs(z[nearest] - z_mm) > max(spacing, 1e-3):
+        return ""
+    score = table.GetValue(nearest, 2).ToDouble()
+    verdict = table.GetValue(nearest, 6).ToString()
+    index = table.GetValue(nearest, 0).ToInt()
+    return f"slice {index}: score {score:.3f}" + (f" ({verdict})" if verdict else "")
+
+
 def show_in_slice_views(scene, ct_node, quality_map=None, opacity: float = 0.35) -> None:
     """CT as background (W350/L40) and, if given, the quality map as foreground in every slice view."""
     if ct_node.GetDisplayNode() is None:

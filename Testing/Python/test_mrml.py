@@ -88,6 +88,9 @@ def test_results_table_charts_map_and_rerun(scene, axial_hu, tiny_weights, tmp_p
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(ct))
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(nodes.table)) == parent
+    assert mrml.score_text_at(nodes.table, float(volume.z_mm()[3]) + 0.4).startswith(
+        f"slice 3: score {scores.score[3]:.3f} (")
+    assert mrml.score_text_at(nodes.table, float(volume.z_mm()[-1]) + 50.0) == ""
     counts = {c: _count(scene, c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode",
                                            "vtkMRMLScalarVolumeNode", "vtkMRMLColorTableNode")}
     again = mrml.show_results(ct, scores, volume)
