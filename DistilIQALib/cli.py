@@ -57,30 +57,38 @@ def _add_score_parser(commands) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise DistilIQAError("--batch-size must be at least 1")
+    return _score_to_files(args.input, args.weights, args.device, args.batch_size, series=args.series,
+                           out=args.out, plot=args.plot, json_path=args.json, force=args.force,
+                           use_amp=not args.no_amp)
+
+
+def _score_to_files(source, weights, device, batch_size, series=None, out=None, plot=None, json_path=None,
+                    force=False, use_amp=True) -> int:
+    """Score one CT and write the CSV (standard output without ``out``), JSON summary and plot."""
     from .outputs import write_csv, write_json, write_plot
     from .progress import Progress
     from .reading import read_volume
     from .scoring import Scorer
 
-    if args.batch_size < 1:
-        raise DistilIQAError("--batch-size must be at least 1")
-    volume = read_volume(args.input, series_uid=args.series, force=args.force)
-    scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size, use_amp=not args.no_amp)
+    volume = read_volume(source, series_uid=series, force=force)
+    scorer = Scorer(weights, device=device, batch_size=batch_size, use_amp=use_amp)
     _note(f"scoring {volume.num_slices} slice(s) of {volume.source} on {scorer.device_name} "
           f"with {scorer.info.preset} model {scorer.info.weights_id}")
     scores = scorer.score_volume(volume, Progress(TerminalProgress()))
     for warning in scores.warnings:
         _note(f"warning: {warning}")
-    write_csv(scores, args.out or sys.stdout)
-    if args.json:
-        write_json(scores, args.json)
-    if args.plot:
-        write_plot(scores, args.plot)
+    write_csv(scores, out or sys.stdout)
+    if json_path:
+        write_json(scores, json_path)
+    if plot:
+        write_plot(scores, plot)
     summary = scores.summary()
     worst = summary["worst_slices"][0]
     _note(f"mean score {summary['mean_score']:.4f}, worst slice {worst['slice_index']} (z {worst['z_mm']:.1f} mm, "
           f"score {worst['score']:.4f}); {summary['num_slices']} slices in {summary['elapsed_s']:.1f} s"
-          + (f"; wrote {args.out}" if args.out else ""))
+          + (f"; wrote {out}" if out else ""))
     return 0
 
 
@@ -104,10 +112,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     folder = make_sample_ct(args.sample)
     _note(f"sample CT series: {folder}")
     resolve_weights(args.weights)  # fail early, with the reason, when no model is installed
-    score_args = argparse.Namespace(input=str(folder), weights=args.weights, device=args.device, batch_size=8,
-                                    series=None, out=args.out, plot=args.plot, json=args.json, force=False,
-                                    no_amp=False)
-    return _run_score(score_args)
+    return _score_to_files(str(folder), args.weights, args.device, 8, out=args.out, plot=args.plot,
+                           json_path=args.json)
 
 
 def _add_info_parser(commands) -> None:

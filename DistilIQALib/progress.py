@@ -12,6 +12,9 @@ from typing import Callable, Optional
 
 from .errors import Cancelled
 
+#: Prefix of the machine-readable progress lines a child process prints (one JSON object after it).
+PROGRESS_PREFIX = "DISTILIQA-PROGRESS "
+
 #: ``callback(done, total, stage)``: ``done`` of ``total`` units of ``stage`` are finished.
 ProgressCallback = Callable[[int, int, str], None]
 

@@ -32,10 +32,10 @@ from .device import resolve_device
 from .errors import InputError
 from .metrics import agreement
 from .model import QualityViT, architecture_from_preset, build_model, score_from_outputs
+from .progress import PROGRESS_PREFIX
 from .weights import ModelInfo, ScoreDefinition, load_weights, save_weights
 
 ProgressCallback = Callable[[int, int, str], None]
-PROGRESS_PREFIX = "DISTILIQA-PROGRESS "
 
 
 @dataclass
