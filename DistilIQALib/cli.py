@@ -149,6 +149,8 @@ def _add_preprocess_parser(commands) -> None:
     parser.add_argument("--train-cases", nargs="+", help="TCIA training cases (default: the paper's)")
     parser.add_argument("--test-cases", nargs="+", help="TCIA test cases (default: C012 C077)")
     parser.add_argument("--test-patients", nargs="*", default=[], help="held-out patients (simulated)")
+    parser.add_argument("--builtin-phantoms", type=int, default=None, metavar="N",
+                        help="simulated: also use the real CT slices pydicom/pydicom-data ship and N phantom slices")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (ldctiqac, list)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=_run_preprocess)
@@ -176,7 +178,11 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         sizes = datasets.preprocess_list(source, where, args.test_fraction, args.seed)
     else:
         where = Path(args.output or source.with_name(source.name + "_simulated"))
-        slices = datasets.source_slices_from_folder(source, args.slices_per_volume)
+        slices = datasets.source_slices_from_folder(source, args.slices_per_volume) if any(source.iterdir()) else []
+        if args.builtin_phantoms is not None:
+            slices += datasets.builtin_sources(args.builtin_phantoms, seed=args.seed)
+        if not slices:
+            raise DistilIQAError(f"no CT under {source}; add --builtin-phantoms N to use the built-in sources")
         sizes = datasets.preprocess_simulated(
             slices, where, args.doses or datasets.DEFAULT_SIMULATED_DOSES,
             datasets.DEFAULT_SPARSE_VIEWS if args.sparse_views is None else args.sparse_views,

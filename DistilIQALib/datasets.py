@@ -305,3 +305,51 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
     if not sources:
         raise InputError(f"no CT found under {folder}")
     return sources
+
+
+#: Distinct real CT slices shipped by pydicom's test files and the pydicom-data package (the 693_* files are
+#: one slice in four encodings: one is enough).
+BUILTIN_REAL_CT = ("693_UNCR.dcm", "CT_small.dcm", "bad_sequence.dcm", "explicit_VR-UN.dcm",
+                   "J2K_pixelrep_mismatch.dcm", "eCT_Supplemental.dcm")
+
+
+def _package_ct_folders() -> List[Path]:
+    folders = []
+    try:
+        import pydicom.data
+
+        folders.append(Path(pydicom.data.__file__).parent / "test_files")
+    except ImportError:
+        pass
+    try:
+        import data_store  # the pydicom-data package
+
+        folders.append(Path(data_store.__file__).parent / "data")
+    except ImportError:
+        pass
+    return folders
+
+
+def builtin_sources(num_phantoms: int = 0, size: int = 512, seed: int = 0) -> List[SourceSlice]:
+    """Full-dose sources that need no patient data: every real CT slice that ``pydicom`` and
+    ``pydicom-data`` ship (each file its own patient; multi-frame files give one source per frame) and
+    ``num_phantoms`` phantom slices (one patient per phantom seed, pelvis to chest)."""
+    from .phantoms import phantom_slice
+
+    sources: List[SourceSlice] = []
+    folders = _package_ct_folders()
+    for name in BUILTIN_REAL_CT:
+        path = next((folder / name for folder in folders if (folder / name).is_file()), None)
+        if path is None:
+            continue
+        volume = read_volume(path)
+        for frame in range(volume.num_slices):
+            hu = np.asarray(volume.hu[frame], dtype=np.float32)
+            sources.append(SourceSlice(f"real_{Path(name).stem}", f"frame{frame}", hu, float(volume.spacing_mm[0])))
+    pixel_mm = 0.7 * 512 / size
+    for n in range(num_phantoms):
+        patient_seed = seed * 1000 + n // 4
+        position = (n % 4 + 0.5) / 4
+        sources.append(SourceSlice(f"phantom{patient_seed}", f"pos{n % 4}",
+                                   phantom_slice(position, size, pixel_mm, patient_seed), pixel_mm))
+    return sources

@@ -16,6 +16,7 @@ import torch
 
 from DistilIQALib.datasets import (
     SourceSlice,
+    builtin_sources,
     dataset_info,
     load_images,
     load_split,
@@ -176,3 +177,13 @@ def test_simulated_dataset_labels_fall_with_dose(tmp_path):
         assert by_kind["dose1"] == pytest.approx(1.0)
         assert by_kind["dose1"] > by_kind["dose0.5"] > by_kind["dose0.1"]
         assert by_kind["views64"] < 1.0
+
+
+def test_builtin_sources_are_real_ct_and_phantoms():
+    sources = builtin_sources(num_phantoms=8, size=256)
+    real = [s for s in sources if s.patient.startswith("real_")]
+    assert len({s.patient for s in real}) == 6 and len(real) == 7  # one file has two frames
+    for source in sources:
+        assert source.hu.ndim == 2 and source.hu.shape[0] == source.hu.shape[1] >= 128
+        assert source.hu.min() < -500 and source.hu.max() > 100 and 0.2 < source.pixel_mm < 2.0
+    assert len({s.patient for s in sources if s.patient.startswith("phantom")}) == 2
