@@ -350,9 +350,26 @@ def _run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recipe_parser(commands) -> None:
+    parser = commands.add_parser("recipe", help="build the shipped model from scratch (data, teachers, student)")
+    parser.add_argument("--output", required=True, help="run folder (resumes when it exists)")
+    parser.add_argument("--size", default="default", choices=["default", "tiny"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=_run_recipe)
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    from .recipe import run_recipe
+
+    weights = run_recipe(args.output, args.size, args.seed, args.device, TerminalProgress())
+    _note(f"model: {weights}")
+    return 0
+
+
 COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser, _add_preprocess_parser,
                             _add_train_teacher_parser, _add_train_student_parser, _add_evaluate_parser,
-                            _add_batch_parser, _add_merge_parser]
+                            _add_batch_parser, _add_merge_parser, _add_recipe_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

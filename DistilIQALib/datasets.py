@@ -348,8 +348,8 @@ def builtin_sources(num_phantoms: int = 0, size: int = 512, seed: int = 0) -> Li
             sources.append(SourceSlice(f"real_{Path(name).stem}", f"frame{frame}", hu, float(volume.spacing_mm[0])))
     pixel_mm = 0.7 * 512 / size
     for n in range(num_phantoms):
-        patient_seed = seed * 1000 + n // 4
+        anatomy_seed = seed * 1000 + n // 4
         position = (n % 4 + 0.5) / 4
-        sources.append(SourceSlice(f"phantom{patient_seed}", f"pos{n % 4}",
-                                   phantom_slice(position, size, pixel_mm, patient_seed), pixel_mm))
+        sources.append(SourceSlice(f"phantom{n // 4}", f"pos{n % 4}",
+                                   phantom_slice(position, size, pixel_mm, anatomy_seed), pixel_mm))
     return sources
