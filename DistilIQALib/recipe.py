@@ -113,7 +113,9 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
     known = np.isfinite(doses)
     info.dose_calibration = fit_dose_calibration(scores[known], doses[known])
     info.adequacy = adequacy_from_calibration(info.dose_calibration)
+    ensemble = ensemble_agreement(teachers, data, device)
     info.provenance.update(recipe=name, recipe_parameters=json.loads(json.dumps(asdict(recipe))), seed=seed,
+                           teacher_ensemble_held_out={k: round(v, 5) for k, v in ensemble.items()},
                            wall_time_s=round(time.monotonic() - started, 1),
                            held_out=[{k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}
                                      for m in metrics])

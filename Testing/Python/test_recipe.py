@@ -27,6 +27,7 @@ def test_tiny_recipe_end_to_end_and_reproducible(tmp_path):
     assert bands[0]["min_score"] >= bands[1]["min_score"] and "reasoning" in info.adequacy
     assert info.provenance["recipe"] == "tiny" and info.provenance["purpose"] == "test"
     assert {m["model"] for m in info.provenance["held_out"]} >= {"student.safetensors", "teacher_0.safetensors"}
+    assert set(info.provenance["teacher_ensemble_held_out"]) == {"PLCC", "SROCC", "KROCC", "overall", "MAE", "MSE"}
     volume = CTVolume(phantom_volume(3, size=128, pixel_mm=2.8, noise_sd_hu=10), spacing_mm=(2.8, 2.8, 5.0))
     scores = Scorer(str(first), device="cpu").score_volume(volume)
     assert scores.dose_equivalent is not None and scores.adequacy is not None
