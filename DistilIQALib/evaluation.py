@@ -7,48 +7,76 @@ MSE) and draws ``scatter_<model>.png`` (prediction against label).
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from .datasets import load_images, load_split
+from .datasets import LabelledImages, load_images, load_split
 from .device import resolve_device
 from .errors import InputError
 from .metrics import agreement
-from .model import score_from_outputs
+from .model import QualityViT, score_from_outputs
 from .training import predict
 from .weights import ModelInfo, load_weights
+
+
+@dataclass
+class Prediction:
+    """One model's predictions on a split: raw outputs ``(N, num_outputs)`` and scores ``(N,)``."""
+
+    path: Path
+    model: QualityViT
+    info: ModelInfo
+    outputs: np.ndarray
+    scores: np.ndarray
+
+
+def predict_split(weights: Sequence[Path | str], split: LabelledImages, device: torch.device) -> List[Prediction]:
+    """Predictions of each weights file on ``split`` (images loaded once per input size)."""
+    cache: Dict[int, torch.Tensor] = {}
+    predictions = []
+    for path in weights:
+        model, info = load_weights(path, device)
+        if info.input_size not in cache:
+            cache[info.input_size] = load_images(split, info.input_size)
+        outputs = predict(model, cache[info.input_size], device)
+        predictions.append(Prediction(Path(path), model, info, outputs,
+                                      score_from_outputs(torch.from_numpy(outputs)).numpy()))
+    return predictions
 
 
 def evaluate(weights: Sequence[Path | str], data_dir: Path | str, output_dir: Path | str,
              split_name: str = "test", device_spec: str = "auto", plot: bool = True) -> List[Dict[str, float]]:
     """Metrics of each weights file on a split: ``eval_info.csv`` (per image), ``accumulate_metrics.csv``
     (one row per model, appended) and ``scatter_<model>.png``."""
-    data_dir, output_dir = Path(data_dir), Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device_spec)
     split = load_split(data_dir, split_name)
     if len(split) < 2:
         raise InputError(f"the {split_name} split of {data_dir} has fewer than 2 images")
-    cache: Dict[int, torch.Tensor] = {}
+    predictions = predict_split(weights, split, resolve_device(device_spec))
+    return write_evaluation(predictions, split, output_dir, split_name, plot)
+
+
+def write_evaluation(predictions: Sequence[Prediction], split: LabelledImages, output_dir: Path | str,
+                     split_name: str = "test", plot: bool = True) -> List[Dict[str, float]]:
+    """Write the evaluation files for ``predictions`` on ``split``; returns each model's metrics."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     results = []
     rows = []
-    for path in weights:
-        path = Path(path)
-        model, info = load_weights(path, device)
-        if info.input_size not in cache:
-            cache[info.input_size] = load_images(split, info.input_size)
-        outputs = predict(model, cache[info.input_size], device)
-        scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
-        metrics = {"model": path.name, "split": split_name, "images": len(split), **agreement(scores, split.labels)}
+    for prediction in predictions:
+        name = prediction.path.name
+        metrics = {"model": name, "split": split_name, "images": len(split),
+                   **agreement(prediction.scores, split.labels)}
         results.append(metrics)
-        for n, name in enumerate(split.paths):
-            rows.append([path.name, name, split.patients[n], f"{split.labels[n]:.6f}", f"{scores[n]:.6f}"]
-                        + [f"{value:.6f}" for value in outputs[n]])
+        for n, image in enumerate(split.paths):
+            rows.append([name, image, split.patients[n], f"{split.labels[n]:.6f}", f"{prediction.scores[n]:.6f}"]
+                        + [f"{value:.6f}" for value in prediction.outputs[n]])
         if plot:
-            _scatter(scores, split.labels, metrics, output_dir / f"scatter_{path.stem}.png", info)
+            _scatter(prediction.scores, split.labels, metrics, output_dir / f"scatter_{prediction.path.stem}.png",
+                     prediction.info)
     with (output_dir / "eval_info.csv").open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["model", "image", "patient", "label", "prediction", "outputs..."])

@@ -13,17 +13,16 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
 
-from .datasets import builtin_sources, load_images, load_split, preprocess_simulated
+from .datasets import builtin_sources, load_split, preprocess_simulated
 from .device import resolve_device
-from .evaluation import evaluate
-from .model import score_from_outputs
-from .training import TrainingConfig, predict, train_student, train_teachers
-from .weights import load_weights, save_weights
+from .evaluation import predict_split, write_evaluation
+from .metrics import agreement
+from .training import TrainingConfig, train_student, train_teachers
+from .weights import save_weights
 
 
 @dataclass(frozen=True)
@@ -104,16 +103,15 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
     student_config = TrainingConfig(seed=seed, device=device, purpose=teacher_config.purpose, **recipe.student)
     teachers = train_teachers(data, run, teacher_config, progress=progress)
     student = train_student(data, run, student_config, teachers, progress=progress)
-    metrics = evaluate([student, *teachers], data, output / "evaluation", "test", device)
-    model, info = load_weights(student, resolve_device(device))
     split = load_split(data, "test")
-    images = load_images(split, info.input_size)
-    scores = score_from_outputs(torch.from_numpy(predict(model, images, resolve_device(device)))).numpy()
+    predictions = predict_split([student, *teachers], split, resolve_device(device))
+    metrics = write_evaluation(predictions, split, output / "evaluation")
+    model, info = predictions[0].model, predictions[0].info
     doses = np.array([dose_of(path) or np.nan for path in split.paths])
     known = np.isfinite(doses)
-    info.dose_calibration = fit_dose_calibration(scores[known], doses[known])
+    info.dose_calibration = fit_dose_calibration(predictions[0].scores[known], doses[known])
     info.adequacy = adequacy_from_calibration(info.dose_calibration)
-    ensemble = ensemble_agreement(teachers, data, device)
+    ensemble = agreement(np.mean([p.scores for p in predictions[1:]], axis=0), split.labels)
     info.provenance.update(recipe=name, recipe_parameters=json.loads(json.dumps(asdict(recipe))), seed=seed,
                            teacher_ensemble_held_out={k: round(v, 5) for k, v in ensemble.items()},
                            wall_time_s=round(time.monotonic() - started, 1),
@@ -123,16 +121,3 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
     save_weights(final, model, info, half=True)
     return final
 
-
-def ensemble_agreement(teachers: Sequence[Path | str], data: Path | str, device: str = "auto") -> Dict:
-    """The paper's metrics of the teachers' mean prediction on the test split (for the model card)."""
-    from .metrics import agreement
-
-    split = load_split(data, "test")
-    predictions = []
-    for path in teachers:
-        model, info = load_weights(path, resolve_device(device))
-        images = load_images(split, info.input_size)
-        predictions.append(score_from_outputs(torch.from_numpy(predict(model, images, resolve_device(device))))
-                           .numpy())
-    return agreement(np.mean(predictions, axis=0), split.labels)
