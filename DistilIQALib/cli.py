@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .errors import Cancelled, DistilIQAError
+from .scoring import DEFAULT_BATCH_SIZE
 
 PROGRAM = "distiliqa"
 
@@ -46,7 +47,8 @@ def _add_score_parser(commands) -> None:
                                       "or 2D image (DICOM, TIFF, PNG)")
     parser.add_argument("--weights", help="weights file (.safetensors); default: the model shipped with DistilIQA")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"slices per forward pass (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID to score when the folder holds several")
     parser.add_argument("--out", help="per-slice CSV (default: printed to standard output)")
     parser.add_argument("--plot", help="PNG plot of score and noise against z")
@@ -112,7 +114,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     folder = make_sample_ct(args.sample)
     _note(f"sample CT series: {folder}")
     resolve_weights(args.weights)  # fail early, with the reason, when no model is installed
-    return _score_to_files(str(folder), args.weights, args.device, 8, out=args.out, plot=args.plot,
+    return _score_to_files(str(folder), args.weights, args.device, DEFAULT_BATCH_SIZE, out=args.out, plot=args.plot,
                            json_path=args.json)
 
 
@@ -293,7 +295,7 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--rescore", action="store_true", help="score series the store already has")
     parser.add_argument("--weights", help="weights file; default: the shipped model")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=2, help="threads decoding DICOM ahead of the model")
     parser.set_defaults(run=_run_batch)
 

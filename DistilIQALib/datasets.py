@@ -49,10 +49,6 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, indices: Sequence[int]) -> LabelledImages:
-        return LabelledImages(self.root, [self.paths[i] for i in indices], self.labels[list(indices)],
-                              [self.patients[i] for i in indices])
-
 
 def window_label(full_hu: np.ndarray, image_hu: np.ndarray) -> float:
     """The chest-data label: SSIM of the W350/L40-windowed images (data range 1)."""
@@ -313,7 +309,8 @@ BUILTIN_REAL_CT = ("693_UNCR.dcm", "CT_small.dcm", "bad_sequence.dcm", "explicit
                    "J2K_pixelrep_mismatch.dcm", "eCT_Supplemental.dcm")
 
 
-def _package_ct_folders() -> List[Path]:
+def package_ct_folders() -> List[Path]:
+    """Folders of the DICOM test files that pydicom and (if installed) pydicom-data ship."""
     folders = []
     try:
         import pydicom.data
@@ -337,7 +334,7 @@ def builtin_sources(num_phantoms: int = 0, size: int = 512, seed: int = 0) -> Li
     from .phantoms import phantom_slice
 
     sources: List[SourceSlice] = []
-    folders = _package_ct_folders()
+    folders = package_ct_folders()
     for name in BUILTIN_REAL_CT:
         path = next((folder / name for folder in folders if (folder / name).is_file()), None)
         if path is None:

@@ -10,7 +10,7 @@ application, and takes the scene from the nodes it is given, so it runs against 
   chart and a quality-map volume (each axial slice filled with its score) displayed with a
   red-to-green colour table; all placed beside the CT in the subject hierarchy. Running it again
   for the same CT updates those nodes instead of adding new ones.
-* :func:`render_slice_view`: the picture a slice view shows (CT background at W350/L40, quality
+* :class:`SliceRenderer`: the picture a slice view shows (CT background at W350/L40, quality
   map foreground), composed by Slicer's own slice logic and written to PNG.
 """
 from __future__ import annotations
@@ -159,7 +159,8 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     score_chart = _find_or_add(scene, "vtkMRMLPlotChartNode", ct_node, "score chart", f"{name} per-slice quality")
     score_chart.RemoveAllPlotSeriesNodeIDs()
     score_chart.AddAndObservePlotSeriesNodeID(score_series.GetID())
-    noise_series = _series(scene, ct_node, "noise series", f"{name} noise (HU)", table, "noise_hu", (0.5, 0.5, 0.5))
+    # The noise series is offered in the scene for the user's own charts; the score chart shows the score alone.
+    _series(scene, ct_node, "noise series", f"{name} noise (HU)", table, "noise_hu", (0.5, 0.5, 0.5))
     score_chart.SetTitle(f"DistilIQA: {name}")
     score_chart.SetXAxisTitle("z (mm)")
     score_chart.SetYAxisTitle(f"{info.score.name} ({'higher' if info.score.higher_is_better else 'lower'} is better)")
@@ -175,7 +176,6 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     adequacy_chart.SetTitle(f"Dose adequacy: {name}")
     adequacy_chart.SetXAxisTitle("z (mm)")
     adequacy_chart.SetYAxisTitle(info.score.name)
-    del noise_series  # kept in the scene for the user; the score chart shows the score alone
     quality_map = _quality_map(scene, ct_node, volume, scores)
     _place_in_hierarchy(ct_node, [table, score_chart, adequacy_chart, quality_map])
     return ResultNodes(table, score_chart, adequacy_chart, quality_map)

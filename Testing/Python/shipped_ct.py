@@ -2,10 +2,9 @@
 from pathlib import Path
 from typing import List
 
-import data_store
-import pydicom.data
+from DistilIQALib.datasets import package_ct_folders
 
-ROOTS = (Path(pydicom.data.__file__).parent / "test_files", Path(data_store.__file__).parent / "data")
+ROOTS = package_ct_folders()
 
 #: Single-frame CT slices of at least 64x64 pixels in those packages.
 SHIPPED_CT_NAMES = ("CT_small.dcm", "693_J2KI.dcm", "693_J2KR.dcm", "693_UNCI.dcm", "693_UNCR.dcm",
