@@ -242,8 +242,12 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
                          doses: Sequence[float] = DEFAULT_SIMULATED_DOSES,
                          sparse_views: Sequence[int] = DEFAULT_SPARSE_VIEWS,
                          test_patients: Sequence[str] = (), seed: int = 0,
-                         progress: Optional[Callable[[int, int, str], None]] = None) -> Tuple[int, int]:
-    """Write each source at every dose (projection-domain noise) and view count, labelled by SSIM."""
+                         progress: Optional[Callable[[int, int, str], None]] = None,
+                         kernels: Sequence[str] = ("hann",)) -> Tuple[int, int]:
+    """Write each source at every dose (projection-domain noise) and view count, labelled by SSIM.
+
+    Source ``n`` gets its dose noise through reconstruction kernel ``kernels[n % len(kernels)]``, so a
+    list of kernels varies the noise texture (sharpness) across sources."""
     import SimpleITK as sitk
 
     from .simulation import DoseSimulator, dense_reconstruction, sparse_view
@@ -254,7 +258,7 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     patients: Dict[str, str] = {}
     for n, source in enumerate(sources):
         hu = source.hu.astype(np.float32)
-        simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n)
+        simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, kernel=kernels[n % len(kernels)])
         images = {f"dose{dose:g}": simulator.at_dose(dose) for dose in doses}
         if sparse_views:
             dense = dense_reconstruction(hu, source.pixel_mm)
@@ -271,7 +275,8 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
             patients[relative] = source.patient
         if progress is not None:
             progress(n + 1, len(sources), "simulating")
-    info = {"type": "simulated", "score": SSIM_SCORE, "doses": list(doses), "sparse_views": list(sparse_views)}
+    info = {"type": "simulated", "score": SSIM_SCORE, "doses": list(doses), "sparse_views": list(sparse_views),
+            "kernels": list(kernels)}
     return write_dataset_files(output, labels, patients, test_patients, info)
 
 

@@ -33,19 +33,20 @@ class Recipe:
     doses: Tuple[float, ...]
     sparse_views: Tuple[int, ...]
     test_patients: Tuple[str, ...]
+    kernels: Tuple[str, ...] = ("hann",)
     teacher: Dict = field(default_factory=dict)
     student: Dict = field(default_factory=dict)
 
 
 RECIPES: Dict[str, Recipe] = {
     "default": Recipe(
-        phantoms=48, size=512, real_ct=True, doses=(1.0, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05), sparse_views=(256, 128, 64),
-        test_patients=("real_explicit_VR-UN", "phantom10", "phantom11"),
-        teacher=dict(preset="fast", epochs=12, batch_size=8, optimizer="adamw", lr=1e-3, folds=5),
-        student=dict(preset="fast", epochs=16, batch_size=8, optimizer="adamw", lr=1e-3, folds=5)),
+        phantoms=32, size=512, real_ct=True, doses=(1.0, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05), sparse_views=(256, 128, 64),
+        test_patients=("real_explicit_VR-UN", "phantom6", "phantom7"), kernels=("hann", "shepp-logan", "ramlak"),
+        teacher=dict(preset="fast", epochs=10, batch_size=8, optimizer="adamw", lr=1e-3, folds=5),
+        student=dict(preset="fast", epochs=20, batch_size=8, optimizer="adamw", lr=1e-3, folds=5)),
     "tiny": Recipe(
         phantoms=12, size=128, real_ct=False, doses=(1.0, 0.5, 0.2, 0.05), sparse_views=(64,),
-        test_patients=("phantom2",),
+        test_patients=("phantom2",), kernels=("hann", "ramlak"),
         teacher=dict(preset="tiny", input_size=128, epochs=3, batch_size=8, optimizer="adamw", lr=2e-3, folds=2,
                      augment=False),
         student=dict(preset="tiny", input_size=128, epochs=3, batch_size=8, optimizer="adamw", lr=2e-3, folds=2,
@@ -96,7 +97,8 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
         sources = builtin_sources(recipe.phantoms, recipe.size, seed)
         if not recipe.real_ct:
             sources = [s for s in sources if not s.patient.startswith("real_")]
-        preprocess_simulated(sources, data, recipe.doses, recipe.sparse_views, recipe.test_patients, seed, progress)
+        preprocess_simulated(sources, data, recipe.doses, recipe.sparse_views, recipe.test_patients, seed, progress,
+                             recipe.kernels)
     run = output / "run"
     teacher_config = TrainingConfig(seed=seed, device=device, purpose="release" if name == "default" else "test",
                                     **recipe.teacher)

@@ -68,6 +68,8 @@ class DoseSimulator:
         i0: photons per ray at full dose (clinical, per rotation of ``CLINICAL_VIEWS`` views).
         electronic_sd: electronic noise SD (photons per ray); 0 turns it off.
         seed: random seed of the realisation.
+        kernel: reconstruction filter of the added noise (``"hann"`` soft tissue, ``"shepp-logan"``
+            sharper, ``"ramlak"`` sharpest); sharper kernels give more and finer noise at the same dose.
     """
 
     hu: np.ndarray
@@ -76,6 +78,7 @@ class DoseSimulator:
     electronic_sd: float = DEFAULT_ELECTRONIC_SD
     seed: int = 0
     views: int = NOISE_VIEWS
+    kernel: str = "hann"
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 2 or self.hu.shape[0] != self.hu.shape[1]:
@@ -103,7 +106,7 @@ class DoseSimulator:
         electronic_sd = self.electronic_sd * torch.exp(p) / i0_per_view
         noise = torch.stack([torch.randn(p.shape, generator=generator) * quantum_sd,
                              torch.randn(p.shape, generator=generator) * electronic_sd])
-        images = mu_to_hu(fbp(noise, self.hu.shape[0], self.pixel_mm) + MU_WATER_PER_MM)
+        images = mu_to_hu(fbp(noise, self.hu.shape[0], self.pixel_mm, self.kernel) + MU_WATER_PER_MM)
         return images[0].numpy(), images[1].numpy()
 
     def added_noise(self, dose_fraction: float) -> np.ndarray:

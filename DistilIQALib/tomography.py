@@ -48,8 +48,8 @@ def forward_project(image: torch.Tensor, num_views: int, pixel_mm: float = 1.0, 
 
 def ramp_filter(sinogram: torch.Tensor, pixel_mm: float = 1.0, window: str = "hann") -> torch.Tensor:
     """Ramp filtering along the detector (spatial-domain Ram-Lak kernel, zero padded against
-    wrap-around), apodised by ``window``: ``"ramlak"`` (none, sharpest) or ``"hann"`` (a
-    standard soft-tissue kernel)."""
+    wrap-around), apodised by ``window``: ``"ramlak"`` (none, sharpest), ``"shepp-logan"`` (sinc, a
+    sharper body kernel) or ``"hann"`` (a standard soft-tissue kernel)."""
     detectors = sinogram.shape[-1]
     padded = 1 << (2 * detectors - 1).bit_length()
     n = torch.arange(-(padded // 2), padded // 2, dtype=torch.float32, device=sinogram.device)
@@ -61,6 +61,9 @@ def ramp_filter(sinogram: torch.Tensor, pixel_mm: float = 1.0, window: str = "ha
     if window == "hann":
         frequency = torch.linspace(0.0, 1.0, kernel_spectrum.shape[-1], device=sinogram.device)
         kernel_spectrum = kernel_spectrum * 0.5 * (1.0 + torch.cos(math.pi * frequency))
+    elif window == "shepp-logan":
+        frequency = torch.linspace(0.0, 1.0, kernel_spectrum.shape[-1], device=sinogram.device)
+        kernel_spectrum = kernel_spectrum * torch.sinc(frequency / 2)
     elif window != "ramlak":
         raise ValueError(f"unknown reconstruction filter {window!r}")
     spectrum = torch.fft.rfft(sinogram, n=padded, dim=-1) * kernel_spectrum

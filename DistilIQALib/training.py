@@ -25,7 +25,6 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .datasets import dataset_info, load_images, load_split
 from .device import resolve_device
@@ -104,10 +103,15 @@ def patient_folds(patients: Sequence[str], folds: int, seed: int = 0) -> List[Li
     return [[i for i, patient in enumerate(patients) if fold_of[patient] == k] for k in range(folds)]
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random flips, 90-degree rotations, transposition and scale (0.9-1.1), per image."""
+def augment(batch: torch.Tensor, generator: torch.Generator, max_shift: float = 0.08) -> torch.Tensor:
+    """Random flips, 90-degree rotations, transposition and shifts (up to ``max_shift`` of the side,
+    filled with air), per image.
+
+    Every transform moves whole pixels: resampling (zoom, free rotation) would smooth or alias the noise,
+    and noise texture is what the score measures, so the label would no longer fit the image."""
     out = torch.empty_like(batch)
     size = batch.shape[-1]
+    limit = int(size * max_shift)
     for n in range(batch.shape[0]):
         image = batch[n]
         choice = torch.randint(0, 8, (1,), generator=generator).item()
@@ -116,16 +120,12 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if choice & 2:
             image = image.transpose(-1, -2)
         image = torch.rot90(image, int(torch.randint(0, 4, (1,), generator=generator).item()), dims=(-2, -1))
-        scale = 0.9 + 0.2 * torch.rand(1, generator=generator).item()
-        scaled = max(8, int(round(size * scale)))
-        if scaled != size:
-            image = F.interpolate(image[None], size=(scaled, scaled), mode="bilinear", align_corners=False)[0]
-            if scaled > size:
-                offset = (scaled - size) // 2
-                image = image[..., offset:offset + size, offset:offset + size]
-            else:
-                before = (size - scaled) // 2
-                image = F.pad(image, (before, size - scaled - before, before, size - scaled - before))
+        if limit:
+            dy, dx = (int(v) for v in torch.randint(-limit, limit + 1, (2,), generator=generator))
+            shifted = torch.zeros_like(image)
+            shifted[..., max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)] = \
+                image[..., max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
+            image = shifted
         out[n] = image
     return out
 

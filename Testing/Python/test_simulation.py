@@ -89,3 +89,16 @@ def test_paired_dose_formula():
     assert paired_dose(full, low, 0.1, 0.5)[0, 0] == pytest.approx(10.0)
     # 25% data uses its own factor: a = sqrt(1 / 3)
     assert paired_dose(full, low, 0.25, 0.5)[0, 0] == pytest.approx(30.0 / np.sqrt(3.0))
+
+
+def test_sharper_kernels_give_more_and_finer_noise(water):
+    """Same photons, three reconstruction kernels: noise SD and its high-frequency share rise with sharpness."""
+    roi = np.s_[64:192, 64:192]
+    noise = {k: DoseSimulator(water, PIXEL_MM, electronic_sd=0.0, seed=2, kernel=k).added_noise(0.25)
+             for k in ("hann", "shepp-logan", "ramlak")}
+    sd = [noise[k][CENTRE].std() for k in ("hann", "shepp-logan", "ramlak")]
+    rise = [_rise_of_noise_power(noise[k][roi]) for k in ("hann", "shepp-logan", "ramlak")]
+    assert sd[0] * 1.3 < sd[1] < sd[2]
+    assert rise[0] < rise[1] < rise[2]
+    with pytest.raises(ValueError, match="unknown reconstruction filter"):
+        DoseSimulator(water, PIXEL_MM, kernel="bone")

@@ -187,3 +187,19 @@ def test_builtin_sources_are_real_ct_and_phantoms():
         assert source.hu.ndim == 2 and source.hu.shape[0] == source.hu.shape[1] >= 128
         assert source.hu.min() < -500 and source.hu.max() > 100 and 0.2 < source.pixel_mm < 2.0
     assert len({s.patient for s in sources if s.patient.startswith("phantom")}) == 2
+
+
+def test_augmentation_moves_whole_pixels_and_keeps_noise():
+    """Flips, rotations and shifts keep every pixel value (no resampling that would smooth the noise)."""
+    from DistilIQALib.training import augment
+
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.zeros(16, 1, 64, 64)
+    batch[:, :, 16:48, 16:48] = torch.randn(16, 1, 32, 32)  # a noisy body in air, away from the edges
+    out = augment(batch, generator)
+    assert out.shape == batch.shape
+    changed = 0
+    for before, after in zip(batch, out):
+        assert torch.equal(torch.sort(after[after != 0]).values, torch.sort(before[before != 0]).values)
+        changed += not torch.equal(before, after)
+    assert changed >= 12
