@@ -335,8 +335,13 @@ def package_ct_folders() -> List[Path]:
 def builtin_sources(num_phantoms: int = 0, size: int = 512, seed: int = 0) -> List[SourceSlice]:
     """Full-dose sources that need no patient data: every real CT slice that ``pydicom`` and
     ``pydicom-data`` ship (each file its own patient; multi-frame files give one source per frame) and
-    ``num_phantoms`` phantom slices (one patient per phantom seed, pelvis to chest)."""
+    ``num_phantoms`` phantom slices (one patient per phantom seed, pelvis to chest).
+
+    A phantom slice is given the noise of a full-dose scan (projection-domain, default photon count), as
+    real full-dose images have: the score then means degradation from a full dose, not from a noiseless
+    ideal that no scanner makes."""
     from .phantoms import phantom_slice
+    from .simulation import DoseSimulator
 
     sources: List[SourceSlice] = []
     folders = package_ct_folders()
@@ -352,6 +357,7 @@ def builtin_sources(num_phantoms: int = 0, size: int = 512, seed: int = 0) -> Li
     for n in range(num_phantoms):
         anatomy_seed = seed * 1000 + n // 4
         position = (n % 4 + 0.5) / 4
-        sources.append(SourceSlice(f"phantom{n // 4}", f"pos{n % 4}",
-                                   phantom_slice(position, size, pixel_mm, anatomy_seed), pixel_mm))
+        ideal = phantom_slice(position, size, pixel_mm, anatomy_seed)
+        full_dose = ideal + DoseSimulator(ideal, pixel_mm, seed=(seed * 1000 + n) * 7919 + 1).full_dose_noise()
+        sources.append(SourceSlice(f"phantom{n // 4}", f"pos{n % 4}", full_dose, pixel_mm))
     return sources

@@ -117,6 +117,11 @@ class DoseSimulator:
         electronic = np.float32(np.sqrt(1.0 / dose_fraction ** 2 - 1.0))
         return quantum * self._quantum + electronic * self._electronic
 
+    def full_dose_noise(self) -> np.ndarray:
+        """A realisation of the noise a full-dose scan itself has (HU): variance ``exp(p)/I0`` plus the
+        electronic part, for giving a noiseless (phantom) slice the noise of a real full-dose image."""
+        return self._quantum + self._electronic
+
     def at_dose(self, dose_fraction: float) -> np.ndarray:
         """The slice (HU, float32) as it would look at ``dose_fraction`` of the full dose."""
         return self.hu.astype(np.float32) + self.added_noise(dose_fraction)

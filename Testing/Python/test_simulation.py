@@ -102,3 +102,10 @@ def test_sharper_kernels_give_more_and_finer_noise(water):
     assert rise[0] < rise[1] < rise[2]
     with pytest.raises(ValueError, match="unknown reconstruction filter"):
         DoseSimulator(water, PIXEL_MM, kernel="bone")
+
+
+def test_full_dose_noise_is_the_noise_that_halving_the_dose_adds(simulator):
+    """Halving the dose doubles the variance, so the added noise has the full-dose noise's SD."""
+    full = simulator.full_dose_noise()[CENTRE].std()
+    assert full == pytest.approx(simulator.added_noise(0.5)[CENTRE].std(), rel=0.05)
+    assert full > 1.0

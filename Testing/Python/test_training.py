@@ -187,6 +187,11 @@ def test_builtin_sources_are_real_ct_and_phantoms():
         assert source.hu.ndim == 2 and source.hu.shape[0] == source.hu.shape[1] >= 128
         assert source.hu.min() < -500 and source.hu.max() > 100 and 0.2 < source.pixel_mm < 2.0
     assert len({s.patient for s in sources if s.patient.startswith("phantom")}) == 2
+    from DistilIQALib.noise import global_noise_index
+
+    for source in sources[-8:]:  # phantoms carry a full-dose scan's noise, like the real slices
+        gni = float(global_noise_index(torch.from_numpy(source.hu)[None], (source.pixel_mm,) * 2))
+        assert 3.0 < gni < 25.0
 
 
 def test_augmentation_moves_whole_pixels_and_keeps_noise():
