@@ -35,8 +35,8 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     kernel = (kernel_pixels(pixel_spacing_mm[1], kernel_mm), kernel_pixels(pixel_spacing_mm[0], kernel_mm))
     count = kernel[0] * kernel[1]
     centred = hu - 50.0  # keeps E[x^2] - E[x]^2 accurate in float32
-    mean = F.avg_pool2d(centred, kernel, stride=1)
-    mean_square = F.avg_pool2d(centred * centred, kernel, stride=1)
+    both = _box_mean(torch.cat([centred, centred * centred], dim=1), kernel)
+    mean, mean_square = both[:, :1], both[:, 1:]
     variance = (mean_square - mean * mean).clamp_(min=0.0) * (count / (count - 1))
     sd = variance.sqrt_().flatten(1)
     local_mean = (mean + 50.0).flatten(1)
@@ -49,6 +49,16 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     noise = _histogram_mode(smoothed)
     enough = tissue.sum(dim=1) >= MIN_TISSUE_PIXELS
     return torch.where(enough, noise, torch.full_like(noise, float("nan")))
+
+
+def _box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    """Mean over every ``kernel``-sized window (valid positions only), from a summed-area table: the
+    same as ``avg_pool2d(x, kernel, stride=1)`` at a cost that does not grow with the kernel. The table
+    is float64 so that differences of large running sums stay exact to float32 precision."""
+    table = F.pad(x.double(), (1, 0, 1, 0)).cumsum_(-2).cumsum_(-1)
+    ky, kx = kernel
+    sums = table[..., ky:, kx:] - table[..., :-ky, kx:] - table[..., ky:, :-kx] + table[..., :-ky, :-kx]
+    return (sums / (ky * kx)).float()
 
 
 def _histogram_mode(histogram: torch.Tensor) -> torch.Tensor:

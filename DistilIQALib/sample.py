@@ -9,10 +9,12 @@ import numpy as np
 
 from .dicom_writing import write_series
 from .phantoms import phantom_volume
+from .simulation import textured_noise
 
-#: Noise (HU) of the sample's normal slices and of its simulated dose dip.
-SAMPLE_NOISE_HU = 12.0
-SAMPLE_DIP_NOISE_HU = 45.0
+#: Noise (HU) of the sample's normal slices (a full-dose scan) and of its dose dip (noise SD scales as
+#: 1/sqrt(dose): 10 / sqrt(0.07) is about 38).
+SAMPLE_NOISE_HU = 10.0
+SAMPLE_DIP_NOISE_HU = 38.0
 
 
 def make_sample_ct(folder: os.PathLike[str] | str, num_slices: int = 40, size: int = 512,
@@ -20,7 +22,8 @@ def make_sample_ct(folder: os.PathLike[str] | str, num_slices: int = 40, size: i
     """Write a DICOM CT series to ``folder`` (unless one is there already) and return the folder.
 
     Slices ``dip_slices[0]`` to ``dip_slices[1] - 1`` carry about 7% of the dose of the others
-    (noise SD 45 HU instead of 12 HU; noise SD scales as 1/sqrt(dose)).
+    (noise SD 38 HU instead of 10 HU), as when tube current modulation fails over a stretch of the scan.
+    The noise has CT texture (:func:`~DistilIQALib.simulation.textured_noise`).
     """
     folder = Path(folder)
     if folder.is_dir() and any(folder.glob("*.dcm")):
@@ -30,7 +33,7 @@ def make_sample_ct(folder: os.PathLike[str] | str, num_slices: int = 40, size: i
     noise_sd = np.full(num_slices, SAMPLE_NOISE_HU, dtype=np.float32)
     noise_sd[dip_slices[0]:dip_slices[1]] = SAMPLE_DIP_NOISE_HU
     rng = np.random.default_rng(seed)
-    volume += rng.standard_normal(volume.shape, dtype=np.float32) * noise_sd[:, None, None]
+    volume += textured_noise(volume.shape, 1.0, rng) * noise_sd[:, None, None]
     write_series(volume, folder, spacing_mm=(pixel_mm, pixel_mm, 2.5), origin_mm=(-size * pixel_mm / 2,) * 2 + (0.0,),
                  series_description="DistilIQA sample: phantom with a low-dose dip",
                  series_uid="1.2.826.0.1.3680043.8.498.20241.1")

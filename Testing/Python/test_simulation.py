@@ -109,3 +109,11 @@ def test_full_dose_noise_is_the_noise_that_halving_the_dose_adds(simulator):
     full = simulator.full_dose_noise()[CENTRE].std()
     assert full == pytest.approx(simulator.added_noise(0.5)[CENTRE].std(), rel=0.05)
     assert full > 1.0
+
+
+def test_textured_noise_has_ct_texture_and_the_asked_sd():
+    from DistilIQALib.simulation import textured_noise
+
+    noise = textured_noise((2, 128, 128), 25.0, np.random.default_rng(1))
+    assert noise.dtype == np.float32 and noise.std(axis=(1, 2)) == pytest.approx([25.0, 25.0], rel=1e-3)
+    assert _rise_of_noise_power(noise[0]) > 1.8
