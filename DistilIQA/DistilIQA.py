@@ -198,10 +198,13 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("DistilIQA could not show the results."), waitCursor=True):
             nodes = self.logic.showResults(run, self._parameterNode.showOverlay, self._parameterNode.overlayOpacity)
-            self._showSummary(run.scores)
-            self._lastResults = nodes
-            self._observeSliceViews()
-            self._observePlotClicks()
+            self._resultsShown(run.scores, nodes)
+
+    def _resultsShown(self, scores, nodes):
+        self._showSummary(scores)
+        self._lastResults = nodes
+        self._observeSliceViews()
+        self._observePlotClicks()
 
     def _showSummary(self, scores):
         summary = scores.summary()
@@ -312,7 +315,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._offerStudent()
 
     def onBatchButton(self):
-        self._startJob(self.logic.batchArguments(), self.ui.batchButton, self.ui.batchProgressBar)
+        self._startJob(self.logic.batchArguments(self._parameterNode.weightsPath or None), self.ui.batchButton,
+                       self.ui.batchProgressBar)
 
     def _fillBatchTable(self):
         rows = self.logic.batchRows()
@@ -336,10 +340,14 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onBatchRowDoubleClicked(self, row, column):
         item = self.ui.batchTable.item(row, 0)
         if item is not None:
+            parameters = self._parameterNode
             with slicer.util.tryWithErrorDisplay(_("Could not load the series."), waitCursor=True):
-                volume = self.logic.loadSeriesWithScores(item.data(qt.Qt.UserRole))
-                if volume is not None:
-                    self._parameterNode.inputVolume = volume
+                loaded = self.logic.loadSeriesWithScores(item.data(qt.Qt.UserRole), parameters.weightsPath or None,
+                                                         parameters.showOverlay, parameters.overlayOpacity)
+                if loaded is not None:
+                    volume, scores, nodes = loaded
+                    parameters.inputVolume = volume
+                    self._resultsShown(scores, nodes)
 
     def onTrainingTask(self, task):
         buttons = {"preprocess": self.ui.preprocessButton, "train-teacher": self.ui.trainTeachersButton,
@@ -444,8 +452,10 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
     def showResults(self, run, showOverlay=True, opacity=0.35):
         from DistilIQALib import mrml
 
-        nodes = mrml.show_results(run.ctNode, run.scores, run.volume)
-        self.showOverlay(run.ctNode, nodes.quality_map, showOverlay, opacity)
+        return self._present(run.ctNode, mrml.show_results(run.ctNode, run.scores, run.volume), showOverlay, opacity)
+
+    def _present(self, ctNode, nodes, showOverlay, opacity):
+        self.showOverlay(ctNode, nodes.quality_map, showOverlay, opacity)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None:
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
@@ -465,10 +475,11 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
     def batchStore(self):
         return os.path.join(slicer.dicomDatabase.databaseDirectory, "DistilIQA_results.sqlite")
 
-    def batchArguments(self):
+    def batchArguments(self, weightsPath=None):
         if not slicer.dicomDatabase or not slicer.dicomDatabase.isOpen:
             raise RuntimeError(_("Slicer's DICOM database is not open."))
-        return ["batch", slicer.dicomDatabase.databaseDirectory, "--db", self.batchStore()]
+        arguments = ["batch", slicer.dicomDatabase.databaseDirectory, "--db", self.batchStore()]
+        return arguments + (["--weights", weightsPath] if weightsPath else [])
 
     def batchRows(self):
         from DistilIQALib.store import ResultStore
@@ -481,11 +492,20 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
 
         write_summary_csv(self.batchStore(), path)
 
-    def loadSeriesWithScores(self, seriesUid):
+    def loadSeriesWithScores(self, seriesUid, weightsPath=None, showOverlay=True, opacity=0.35):
+        """Load a series from the DICOM database and show the scores the batch run stored for it (no
+        rescoring); returns ``(volume node, scores, result nodes)`` or None when nothing loaded."""
         from DICOMLib import DICOMUtils
 
+        from DistilIQALib.batch import stored_scores
+        from DistilIQALib.mrml import show_stored_results
+
         loaded = DICOMUtils.loadSeriesByUID([seriesUid])
-        return slicer.mrmlScene.GetNodeByID(loaded[0]) if loaded else None
+        node = slicer.mrmlScene.GetNodeByID(loaded[0]) if loaded else None
+        if node is None:
+            return None
+        scores = stored_scores(self.batchStore(), seriesUid, weightsPath)
+        return node, scores, self._present(node, show_stored_results(node, scores), showOverlay, opacity)
 
     def trainingArguments(self, task, parameters):
         if not parameters.datasetPath:

@@ -266,3 +266,29 @@ def write_html_report(store_path: os.PathLike[str] | str, report_path: os.PathLi
             f"<h2>Problems ({len(problems)})</h2><ul>{problem_list}</ul><script>{_SORT_SCRIPT}</script></body></html>")
     Path(report_path).write_text(page, encoding="utf-8")
     return len(rows)
+
+
+def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: Optional[str] = None) -> SliceScores:
+    """The per-slice results a batch run stored for one series, as :class:`SliceScores` (no rescoring).
+
+    ``weights`` is the model whose results to take (default: the shipped model); its metadata gives the
+    adequacy bands and dose calibration. The store keeps each slice's score and the spread of the
+    student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread.
+    """
+    from .weights import read_info, resolve_weights
+
+    info = read_info(resolve_weights(weights))
+    with ResultStore(store_path) as store:
+        rows = store.slice_rows(series_uid, info.weights_id)
+        series = [r for r in store.series_rows(info.weights_id) if r["series_uid"] == series_uid]
+    if not rows:
+        raise InputError(f"series {series_uid} has no stored scores from model {info.weights_id}; score it again")
+    score = np.array([r["score"] for r in rows], dtype=np.float32)
+    spread = np.array([r["score_spread"] or 0.0 for r in rows], dtype=np.float32)
+    noise = np.array([np.nan if r["noise_hu"] is None else r["noise_hu"] for r in rows], dtype=np.float32)
+    record = series[0] if series else {}
+    return SliceScores(slice_index=np.array([r["slice_index"] for r in rows]),
+                       z_mm=np.array([r["z_mm"] for r in rows], dtype=np.float64), score=score,
+                       outputs=np.stack([score - spread, score + spread], axis=1), noise_hu=noise, info=info,
+                       source=record.get("description") or series_uid, device="stored",
+                       elapsed_s=float(record.get("seconds") or 0.0))

@@ -10,6 +10,7 @@ application, and takes the scene from the nodes it is given, so it runs against 
   chart and a quality-map volume (each axial slice filled with its score) displayed with a
   red-to-green colour table; all placed beside the CT in the subject hierarchy. Running it again
   for the same CT updates those nodes instead of adding new ones.
+* :func:`show_stored_results`: the same for a series' stored batch results, matched by z.
 * :class:`SliceRenderer`: the picture a slice view shows (CT background at W350/L40, quality
   map foreground), composed by Slicer's own slice logic and written to PNG.
 """
@@ -179,6 +180,24 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     quality_map = _quality_map(scene, ct_node, volume, scores)
     _place_in_hierarchy(ct_node, [table, score_chart, adequacy_chart, quality_map])
     return ResultNodes(table, score_chart, adequacy_chart, quality_map)
+
+
+def show_stored_results(ct_node, scores: SliceScores) -> ResultNodes:
+    """:func:`show_results` for scores made elsewhere (a batch run): each stored slice is matched to the
+    node's axial slice at the same z, since the two readers need not order slices alike."""
+    volume = volume_from_node(ct_node)
+    z = volume.z_mm()
+    if len(z) != len(scores.score):
+        raise ValueError(f"{ct_node.GetName()} has {len(z)} axial slices but the stored results have "
+                         f"{len(scores.score)}; score the volume again")
+    order = np.argsort(scores.z_mm)[np.argsort(np.argsort(z))]
+    if np.max(np.abs(scores.z_mm[order] - z)) > 0.5 * max(float(volume.spacing_mm[2]), 1e-3):
+        raise ValueError(f"the stored slice positions do not match {ct_node.GetName()}'s; score the volume again")
+    aligned = SliceScores(slice_index=np.arange(len(z)), z_mm=z, score=scores.score[order],
+                          outputs=scores.outputs[order], noise_hu=scores.noise_hu[order], info=scores.info,
+                          source=scores.source, device=scores.device, elapsed_s=scores.elapsed_s,
+                          matrix=scores.matrix, spacing_mm=scores.spacing_mm)
+    return show_results(ct_node, aligned, volume)
 
 
 def _quality_map(scene, ct_node, volume: CTVolume, scores: SliceScores):

@@ -154,3 +154,34 @@ def test_slice_views_show_the_bad_slab_in_red(scene, tmp_path):
     green_rows = np.flatnonzero(column_band < -40)
     assert len(red_rows) > 5 and len(green_rows) > 4 * len(red_rows) / 2
     assert red_rows.min() > green_rows.min() and red_rows.max() < green_rows.max()  # a band inside the body
+
+
+def test_batch_results_shown_for_a_loaded_series_without_rescoring(scene, axial_hu, tiny_weights, tmp_path):
+    """A series scored by a batch run, then loaded as a node stored in another slice order: the stored
+    scores land on the node's slices by z, exactly as scoring the node itself would put them."""
+    from DistilIQALib.batch import run_batch, stored_scores
+    from DistilIQALib.dicom_writing import write_series
+
+    uid = "1.2.826.0.1.3680043.8.498.777"
+    write_series(axial_hu, tmp_path / "archive" / "ct", spacing_mm=SPACING, origin_mm=ORIGIN_LPS, series_uid=uid)
+    scorer = Scorer(str(tiny_weights), device="cpu")
+    assert run_batch(tmp_path / "archive", tmp_path / "store.sqlite", scorer).scored == 1
+    stored = stored_scores(tmp_path / "store.sqlite", uid, str(tiny_weights))
+    assert len(stored.score) == 8 and stored.info.weights_id == scorer.info.weights_id
+    ct = _coronal_node(scene, axial_hu)  # its k axis runs inferior, unlike the DICOM files
+    direct = scorer.score_volume(mrml.volume_from_node(ct))
+    reversed_rows = SliceScores(slice_index=stored.slice_index[::-1], z_mm=stored.z_mm[::-1],
+                                score=stored.score[::-1], outputs=stored.outputs[::-1],
+                                noise_hu=stored.noise_hu[::-1], info=stored.info)
+    for scores in (stored, reversed_rows):
+        table = mrml.show_stored_results(ct, scores).table.GetTable()
+        np.testing.assert_allclose([table.GetValue(r, 2).ToDouble() for r in range(8)], direct.score, atol=1e-4)
+        np.testing.assert_allclose([table.GetValue(r, 1).ToDouble() for r in range(8)], direct.z_mm, atol=1e-3)
+        np.testing.assert_allclose([table.GetValue(r, 3).ToDouble() for r in range(8)], direct.score_spread,
+                                   atol=1e-4)
+    shorter = SliceScores(slice_index=stored.slice_index[:5], z_mm=stored.z_mm[:5], score=stored.score[:5],
+                          outputs=stored.outputs[:5], noise_hu=stored.noise_hu[:5], info=stored.info)
+    with pytest.raises(ValueError, match="has 8 axial slices but the stored results have 5"):
+        mrml.show_stored_results(ct, shorter)
+    with pytest.raises(Exception, match="no stored scores"):
+        stored_scores(tmp_path / "store.sqlite", "1.2.3.4", str(tiny_weights))
