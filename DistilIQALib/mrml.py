@@ -6,6 +6,7 @@ application, and takes the scene from the nodes it is given, so it runs against 
 
 * :func:`volume_from_node`: a scalar volume node as a :class:`~DistilIQALib.volume.CTVolume`
   (RAS -> LPS, any orientation turned into axial slices, no copy of the voxels).
+* :func:`node_from_volume`: the reverse, for volumes the engine read itself.
 * :func:`show_results`: per-slice results as a table node, a score plot chart, a dose-adequacy
   chart and a quality-map volume (each axial slice filled with its score) displayed with a
   red-to-green colour table; all placed beside the CT in the subject hierarchy. Running it again
@@ -51,6 +52,15 @@ def volume_from_node(node) -> CTVolume:
     hu, spacing_mm, origin_mm, direction = to_axial(array, spacing, origin_lps, direction_lps)
     return CTVolume(hu=hu, spacing_mm=spacing_mm, origin_mm=origin_mm, direction=direction,
                     source=node.GetName(), metadata={"node_id": node.GetID()})
+
+
+def node_from_volume(scene, volume: CTVolume, name: str = "CT"):
+    """A new scalar volume node holding ``volume`` (voxels copied, geometry in RAS), e.g. a file read by the
+    engine outside Slicer's own readers."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.hu))
+    node.SetIJKToRASMatrix(_ijk_to_ras(volume, volume.spacing_mm))
+    return node
 
 
 def _ijk_to_ras(volume: CTVolume, spacing_mm) -> vtk.vtkMatrix4x4:

@@ -55,6 +55,15 @@ def test_volume_node_geometry_becomes_axial_with_z(scene, axial_hu):
     np.testing.assert_allclose(volume.origin_mm, ORIGIN_LPS, atol=1e-6)
 
 
+def test_node_from_volume_round_trips_geometry(scene, axial_hu):
+    volume = mrml.volume_from_node(_coronal_node(scene, axial_hu))
+    again = mrml.volume_from_node(mrml.node_from_volume(scene, volume, "copy"))
+    np.testing.assert_array_equal(again.hu, axial_hu)
+    np.testing.assert_allclose(again.z_mm(), volume.z_mm(), atol=1e-6)
+    np.testing.assert_allclose(again.origin_mm, volume.origin_mm, atol=1e-6)
+    np.testing.assert_allclose(again.direction, volume.direction, atol=1e-9)
+
+
 def _scores_for(volume, tiny_weights):
     scores = Scorer(str(tiny_weights), device="cpu").score_volume(volume)
     return scores
