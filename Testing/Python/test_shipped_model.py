@@ -27,7 +27,7 @@ def test_shipped_model_is_the_default_small_and_fully_described():
     assert SHIPPED.stat().st_size < 25 * 2**20
     info = read_info(SHIPPED)
     assert info.preset == "fast" and info.num_outputs == 5 and info.input_size == 512
-    assert info.score.name == "SSIM" and info.score.higher_is_better
+    assert info.score.name == "ssim" and info.score.higher_is_better
     assert (info.window.width_hu, info.window.level_hu) == (350, 40)
     assert info.provenance["recipe"] == "default" and info.provenance["purpose"] == "release"
     bands = info.adequacy["bands"]
