@@ -21,7 +21,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
 
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
     import slicer
+    from matplotlib import pyplot as plt
 
     from DistilIQALib import mrml
     from DistilIQALib.outputs import write_plot
@@ -40,10 +45,12 @@ def main() -> int:
     z = volume.z_mm()
     worst = int(scores.score.argmin())
     best = int(scores.score.argmax())
-    anterior = -float(volume.slice_centres_mm()[0, 1]) + 20.0  # RAS A, a little anterior of the centre
+    anterior = -float(volume.slice_centres_mm()[0, 1])  # RAS A of the volume's centre
     renderer.render(ct, nodes.quality_map, "Axial", float(z[worst]), args.out / "axial_low_dose.png", 0.35)
     renderer.render(ct, nodes.quality_map, "Axial", float(z[best]), args.out / "axial_full_dose.png", 0.35)
-    renderer.render(ct, nodes.quality_map, "Coronal", anterior, args.out / "coronal_quality_map.png", 0.35)
+    coronal = renderer.render(ct, nodes.quality_map, "Coronal", anterior, None, 0.35)
+    rows = np.flatnonzero((coronal[..., :3] != coronal[0, 0, :3]).any(axis=(1, 2)))  # crop the empty view
+    plt.imsave(args.out / "coronal_quality_map.png", coronal[rows.min():rows.max() + 1, :, :3])
     write_plot(scores, args.out / "sample_scores.png", title="DistilIQA per-slice quality: sample CT with a dose dip")
     print(f"wrote {', '.join(sorted(p.name for p in args.out.glob('*.png')))} to {args.out}")
     print(f"worst slice {worst} (score {scores.score[worst]:.3f}), best slice {best} "
