@@ -64,7 +64,7 @@ if parameterNodeWrapper is not None:
         inputVolume: slicer.vtkMRMLScalarVolumeNode
         weightsPath: str = ""
         device: str = "auto"
-        batchSize: int = 8
+        batchSize: int = 0  # 0: automatic (8 on a GPU, 2 on the CPU)
         showOverlay: bool = True
         overlayOpacity: float = 0.35
         datasetPath: str = ""
@@ -434,14 +434,14 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
                                      "try again.").format(packages=", ".join(missing), error=error)) from None
         return True
 
-    def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=8):
+    def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=None):
         from DistilIQALib import Scorer
         from DistilIQALib.mrml import volume_from_node
 
-        scorer = Scorer(weightsPath, device=device, batch_size=batchSize)
+        scorer = Scorer(weightsPath, device=device, batch_size=batchSize or None)
         return _ScoringRun(scorer, volume_from_node(ctNode), ctNode)
 
-    def process(self, ctNode, weightsPath=None, device="auto", batchSize=8, showOverlay=True):
+    def process(self, ctNode, weightsPath=None, device="auto", batchSize=None, showOverlay=True):
         """Score ``ctNode`` and create its result nodes, synchronously (for scripts and tests)."""
         run = self.startScoring(ctNode, weightsPath, device, batchSize)
         run.thread.join()

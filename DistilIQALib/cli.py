@@ -13,9 +13,11 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .errors import Cancelled, DistilIQAError
-from .scoring import DEFAULT_BATCH_SIZE
+from .scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
 
 PROGRAM = "distiliqa"
+BATCH_SIZE_HELP = (f"slices per forward pass (default {DEFAULT_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on the CPU, "
+                   "where small batches run faster)")
 
 
 class TerminalProgress:
@@ -47,8 +49,7 @@ def _add_score_parser(commands) -> None:
                                       "or 2D image (DICOM, TIFF, PNG)")
     parser.add_argument("--weights", help="weights file (.safetensors); default: the model shipped with DistilIQA")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"slices per forward pass (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID to score when the folder holds several")
     parser.add_argument("--out", help="per-slice CSV (default: printed to standard output)")
     parser.add_argument("--plot", help="PNG plot of score and noise against z")
@@ -59,7 +60,7 @@ def _add_score_parser(commands) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise DistilIQAError("--batch-size must be at least 1")
     return _score_to_files(args.input, args.weights, args.device, args.batch_size, series=args.series,
                            out=args.out, plot=args.plot, json_path=args.json, force=args.force,
@@ -114,7 +115,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     folder = make_sample_ct(args.sample)
     _note(f"sample CT series: {folder}")
     resolve_weights(args.weights)  # fail early, with the reason, when no model is installed
-    return _score_to_files(str(folder), args.weights, args.device, DEFAULT_BATCH_SIZE, out=args.out, plot=args.plot,
+    return _score_to_files(str(folder), args.weights, args.device, None, out=args.out, plot=args.plot,
                            json_path=args.json)
 
 
@@ -295,7 +296,7 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--rescore", action="store_true", help="score series the store already has")
     parser.add_argument("--weights", help="weights file; default: the shipped model")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
     parser.add_argument("--workers", type=int, default=2, help="threads decoding DICOM ahead of the model")
     parser.set_defaults(run=_run_batch)
 

@@ -28,7 +28,10 @@ from .weights import ModelInfo, load_weights, resolve_weights
 
 log = logging.getLogger(__name__)
 
+#: Slices per forward pass on a GPU, and on the CPU, where small batches are faster: the activations of the
+#: full-resolution convolution stay in cache (``benchmarks/speed.py --batch-size``).
 DEFAULT_BATCH_SIZE = 8
+CPU_BATCH_SIZE = 2
 WORST_SLICES = 5
 
 
@@ -121,15 +124,18 @@ class Scorer:
     Args:
         weights: weights file; ``None`` for the shipped default model.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        batch_size: slices per forward pass (halved automatically on GPU out-of-memory).
+        batch_size: slices per forward pass (halved automatically on GPU out-of-memory); ``None``:
+            ``DEFAULT_BATCH_SIZE`` on a GPU, ``CPU_BATCH_SIZE`` on the CPU.
         use_amp: mixed precision (float16 autocast) on GPUs; ignored on the CPU.
     """
 
     def __init__(self, weights: Optional[str] = None, device: str = "auto",
-                 batch_size: int = DEFAULT_BATCH_SIZE, use_amp: bool = True) -> None:
-        if batch_size < 1:
+                 batch_size: Optional[int] = None, use_amp: bool = True) -> None:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self.device = resolve_device(device)
+        if batch_size is None:
+            batch_size = CPU_BATCH_SIZE if self.device.type == "cpu" else DEFAULT_BATCH_SIZE
         self.weights_path = resolve_weights(weights)
         self.model, self.info = load_weights(self.weights_path, self.device)
         self.batch_size = batch_size

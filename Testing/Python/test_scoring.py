@@ -112,3 +112,12 @@ def test_missing_cuda_device_is_a_clear_error(tiny_weights):
         Scorer(str(tiny_weights), device="cuda:1")
     with pytest.raises(DeviceError, match="unknown device"):
         Scorer(str(tiny_weights), device="tpu")
+
+
+def test_default_batch_size_depends_on_the_device(tiny_weights):
+    from DistilIQALib.scoring import CPU_BATCH_SIZE
+
+    assert Scorer(str(tiny_weights), device="cpu").batch_size == CPU_BATCH_SIZE == 2
+    assert Scorer(str(tiny_weights), device="cpu", batch_size=5).batch_size == 5
+    with pytest.raises(ValueError, match="at least 1"):
+        Scorer(str(tiny_weights), device="cpu", batch_size=0)
