@@ -7,7 +7,7 @@ slice's noise. Runs on whichever device holds the batch.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +26,12 @@ def kernel_pixels(pixel_spacing_mm: float, kernel_mm: float = KERNEL_MM) -> int:
 
 
 def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.0, 1.0),
-                       kernel_mm: float = KERNEL_MM) -> torch.Tensor:
+                       kernel_mm: float = KERNEL_MM, tissue_from: Optional[torch.Tensor] = None) -> torch.Tensor:
     """GNI in HU of each slice of ``hu`` ``(B, H, W)``; NaN where there is too little soft tissue.
 
-    ``pixel_spacing_mm`` is ``(x, y)``.
+    ``pixel_spacing_mm`` is ``(x, y)``. ``tissue_from`` (same shape, HU) picks the soft-tissue
+    pixels by its local mean instead of ``hu``'s: the SD of a noise image over the tissue of the slice
+    it will be added to.
     """
     hu = hu.float().unsqueeze(1)
     kernel = (kernel_pixels(pixel_spacing_mm[1], kernel_mm), kernel_pixels(pixel_spacing_mm[0], kernel_mm))
@@ -39,6 +41,8 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     mean, mean_square = both[:, :1], both[:, 1:]
     variance = (mean_square - mean * mean).clamp_(min=0.0) * (count / (count - 1))
     sd = variance.sqrt_().flatten(1)
+    if tissue_from is not None:
+        mean = _box_mean(tissue_from.float().unsqueeze(1) - 50.0, kernel)
     local_mean = (mean + 50.0).flatten(1)
     tissue = (local_mean >= TISSUE_RANGE_HU[0]) & (local_mean <= TISSUE_RANGE_HU[1]) & (sd < MAX_SD_HU)
     bins = sd.long().clamp_(max=MAX_SD_HU - 1)

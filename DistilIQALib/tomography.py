@@ -9,6 +9,7 @@ views so memory stays modest on 2-core machines.
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +47,12 @@ def forward_project(image: torch.Tensor, num_views: int, pixel_mm: float = 1.0, 
     return sinogram
 
 
-def ramp_filter(sinogram: torch.Tensor, pixel_mm: float = 1.0, window: str = "hann") -> torch.Tensor:
+def ramp_filter(sinogram: torch.Tensor, pixel_mm: float = 1.0, window: Union[str, float] = "hann") -> torch.Tensor:
     """Ramp filtering along the detector (spatial-domain Ram-Lak kernel, zero padded against
     wrap-around), apodised by ``window``: ``"ramlak"`` (none, sharpest), ``"shepp-logan"`` (sinc, a
-    sharper body kernel) or ``"hann"`` (a standard soft-tissue kernel)."""
+    sharper body kernel), ``"hann"`` (a standard soft-tissue kernel), or a number ``w`` in [0, 1] for
+    the blend ``(1 - w) hann + w shepp-logan`` (the kernels of most clinical body reconstructions lie
+    between the two)."""
     detectors = sinogram.shape[-1]
     padded = 1 << (2 * detectors - 1).bit_length()
     n = torch.arange(-(padded // 2), padded // 2, dtype=torch.float32, device=sinogram.device)
@@ -58,16 +61,25 @@ def ramp_filter(sinogram: torch.Tensor, pixel_mm: float = 1.0, window: str = "ha
     odd = (n % 2) != 0
     kernel[odd] = -1.0 / (math.pi * n[odd]) ** 2
     kernel_spectrum = torch.fft.rfft(torch.fft.ifftshift(kernel)).real
-    if window == "hann":
-        frequency = torch.linspace(0.0, 1.0, kernel_spectrum.shape[-1], device=sinogram.device)
-        kernel_spectrum = kernel_spectrum * 0.5 * (1.0 + torch.cos(math.pi * frequency))
-    elif window == "shepp-logan":
-        frequency = torch.linspace(0.0, 1.0, kernel_spectrum.shape[-1], device=sinogram.device)
-        kernel_spectrum = kernel_spectrum * torch.sinc(frequency / 2)
-    elif window != "ramlak":
-        raise ValueError(f"unknown reconstruction filter {window!r}")
-    spectrum = torch.fft.rfft(sinogram, n=padded, dim=-1) * kernel_spectrum
+    frequency = torch.linspace(0.0, 1.0, kernel_spectrum.shape[-1], device=sinogram.device)
+    spectrum = torch.fft.rfft(sinogram, n=padded, dim=-1) * (kernel_spectrum * apodisation(frequency, window))
     return torch.fft.irfft(spectrum, n=padded, dim=-1)[..., :detectors] / pixel_mm
+
+
+def apodisation(frequency: torch.Tensor, window: Union[str, float]) -> torch.Tensor:
+    """The window that multiplies the ramp at ``frequency`` (fraction of the Nyquist frequency)."""
+    if not isinstance(window, str):
+        sharpness = float(window)
+        if not 0.0 <= sharpness <= 1.0:
+            raise ValueError(f"kernel sharpness must be in [0, 1], not {sharpness}")
+        return (1.0 - sharpness) * apodisation(frequency, "hann") + sharpness * apodisation(frequency, "shepp-logan")
+    if window == "hann":
+        return 0.5 * (1.0 + torch.cos(math.pi * frequency))
+    if window == "shepp-logan":
+        return torch.sinc(frequency / 2)
+    if window == "ramlak":
+        return torch.ones_like(frequency)
+    raise ValueError(f"unknown reconstruction filter {window!r}")
 
 
 def back_project(filtered: torch.Tensor, size: int, chunk: int = 45) -> torch.Tensor:
@@ -93,6 +105,6 @@ def back_project(filtered: torch.Tensor, size: int, chunk: int = 45) -> torch.Te
     return image.reshape(batch, size, size) * (math.pi / num_views)
 
 
-def fbp(sinogram: torch.Tensor, size: int, pixel_mm: float = 1.0, window: str = "hann") -> torch.Tensor:
+def fbp(sinogram: torch.Tensor, size: int, pixel_mm: float = 1.0, window: Union[str, float] = "hann") -> torch.Tensor:
     """Filtered back-projection of line integrals -> attenuation (1/mm) on an ``(N, N)`` grid."""
     return back_project(ramp_filter(sinogram, pixel_mm, window), size)
