@@ -10,10 +10,19 @@ __version__ = "0.1.0"
 
 from .errors import Cancelled, DeviceError, DistilIQAError, InputError, NoDefaultModelError, WeightsError  # noqa: E402
 from .progress import Progress  # noqa: E402
-from .reading import read_volume  # noqa: E402
 from .scoring import Scorer, SliceScores  # noqa: E402
 from .volume import CTVolume  # noqa: E402
 from .weights import ModelInfo, load_weights, save_weights  # noqa: E402
+
+
+def __getattr__(name: str):
+    # Reading files needs SimpleITK; importing the rest of the engine (scoring, training) does not.
+    if name == "read_volume":
+        from .reading import read_volume
+
+        return read_volume
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CTVolume", "Cancelled", "DeviceError", "DistilIQAError", "InputError", "ModelInfo", "NoDefaultModelError",

@@ -25,7 +25,6 @@ import torch
 from .errors import InputError
 from .metrics import ssim
 from .preprocessing import DEFAULT_WINDOW, prepare_batch, window_to_unit
-from .reading import read_volume
 
 PAPER_TRAIN_CASES = ("C002", "C004", "C016", "C021", "C030", "C050", "C052", "C067", "C081")
 PAPER_TEST_CASES = ("C012", "C077")
@@ -95,6 +94,8 @@ def dataset_info(folder: Path | str) -> Dict:
 def load_images(images: LabelledImages, input_size: int = 512,
                 progress: Optional[Callable[[int, int, str], None]] = None) -> torch.Tensor:
     """Every image, windowed and fitted by the shared preprocessing, as ``(N, 1, S, S)`` float16."""
+    from .reading import read_volume
+
     tensor = torch.empty(len(images), 1, input_size, input_size, dtype=torch.float16)
     for n, relative in enumerate(images.paths):
         volume = read_volume(images.root / relative, force=True)
@@ -130,6 +131,7 @@ def preprocess_tcia(root: Path | str, doses: Sequence[float] = (0.5, 0.75),
                     progress: Optional[Callable[[int, int, str], None]] = None) -> Tuple[int, int]:
     """Simulate intermediate doses next to the sources, label by SSIM, split by patient."""
     from .dicom_writing import write_like
+    from .reading import read_volume
     from .simulation import paired_dose
 
     root = Path(root)
@@ -236,6 +238,7 @@ class SourceSlice:
     name: str
     hu: np.ndarray
     pixel_mm: float
+    anatomy: str = ""
 
 
 def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
@@ -243,56 +246,91 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
                          sparse_views: Sequence[int] = DEFAULT_SPARSE_VIEWS,
                          test_patients: Sequence[str] = (), seed: int = 0,
                          progress: Optional[Callable[[int, int, str], None]] = None,
-                         kernels: Sequence[str] = ("hann",)) -> Tuple[int, int]:
+                         kernels: Sequence[str] = ("hann",), relative: bool = False,
+                         sparse_every: int = 1) -> Tuple[int, int]:
     """Write each source at every dose (projection-domain noise) and view count, labelled by SSIM.
 
     Source ``n`` gets its dose noise through reconstruction kernel ``kernels[n % len(kernels)]``, so a
-    list of kernels varies the noise texture (sharpness) across sources."""
+    list of kernels varies the noise texture (sharpness) across sources. With ``relative`` (real scans)
+    the noise is relative to each slice's own noise instead (its global noise index ``sigma``: dose ``d``
+    gives variance ``sigma**2 / d``) with the texture of the slice's own kernel, and slices without
+    enough soft tissue to measure ``sigma`` are left out. Sparse-view streaks are made for every
+    ``sparse_every``-th source. ``sources.json`` records, per image, its source, patient, anatomy, kind
+    (``dose`` or ``views``), dose or view count and the source's noise index."""
     import SimpleITK as sitk
 
-    from .simulation import DoseSimulator, dense_reconstruction, sparse_view
+    from .simulation import DoseSimulator, _noise_index, dense_reconstruction, matched_kernel_sharpness, sparse_view
 
     output = Path(output)
     sources = list(sources)
     labels: Dict[str, float] = {}
     patients: Dict[str, str] = {}
+    records: Dict[str, Dict] = {}
     for n, source in enumerate(sources):
         hu = source.hu.astype(np.float32)
-        simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, kernel=kernels[n % len(kernels)])
+        noise_hu = _noise_index(hu, source.pixel_mm)
+        if relative:
+            if not np.isfinite(noise_hu) or noise_hu <= 0:
+                continue
+            simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, reference_noise_hu=noise_hu,
+                                      kernel=matched_kernel_sharpness(hu, source.pixel_mm))
+        else:
+            simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, kernel=kernels[n % len(kernels)])
         images = {f"dose{dose:g}": simulator.at_dose(dose) for dose in doses}
-        if sparse_views:
+        if sparse_views and n % max(1, sparse_every) == 0:
             dense = dense_reconstruction(hu, source.pixel_mm)
             for views in sparse_views:
                 images[f"views{views}"] = sparse_view(hu, source.pixel_mm, views, dense)
         folder = output / "images" / source.patient
         folder.mkdir(parents=True, exist_ok=True)
         for kind, image in images.items():
-            relative = f"images/{source.patient}/{source.name}_{kind}.mha"
+            relative_path = f"images/{source.patient}/{source.name}_{kind}.mha"
             itk_image = sitk.GetImageFromArray(image.astype(np.float32))
             itk_image.SetSpacing((source.pixel_mm, source.pixel_mm))
-            sitk.WriteImage(itk_image, str(output / relative), True)
-            labels[relative] = window_label(hu, image)
-            patients[relative] = source.patient
+            sitk.WriteImage(itk_image, str(output / relative_path), True)
+            labels[relative_path] = window_label(hu, image)
+            patients[relative_path] = source.patient
+            records[relative_path] = {
+                "source": source.name, "patient": source.patient, "anatomy": source.anatomy,
+                "kind": "dose" if kind.startswith("dose") else "views",
+                "value": float(kind[4:]) if kind.startswith("dose") else int(kind[5:]),
+                "source_noise_hu": round(float(noise_hu), 3) if np.isfinite(noise_hu) else None}
         if progress is not None:
             progress(n + 1, len(sources), "simulating")
+    if not labels:
+        raise InputError("none of the source slices has enough soft tissue to measure its noise")
     info = {"type": "simulated", "score": SSIM_SCORE, "doses": list(doses), "sparse_views": list(sparse_views),
-            "kernels": list(kernels)}
+            "kernels": ["matched to each scan"] if relative else list(kernels),
+            "noise": "relative to each scan's own noise index" if relative else "absolute photon count"}
+    _write_json(output / "sources.json", records)
     return write_dataset_files(output, labels, patients, test_patients, info)
+
+
+def image_records(folder: Path | str) -> Dict[str, Dict]:
+    """``sources.json`` of a simulated dataset (empty for other datasets)."""
+    path = Path(folder) / "sources.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) -> List[SourceSlice]:
     """Full-dose slices from every CT under ``folder``: each DICOM series folder and each volume or
     image file is one patient; ``slices_per_volume`` slices are taken evenly along z."""
-    from .reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series
+    from .reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series, read_volume
 
     folder = Path(folder)
     sources: List[SourceSlice] = []
-    entries = [(Path(s["folder"]), s["uid"]) for s in list_dicom_series(folder)]
-    entries += [(p, None) for p in sorted(folder.rglob("*")) if p.is_file()
-                and p.name.lower().endswith(VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES)]
+    if folder.is_file():
+        entries = [(folder, None)]
+    else:
+        entries = [(Path(s["folder"]), s["uid"]) for s in list_dicom_series(folder)]
+        entries += [(p, None) for p in sorted(folder.rglob("*")) if p.is_file()
+                    and p.name.lower().endswith(VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES)]
     for path, uid in entries:
         volume = read_volume(path, series_uid=uid)
-        patient = re.sub(r"[^A-Za-z0-9_.-]", "_", str(path.relative_to(folder)) or path.name)
+        inside = str(path.relative_to(folder)) if path != folder else path.name
+        patient = re.sub(r"[^A-Za-z0-9_.-]", "_", inside if inside != "." else path.name)
+        if uid is not None and sum(1 for _, other in entries if other is not None and _ == path) > 1:
+            patient += "_" + uid.rsplit(".", 1)[-1]  # several series in one folder
         picks = np.unique(np.linspace(0, volume.num_slices - 1, min(slices_per_volume, volume.num_slices)).round())
         for index in picks.astype(int):
             hu = np.asarray(volume.hu[index], dtype=np.float32)
@@ -341,6 +379,7 @@ def builtin_sources(num_phantoms: int = 0, size: int = 512, seed: int = 0) -> Li
     real full-dose images have: the score then means degradation from a full dose, not from a noiseless
     ideal that no scanner makes."""
     from .phantoms import phantom_slice
+    from .reading import read_volume
     from .simulation import DoseSimulator
 
     sources: List[SourceSlice] = []

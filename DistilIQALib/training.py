@@ -57,6 +57,9 @@ class TrainingConfig:
     augment: bool = True
     amp: bool = True
     purpose: str = "trained"
+    #: A weights file to start from (fine-tuning) instead of random weights; output ``k`` of a new model
+    #: starts from output ``k`` of this one (cycling when it has fewer).
+    init_weights: Optional[str] = None
 
 
 # --- distributed helpers --------------------------------------------------------------------------
@@ -89,6 +92,22 @@ def setup_distributed(device_spec: str) -> torch.device:
 def _barrier() -> None:
     if _distributed():
         dist.barrier()
+
+
+def initial_model(config: TrainingConfig, num_outputs: int, first_output: int = 0) -> QualityViT:
+    """A new model of ``config.preset``: random, or ``config.init_weights`` with its outputs
+    ``first_output, first_output + 1, ...`` (cycling) as the new model's outputs."""
+    model = build_model(architecture_from_preset(config.preset, input_size=config.input_size), num_outputs)
+    if config.init_weights:
+        base, info = load_weights(config.init_weights)
+        if info.architecture != model.arch:
+            raise InputError(f"{config.init_weights} is a '{info.preset}' model at {info.input_size} pixels; it "
+                             f"cannot start a '{config.preset}' model at {config.input_size} pixels")
+        state = base.state_dict()
+        rows = [(first_output + k) % info.num_outputs for k in range(num_outputs)]
+        state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
+        model.load_state_dict(state)
+    return model
 
 
 # --- folds, augmentation, prediction --------------------------------------------------------------
@@ -226,6 +245,7 @@ def _fit(run: _Run, model: QualityViT, config: TrainingConfig, device: torch.dev
         generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         order = torch.randperm(len(train_images), generator=generator)[_rank()::_world()]
         losses = []
+        stepped = False
         for start in range(0, len(order), config.batch_size):
             index = order[start:start + config.batch_size]
             if len(index) < 2 and len(order) > 1:
@@ -244,11 +264,17 @@ def _fit(run: _Run, model: QualityViT, config: TrainingConfig, device: torch.dev
             loss = training_loss(outputs, target, teachers, config.distillation_weight, config.gate)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            scale = scaler.get_scale()
             scaler.step(optimiser)
             scaler.update()
+            # GradScaler skips the optimiser step when float16 gradients overflowed (and lowers the scale).
+            stepped = stepped or not use_amp or scaler.get_scale() >= scale
             losses.append(loss.item())
         lr = optimiser.param_groups[0]["lr"]
-        scheduler.step()
+        if stepped:
+            # Stepping the schedule of an optimiser that never stepped (every AMP step of the epoch
+            # skipped) is what torch warns about; the schedule then waits for the first real step.
+            scheduler.step()
         if _rank() == 0:
             outputs = predict(model, val_images, device)
             scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
@@ -328,7 +354,7 @@ def train_teachers(data_dir: Path | str, output_dir: Path | str, config: Trainin
         held_out = fold_indices[k]
         train_index = [i for fold, indices in enumerate(fold_indices) if fold != k for i in indices]
         torch.manual_seed(config.seed * 1000 + k)
-        model = build_model(architecture_from_preset(config.preset, input_size=config.input_size), 1)
+        model = initial_model(config, 1, first_output=k)
         info = _model_info(config, 1, data_dir, "teacher", fold=k,
                            validation_patients=sorted({split.patients[i] for i in held_out}))
         run = _Run(f"teacher fold {k}", output_dir / f"snapshots_fold_{k}", output_dir / f"train_info_fold_{k}.csv",
@@ -373,7 +399,7 @@ def train_student(data_dir: Path | str, output_dir: Path | str, config: Training
         images = load_images(split, config.input_size)
     labels = torch.from_numpy(split.labels)[:, None]
     torch.manual_seed(config.seed)
-    model = build_model(architecture_from_preset(config.preset, input_size=config.input_size), len(teacher_files))
+    model = initial_model(config, len(teacher_files))
     info = _model_info(config, len(teacher_files), data_dir, "student",
                        teachers=[path.name for path in teacher_files],
                        selection_patients=sorted({split.patients[i] for i in validation}))
