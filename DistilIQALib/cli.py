@@ -9,10 +9,11 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
-from .errors import Cancelled, DistilIQAError
+from .errors import Cancelled, DistilIQAError, InputError
 from .scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
 
 PROGRAM = "distiliqa"
@@ -354,18 +355,43 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 
 def _add_recipe_parser(commands) -> None:
-    parser = commands.add_parser("recipe", help="build the shipped model from scratch (data, teachers, student)")
+    parser = commands.add_parser(
+        "recipe", help="build the shipped model from scratch, or adapt it to a site's own scans (--sources)")
     parser.add_argument("--output", required=True, help="run folder (resumes when it exists)")
-    parser.add_argument("--size", default="default", choices=["default", "tiny"])
+    parser.add_argument("--size", default="default", choices=["default", "builtin", "tiny", "tiny-real"],
+                        help="default: built-in stage then the real-CT corpus; builtin: the first stage alone; "
+                             "tiny, tiny-real: quick checks")
+    parser.add_argument("--sources", nargs="+", type=Path, metavar="DIR",
+                        help="fine-tune on these folders of a site's own full-dose scans (DICOM series, NIfTI, "
+                             "NRRD; each series folder or volume file is one patient) instead of the corpus")
+    parser.add_argument("--base-weights", type=Path, help="start from this model (default: the shipped model "
+                        "with --sources; the built-in stage otherwise)")
+    parser.add_argument("--manifest", type=Path, help="real-CT corpus manifest (default: corpus/manifest.json)")
+    parser.add_argument("--corpus", type=Path, help="folder holding the corpus files (default: beside the manifest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--progress-lines", action="store_true",
+                        help="print machine-readable DISTILIQA-PROGRESS lines (for Slicer)")
     parser.set_defaults(run=_run_recipe)
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
-    from .recipe import run_recipe
+    import os
 
-    weights = run_recipe(args.output, args.size, args.seed, args.device, TerminalProgress())
+    from .recipe import REAL_STAGES, run_real_recipe, run_recipe
+
+    if args.progress_lines:
+        os.environ["DISTILIQA_PROGRESS_LINES"] = "1"
+    progress = TerminalProgress()
+    for path in [*(args.sources or []), args.base_weights, args.manifest]:
+        if path is not None and not path.exists():
+            raise InputError(f"no such file or folder: {path}")
+    if args.sources or args.base_weights or args.manifest or args.corpus:
+        name = args.size if args.size in REAL_STAGES else "default"
+        weights = run_real_recipe(args.output, name, args.seed, args.device, progress, manifest=args.manifest,
+                                  sources=args.sources, base_weights=args.base_weights, corpus_root=args.corpus)
+    else:
+        weights = run_recipe(args.output, args.size, args.seed, args.device, progress)
     _note(f"model: {weights}")
     return 0
 

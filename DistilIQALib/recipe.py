@@ -1,10 +1,19 @@
 """The reproducible recipe of the shipped model: data, teachers, student, calibration, one command.
 
-``python -m DistilIQALib recipe --output RUN`` builds the simulated dataset from the built-in sources
-(the real CT slices that pydicom and pydicom-data ship, and phantoms), trains the teacher ensemble and
-the distilled student with fixed seeds, evaluates them on held-out patients, fits the dose-equivalent
-calibration and the adequacy bands on held-out images, and writes ``RUN/distiliqa_student.safetensors``
-with all of it in its metadata. Every step resumes: rerunning after an interruption continues.
+``python -m DistilIQALib recipe --output RUN`` runs two stages, each with fixed seeds:
+
+1. *builtin*: simulated doses and sparse views of the built-in sources (the real CT slices that pydicom
+   and pydicom-data ship, and phantoms with full-dose noise), teachers and student from scratch. It
+   teaches the network CT noise and streaks (skipped with ``--base-weights``).
+2. *real CT*: the public real-CT corpus of ``corpus/manifest.json``, degraded relative to each scan's own
+   noise (:class:`~DistilIQALib.simulation.DoseSimulator` with ``reference_noise_hu``); teachers and
+   student start from stage 1's student and are fine-tuned; the dose-equivalent table and the adequacy
+   bands are fitted on the corpus's *calibration* patients, and the held-out table is measured on its
+   *test* patients, neither ever trained on.
+
+``--sources DIR ...`` runs stage 2 on a site's own full-dose scans instead of the corpus (site
+adaptation), starting from the shipped model. Every step resumes: rerunning after an interruption
+continues. The result is ``RUN/distiliqa_student.safetensors`` with all of it in its metadata.
 """
 from __future__ import annotations
 
@@ -13,12 +22,14 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .corpus import CorpusEntry
 from .datasets import builtin_sources, load_split, preprocess_simulated
 from .device import resolve_device
+from .errors import InputError
 from .evaluation import predict_split, write_evaluation
 from .metrics import agreement
 from .training import TrainingConfig, train_student, train_teachers
@@ -39,7 +50,7 @@ class Recipe:
 
 
 RECIPES: Dict[str, Recipe] = {
-    "default": Recipe(
+    "builtin": Recipe(
         phantoms=32, size=512, real_ct=True, doses=(1.0, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05), sparse_views=(256, 128, 64),
         test_patients=("real_explicit_VR-UN", "phantom6", "phantom7"), kernels=("hann", "shepp-logan", "ramlak"),
         teacher=dict(preset="fast", epochs=10, batch_size=8, optimizer="adamw", lr=1e-3, folds=5),
@@ -89,6 +100,8 @@ def adequacy_from_calibration(calibration: Dict[str, List[float]], good_dose: fl
 def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device: str = "auto",
                progress=None) -> Path:
     """Run (or resume) the recipe; returns the final weights file."""
+    if name in REAL_STAGES:
+        return run_real_recipe(output, name, seed=seed, device=device, progress=progress)
     recipe = RECIPES[name]
     output = Path(output)
     started = time.monotonic()
@@ -100,7 +113,7 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
         preprocess_simulated(sources, data, recipe.doses, recipe.sparse_views, recipe.test_patients, seed, progress,
                              recipe.kernels)
     run = output / "run"
-    teacher_config = TrainingConfig(seed=seed, device=device, purpose="release" if name == "default" else "test",
+    teacher_config = TrainingConfig(seed=seed, device=device, purpose="release" if name == "builtin" else "test",
                                     **recipe.teacher)
     student_config = TrainingConfig(seed=seed, device=device, purpose=teacher_config.purpose, **recipe.student)
     teachers = train_teachers(data, run, teacher_config, progress=progress)
@@ -123,3 +136,138 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
     save_weights(final, model, info, half=True)
     return final
 
+
+
+# --- stage 2: real CT ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RealStage:
+    """Fine-tuning on real scans degraded relative to their own noise."""
+
+    doses: Tuple[float, ...]
+    sparse_views: Tuple[int, ...]
+    sparse_every: int
+    base: str  # the recipe that makes the base model when no --base-weights is given
+    teacher: Dict = field(default_factory=dict)
+    student: Dict = field(default_factory=dict)
+    slices_per_volume: Optional[int] = None  # None: each corpus entry's own count
+
+
+REAL_STAGES: Dict[str, RealStage] = {
+    "default": RealStage(
+        doses=(1.0, 0.75, 0.5, 0.25, 0.15, 0.1, 0.05), sparse_views=(256, 128, 64), sparse_every=3, base="builtin",
+        teacher=dict(preset="fast", epochs=4, batch_size=8, optimizer="adamw", lr=3e-4, folds=5),
+        student=dict(preset="fast", epochs=8, batch_size=8, optimizer="adamw", lr=3e-4, folds=5)),
+    "tiny-real": RealStage(
+        doses=(1.0, 0.5, 0.25, 0.1), sparse_views=(64,), sparse_every=2, base="tiny", slices_per_volume=1,
+        teacher=dict(preset="tiny", input_size=128, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, folds=2,
+                     augment=False),
+        student=dict(preset="tiny", input_size=128, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, folds=2,
+                     augment=False)),
+}
+
+
+def default_manifest() -> Path:
+    """``corpus/manifest.json`` of the source tree."""
+    return Path(__file__).resolve().parent.parent / "corpus" / "manifest.json"
+
+
+def site_entries(folders: Sequence[Path | str], seed: int = 0) -> Tuple[List[CorpusEntry], Path]:
+    """Corpus entries for a site's own scans: every DICOM series and volume file under ``folders`` is a
+    patient. Patients are assigned to roles by a seeded shuffle: a fifth (at least one) for the held-out
+    test table, a fifth (at least one, with five or more patients) for calibration, the rest for
+    training."""
+    from .reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series
+
+    found: List[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"no such folder: {folder}")
+        found += sorted({Path(s["folder"]) for s in list_dicom_series(folder)})
+        found += [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)
+                  and not p.name.lower().endswith(IMAGE_2D_SUFFIXES)]
+    if len(found) < 3:
+        raise InputError(f"site adaptation needs scans of at least 3 patients (training, calibration and test); "
+                         f"found {len(found)} under {', '.join(str(f) for f in folders)}")
+    order = np.random.default_rng(seed).permutation(len(found))
+    held = max(1, len(found) // 5)
+    roles = {}
+    for rank, index in enumerate(order):
+        roles[index] = "test" if rank < held else "calibration" if rank < 2 * held and len(found) >= 5 else "train"
+    entries = [CorpusEntry(id=f"site{n:03d}", patient=f"site{n:03d}", role=roles[n], anatomy="site", path=str(path),
+                           slices_used=8) for n, path in enumerate(found)]
+    return entries, Path("/")
+
+
+def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, device: str = "auto", progress=None,
+                    manifest: Optional[Path | str] = None, sources: Optional[Sequence[Path | str]] = None,
+                    base_weights: Optional[Path | str] = None, corpus_root: Optional[Path | str] = None) -> Path:
+    """Stage 2 (or stage 1 + 2): fine-tune on real CT, calibrate on held-out patients; the weights file."""
+    from .corpus import corpus_sources, load_manifest, sha256_of
+    from .datasets import image_records
+
+    stage = REAL_STAGES[name]
+    output = Path(output)
+    started = time.monotonic()
+    if sources:
+        entries, root = site_entries(sources, seed)
+        if base_weights is None:
+            from .weights import default_weights_path
+
+            base_weights = default_weights_path()
+    else:
+        manifest = Path(manifest) if manifest else default_manifest()
+        entries = load_manifest(manifest)
+        root = Path(corpus_root) if corpus_root else manifest.parent / "files"
+    if base_weights is None:
+        base_weights = run_recipe(output / "base", stage.base, seed, device, progress)
+    base_weights = Path(base_weights)
+    data = output / "data"
+    held_out = [e.patient for e in entries if e.role != "train"]
+    if not (data / "dataset.json").is_file():
+        slices = corpus_sources(entries, root, slices_per_volume=stage.slices_per_volume)
+        preprocess_simulated(slices, data, stage.doses, stage.sparse_views, held_out, seed, progress,
+                             relative=True, sparse_every=stage.sparse_every)
+    run = output / "run"
+    common = dict(seed=seed, device=device, purpose="release" if name == "default" and not sources else "site"
+                  if sources else "test", init_weights=str(base_weights))
+    teachers = train_teachers(data, run, TrainingConfig(**common, **stage.teacher), progress=progress)
+    student = train_student(data, run, TrainingConfig(**common, **stage.student), teachers, progress=progress)
+    split = load_split(data, "test")
+    predictions = predict_split([student, *teachers], split, resolve_device(device))
+    write_evaluation(predictions, split, output / "evaluation")
+    records = image_records(data)
+    role_of = {e.patient: e.role for e in entries}
+    roles = np.array([role_of.get(p, "test") for p in split.patients])
+    fit_role = "calibration" if (roles == "calibration").any() else "test"
+    doses = np.array([dose_of(path) or np.nan for path in split.paths])
+    fit = (roles == fit_role) & np.isfinite(doses)
+    model, info = predictions[0].model, predictions[0].info
+    info.dose_calibration = fit_dose_calibration(predictions[0].scores[fit], doses[fit])
+    info.adequacy = adequacy_from_calibration(info.dose_calibration)
+    info.adequacy["reasoning"] += f" Fitted on the real scans of the {fit_role} patients, never trained on."
+    held_out_tables = {}
+    for role in ("calibration", "test"):
+        mask = roles == role
+        if mask.sum() > 2:
+            held_out_tables[role] = {
+                "images": int(mask.sum()), "patients": sorted(set(np.array(split.patients)[mask])),
+                "student": _rounded(agreement(predictions[0].scores[mask], split.labels[mask])),
+                "teacher_ensemble": _rounded(agreement(np.mean([p.scores[mask] for p in predictions[1:]], axis=0),
+                                                       split.labels[mask]))}
+    info.provenance.update(
+        recipe=name, seed=seed, recipe_parameters=json.loads(json.dumps(asdict(stage))),
+        base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
+        corpus=[{"id": e.id, "patient": e.patient, "role": e.role, "anatomy": e.anatomy} for e in entries],
+        manifest_sha256=None if sources else sha256_of(Path(manifest)),
+        images={"train": len(load_split(data, "train")), "held_out": len(split),
+                "simulated_kinds": sorted({r["kind"] for r in records.values()})},
+        held_out_real=held_out_tables, wall_time_s=round(time.monotonic() - started, 1))
+    final = output / "distiliqa_student.safetensors"
+    save_weights(final, model, info, half=True)
+    return final
+
+
+def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
+    return {key: round(float(value), 5) for key, value in metrics.items()}
