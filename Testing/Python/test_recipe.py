@@ -2,6 +2,7 @@
 bands, scores with the scorer, and the same seed gives the same model."""
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from DistilIQALib.phantoms import phantom_volume
@@ -47,3 +48,56 @@ def test_calibration_is_monotone_and_bands_follow_it():
     unordered = fit_dose_calibration(np.array([0.9, 0.8]), np.array([0.1, 0.5]))
     assert unordered["score"] == [0.9, 0.9]  # never lower at higher dose
     assert dose_of("images/p/slice0001_dose0.25.mha") == 0.25 and dose_of("images/p/x_views64.mha") is None
+
+
+def _site_folders(root, count):
+    """``count`` patient folders, each holding one real CT file that pydicom / pydicom-data ship."""
+    import shutil
+
+    from DistilIQALib.datasets import BUILTIN_REAL_CT, package_ct_folders
+
+    files = [folder / name for name in BUILTIN_REAL_CT for folder in package_ct_folders() if (folder / name).is_file()]
+    if len(files) < count:
+        pytest.skip("pydicom-data's real CT files are not installed")
+    for n, file in enumerate(files[:count]):
+        (root / f"patient{n}").mkdir(parents=True)
+        shutil.copy(file, root / f"patient{n}" / file.name)
+    return root
+
+
+def test_site_adaptation_from_the_command_line(tmp_path, capsys):
+    """`recipe --sources` fine-tunes a given model on a site's scans and writes a model with its own
+    calibration, bands and held-out tables, recording the base model and the roles of the site's patients."""
+    from DistilIQALib.cli import main
+    from DistilIQALib.corpus import sha256_of
+
+    base = run_recipe(tmp_path / "base", "tiny", seed=1, device="cpu")
+    site = _site_folders(tmp_path / "site", 5)
+    code = main(["recipe", "--output", str(tmp_path / "adapted"), "--size", "tiny-real", "--sources", str(site),
+                 "--base-weights", str(base), "--device", "cpu"])
+    assert code == 0
+    adapted = tmp_path / "adapted" / "distiliqa_student.safetensors"
+    info = read_info(adapted)
+    provenance = info.provenance
+    assert provenance["purpose"] == "site" and provenance["recipe"] == "tiny-real"
+    assert provenance["base_weights"]["sha256"] == sha256_of(base)
+    roles = [entry["role"] for entry in provenance["corpus"]]
+    assert sorted(roles) == ["calibration", "test", "train", "train", "train"]
+    assert "test" in provenance["held_out_real"] or "calibration" in provenance["held_out_real"]
+    assert info.dose_calibration["dose_fraction"] == [0.1, 0.25, 0.5, 1.0]
+    assert "calibration patients" in info.adequacy["reasoning"]
+    assert _tensors(adapted)["head.weight"].shape[0] == read_info(base).num_outputs
+    before, after = _tensors(base), _tensors(adapted)
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)  # it was fine-tuned
+
+
+def test_site_adaptation_refuses_bad_sources_in_one_line(tmp_path, capsys):
+    from DistilIQALib.cli import main
+
+    assert main(["recipe", "--output", str(tmp_path / "x"), "--sources", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    site = _site_folders(tmp_path / "site", 2)
+    assert main(["recipe", "--output", str(tmp_path / "y"), "--size", "tiny-real", "--sources", str(site),
+                 "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "at least 3 patients" in error[0]

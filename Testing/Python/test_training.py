@@ -208,3 +208,23 @@ def test_augmentation_moves_whole_pixels_and_keeps_noise():
         assert torch.equal(torch.sort(after[after != 0]).values, torch.sort(before[before != 0]).values)
         changed += not torch.equal(before, after)
     assert changed >= 12
+
+
+def test_fine_tuning_starts_from_the_given_model(tmp_path, tiny_weights):
+    """Teacher k starts from output k of the base model (every other weight copied); a base of another
+    architecture is refused with a clear message."""
+    from DistilIQALib.errors import InputError
+    from DistilIQALib.training import TrainingConfig, initial_model
+    from DistilIQALib.weights import load_weights
+
+    base, _ = load_weights(tiny_weights)
+    config = TrainingConfig(preset="tiny", input_size=256, init_weights=str(tiny_weights))
+    teacher = initial_model(config, 1, first_output=2)
+    assert torch.equal(teacher.head.weight, base.head.weight[2:3])
+    assert torch.equal(teacher.head.bias, base.head.bias[2:3])
+    state, reference = teacher.state_dict(), base.state_dict()
+    assert all(torch.equal(state[k], reference[k]) for k in state if not k.startswith("head."))
+    student = initial_model(config, 5)
+    assert torch.equal(student.head.weight[3], base.head.weight[0])  # outputs cycle over the base's three
+    with pytest.raises(InputError, match="cannot start"):
+        initial_model(TrainingConfig(preset="tiny", input_size=128, init_weights=str(tiny_weights)), 1)
