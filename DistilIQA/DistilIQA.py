@@ -64,7 +64,7 @@ if parameterNodeWrapper is not None:
         inputVolume: slicer.vtkMRMLScalarVolumeNode
         weightsPath: str = ""
         device: str = "auto"
-        batchSize: int = 0  # 0: automatic (8 on a GPU, 2 on the CPU)
+        batchSize: int = 0  # 0: automatic (32 on a GPU, 2 on the CPU)
         showOverlay: bool = True
         overlayOpacity: float = 0.35
         datasetPath: str = ""

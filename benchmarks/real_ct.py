@@ -1,0 +1,143 @@
+"""The shipped model on held-out real patients: accuracy against SSIM-to-full-dose and the verdicts a user sees.
+
+    .venv/bin/python benchmarks/real_ct.py --run RUN [--weights W] [--role test] [--markdown]
+
+``RUN`` is the output folder of ``python -m DistilIQALib recipe`` (stage 2, real CT): its held-out images are
+real scans of patients the model never trained on, degraded relative to each scan's own noise (100%..5% dose)
+and by sparse views. ``--role`` picks the corpus role (``test``: held out from everything; ``calibration``:
+held out from training, used to fit the dose table and bands). ``--weights`` defaults to the run's result.
+
+Printed, per source (corpus patient) and per anatomy, then for all:
+1. PLCC, SROCC, KROCC and overall of the model, of the teacher ensemble and of the global noise index (GNI,
+   entered as -GNI so every row is "higher = better"), against SSIM to the full-dose image; the same for the
+   sparse-view images alone.
+2. Verdicts: % of full-dose slices "good", % of 10% and 5% dose slices "inadequate", median dose-equivalent
+   per simulated dose, and % of source slices whose score falls strictly at every lower dose.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from DistilIQALib.corpus import load_manifest  # noqa: E402
+from DistilIQALib.datasets import image_records, load_split  # noqa: E402
+from DistilIQALib.device import resolve_device  # noqa: E402
+from DistilIQALib.evaluation import predict_split  # noqa: E402
+from DistilIQALib.interpretation import adequacy_labels, dose_equivalent  # noqa: E402
+from DistilIQALib.metrics import agreement  # noqa: E402
+from DistilIQALib.noise import global_noise_index  # noqa: E402
+from DistilIQALib.reading import read_volume  # noqa: E402
+from DistilIQALib.weights import read_info  # noqa: E402
+
+
+def noise_indices(split) -> np.ndarray:
+    values = []
+    for relative in split.paths:
+        volume = read_volume(split.root / relative, force=True)
+        values.append(float(global_noise_index(torch.from_numpy(np.asarray(volume.hu[:1], np.float32)),
+                                               volume.spacing_mm[:2])[0]))
+    return np.array(values)
+
+
+def _metrics(values: np.ndarray, labels: np.ndarray) -> str:
+    if len(values) < 3 or np.nanstd(values) == 0:
+        return "      -      -      -       -"
+    finite = np.isfinite(values)
+    m = agreement(values[finite], labels[finite])
+    return f" {m['PLCC']:6.3f} {m['SROCC']:6.3f} {m['KROCC']:6.3f} {m['overall']:7.3f}"
+
+
+def verdicts(mask, kinds, values, bands, dose_eq, student, sources) -> str:
+    dose = mask & (kinds == "dose")
+    full = dose & (values == 1.0)
+    low = dose & ((values == 0.1) | (values == 0.05))
+    good = np.mean(bands[full] == "good") * 100 if full.any() else np.nan
+    inadequate = np.mean(bands[low] == "inadequate") * 100 if low.any() else np.nan
+    medians = []
+    for level in (1.0, 0.5, 0.25, 0.1, 0.05):
+        chosen = dose & (values == level)
+        medians.append(np.median(dose_eq[chosen]) if chosen.any() else np.nan)
+    monotone, series = 0, 0
+    for source in sorted(set(sources[dose])):
+        rows = dose & (sources == source)
+        order = np.argsort(-values[rows])
+        scores = student[rows][order]
+        series += 1
+        monotone += bool(np.all(np.diff(scores) < 0))
+    medians_text = " ".join(f"{m:5.2f}" for m in medians)
+    return (f" {good:6.1f} {inadequate:6.1f}  {medians_text}  {100 * monotone / max(series, 1):6.1f}"
+            f" ({series})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--role", default="test", choices=["test", "calibration"])
+    parser.add_argument("--manifest", type=Path, default=ROOT / "corpus" / "manifest.json",
+                        help="corpus manifest: the anatomy of each patient")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    weights = args.weights or args.run / "distiliqa_student.safetensors"
+    info = read_info(weights)
+    roles = {entry["patient"]: entry["role"] for entry in info.provenance.get("corpus", [])}
+    split = load_split(args.run / "data", "test")
+    keep = [n for n, patient in enumerate(split.patients) if roles.get(patient, "test") == args.role]
+    split.paths = [split.paths[n] for n in keep]
+    split.patients = [split.patients[n] for n in keep]
+    split.labels = split.labels[keep]
+    records = image_records(args.run / "data")
+    teachers = sorted((args.run / "run" / "teachers").glob("teacher_*.safetensors"))
+    predictions = predict_split([weights, *teachers], split, resolve_device(args.device))
+    student = predictions[0].scores
+    ensemble = np.mean([p.scores for p in predictions[1:]], axis=0)
+    gni = noise_indices(split)
+    labels = split.labels
+    kinds = np.array([records[p]["kind"] for p in split.paths])
+    values = np.array([float(records[p]["value"]) for p in split.paths])
+    anatomy_of = {e.patient: e.anatomy for e in load_manifest(args.manifest)} if args.manifest.is_file() else {}
+    anatomy = np.array([anatomy_of.get(patient, records[p]["anatomy"] or "-")
+                        for p, patient in zip(split.paths, split.patients)])
+    sources = np.array([records[p]["source"] for p in split.paths])
+    patients = np.array(split.patients)
+    bands = np.array(adequacy_labels(student, info.adequacy))
+    dose_eq = dose_equivalent(student, info.dose_calibration)
+
+    groups = [(f"patient {p}", patients == p) for p in sorted(set(patients))]
+    groups += [(f"anatomy {a}", anatomy == a) for a in sorted(set(anatomy))]
+    groups += [("all", np.ones(len(labels), dtype=bool))]
+    print(f"weights {weights} ({args.role} patients: {len(set(patients))}, images: {len(labels)})")
+    print("\nAgreement with SSIM to the full dose (PLCC SROCC KROCC overall)")
+    print(f"{'group':<44} {'n':>4} | {'model':^29} | {'teacher ensemble':^29} | {'-GNI':^29}")
+    for name, mask in groups:
+        print(f"{name:<44} {mask.sum():4d} |{_metrics(student[mask], labels[mask])} |"
+              f"{_metrics(ensemble[mask], labels[mask])} |{_metrics(-gni[mask], labels[mask])}")
+    sparse = kinds == "views"
+    print(f"{'sparse-view images, all':<44} {sparse.sum():4d} |{_metrics(student[sparse], labels[sparse])} |"
+          f"{_metrics(ensemble[sparse], labels[sparse])} |{_metrics(-gni[sparse], labels[sparse])}")
+    print("\nVerdicts (model): % full-dose slices 'good', % of 10% and 5% dose slices 'inadequate', median "
+          "dose-equivalent at 100/50/25/10/5% dose, % source slices monotone in dose (slices)")
+    print(f"{'group':<44} {'good':>6} {'inadq':>6}  {'100%':>5} {'50%':>5} {'25%':>5} {'10%':>5} {'5%':>5}  "
+          f"{'monot':>6}")
+    for name, mask in groups:
+        print(f"{name:<44}{verdicts(mask, kinds, values, bands, dose_eq, student, sources)}")
+    by_dose = defaultdict(list)
+    for n in np.flatnonzero(kinds == "dose"):
+        by_dose[values[n]].append(student[n])
+    print("\nMedian score per simulated dose: " + ", ".join(
+        f"{level:g}: {np.median(by_dose[level]):.3f}" for level in sorted(by_dose, reverse=True)))
+    print(f"adequacy bands: {[(b['name'], b['min_score']) for b in info.adequacy['bands']]}")
+
+
+if __name__ == "__main__":
+    main()
