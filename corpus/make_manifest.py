@@ -37,6 +37,16 @@ ENTRIES = [
     ("pyradiomics_lung2", "pyradiomics-lung2", "test", "chest", 12,
      "PyPI pyradiomics==3.1.0 source archive, data/lung2_image.nrrd", "shipped in pyradiomics (BSD-3-Clause)"),
 ]
+MIRP = "github.com/oncoray/mirp at commit d8a6a7264a4d0ccb1f88cc670e0b6d047235909f, test/data/"
+ENTRIES += [
+    ("crlm_1004", "CRLM-CT-1004", "test", "abdomen/pelvis + chest", 12,
+     MIRP + "ct_images_seg/CRLM-CT-1004/image/ (all 41 files)", "TCIA Colorectal-Liver-Metastases, CC BY 4.0"),
+    ("lidc_0314", "LIDC-IDRI-0314", "test", "chest", 12,
+     MIRP + "seg_dicom4qi/data_1/image/ (every tenth file, 000005.dcm to 000275.dcm)", "TCIA LIDC-IDRI, CC BY 3.0"),
+    ("pancreas_cb001", "Pancreas-CT-CB_001", "test", "abdomen", 12,
+     "github.com/pyvista/vtk-data at commit c43678d0d972d416e06c3ca8b9e42d79bddd1716, Data/DICOM_Stack/ (every "
+     "fifth file, 1-003.dcm to 1-133.dcm)", "TCIA Pancreatic-CT-CBCT-SEG, CC BY 4.0"),
+]
 COVID_ROLES = {"A058062": "test", "A067967": "test", "A027284": "calibration", "A098752": "calibration"}
 # From each patient's two study descriptions (CT CHEST ..., CT ABD AND PELVIS ...).
 COVID_ANATOMY = {"A002304": "abdomen/pelvis + chest", "A027284": "abdomen/pelvis", "A046441": "abdomen/pelvis + chest",
