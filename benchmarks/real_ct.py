@@ -4,7 +4,8 @@
 
 ``RUN`` is the output folder of ``python -m DistilIQALib recipe`` (stage 2, real CT): its held-out images are
 real scans of patients the model never trained on, degraded relative to each scan's own noise (100%..5% dose)
-and by sparse views. ``--role`` picks the corpus role (``test``: held out from everything; ``calibration``:
+and by sparse views. Test patients of the manifest that the run did not include are simulated the same way
+and added. ``--role`` picks the corpus role (``test``: held out from everything; ``calibration``:
 held out from training, used to fit the dose table and bands). ``--weights`` defaults to the run's result.
 
 Printed, per source (corpus patient) and per anatomy, then for all:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from DistilIQALib.corpus import load_manifest  # noqa: E402
-from DistilIQALib.datasets import image_records, load_split  # noqa: E402
+from DistilIQALib.corpus import corpus_sources, load_manifest  # noqa: E402
+from DistilIQALib.datasets import LabelledImages, image_records, load_split, preprocess_simulated  # noqa: E402
 from DistilIQALib.device import resolve_device  # noqa: E402
 from DistilIQALib.evaluation import predict_split  # noqa: E402
 from DistilIQALib.interpretation import adequacy_labels, dose_equivalent  # noqa: E402
@@ -77,46 +79,77 @@ def verdicts(mask, kinds, values, bands, dose_eq, student, sources) -> str:
             f" ({series})")
 
 
+def extra_test_split(run: Path, manifest: Path, info, known_patients, folder: Path):
+    """Test patients of the manifest that the run did not simulate (added after it), simulated now the way
+    the recipe does (same doses and view counts, noise relative to each scan) into ``folder``."""
+    entries = [e for e in load_manifest(manifest) if e.role == "test" and e.patient not in known_patients]
+    if not entries:
+        return None
+    stage = info.provenance.get("recipe_parameters", {})
+    sources = corpus_sources(entries, manifest.parent / "files")
+    preprocess_simulated(sources, folder, tuple(stage.get("doses", (1.0, 0.5, 0.25, 0.1, 0.05))),
+                         tuple(stage.get("sparse_views", (256, 128, 64))), [e.patient for e in entries], seed=7,
+                         relative=True, sparse_every=stage.get("sparse_every", 3))
+    return load_split(folder, "test")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--role", default="test", choices=["test", "calibration"])
     parser.add_argument("--manifest", type=Path, default=ROOT / "corpus" / "manifest.json",
-                        help="corpus manifest: the anatomy of each patient")
+                        help="corpus manifest: each patient's anatomy, and test patients added after the run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = args.weights or args.run / "distiliqa_student.safetensors"
     info = read_info(weights)
-    roles = {entry["patient"]: entry["role"] for entry in info.provenance.get("corpus", [])}
+    run_info = read_info(args.run / "distiliqa_student.safetensors")
+    roles = {entry["patient"]: entry["role"] for entry in run_info.provenance.get("corpus", [])}
     split = load_split(args.run / "data", "test")
     keep = [n for n, patient in enumerate(split.patients) if roles.get(patient, "test") == args.role]
-    split.paths = [split.paths[n] for n in keep]
-    split.patients = [split.patients[n] for n in keep]
-    split.labels = split.labels[keep]
-    records = image_records(args.run / "data")
+    splits = [(_subset(split, keep), image_records(args.run / "data"))]
     teachers = sorted((args.run / "run" / "teachers").glob("teacher_*.safetensors"))
-    predictions = predict_split([weights, *teachers], split, resolve_device(args.device))
-    student = predictions[0].scores
-    ensemble = np.mean([p.scores for p in predictions[1:]], axis=0)
-    gni = noise_indices(split)
-    labels = split.labels
-    kinds = np.array([records[p]["kind"] for p in split.paths])
-    values = np.array([float(records[p]["value"]) for p in split.paths])
+    with tempfile.TemporaryDirectory() as folder:
+        if args.role == "test" and args.manifest.is_file():
+            extra = extra_test_split(args.run, args.manifest, run_info, set(roles), Path(folder))
+            if extra is not None:
+                splits.append((extra, image_records(folder)))
+        columns = [_columns(part, records, weights, teachers, args.device) for part, records in splits]
+    data = {key: np.concatenate([c[key] for c in columns]) for key in columns[0]}
     anatomy_of = {e.patient: e.anatomy for e in load_manifest(args.manifest)} if args.manifest.is_file() else {}
-    anatomy = np.array([anatomy_of.get(patient, records[p]["anatomy"] or "-")
-                        for p, patient in zip(split.paths, split.patients)])
-    sources = np.array([records[p]["source"] for p in split.paths])
-    patients = np.array(split.patients)
+    data["anatomy"] = np.array([anatomy_of.get(p, a) for p, a in zip(data["patients"], data["anatomy"])])
+    report(weights, info, args.role, data)
+
+
+def _subset(split, keep):
+    return LabelledImages(split.root, [split.paths[n] for n in keep], split.labels[keep],
+                          [split.patients[n] for n in keep])
+
+
+def _columns(split, records, weights, teachers, device):
+    predictions = predict_split([weights, *teachers], split, resolve_device(device))
+    return {"student": predictions[0].scores, "ensemble": np.mean([p.scores for p in predictions[1:]], axis=0),
+            "gni": noise_indices(split), "labels": split.labels,
+            "kinds": np.array([records[p]["kind"] for p in split.paths]),
+            "values": np.array([float(records[p]["value"]) for p in split.paths]),
+            "anatomy": np.array([records[p]["anatomy"] or "-" for p in split.paths]),
+            "sources": np.array([f"{pt}/{records[p]['source']}" for p, pt in zip(split.paths, split.patients)]),
+            "patients": np.array(split.patients)}
+
+
+def report(weights, info, role, data) -> None:
+    student, ensemble, gni, labels = data["student"], data["ensemble"], data["gni"], data["labels"]
+    kinds, values, anatomy, sources, patients = (data[k] for k in ("kinds", "values", "anatomy", "sources",
+                                                                   "patients"))
     bands = np.array(adequacy_labels(student, info.adequacy))
     dose_eq = dose_equivalent(student, info.dose_calibration)
-
     groups = [(f"patient {p}", patients == p) for p in sorted(set(patients))]
     groups += [(f"anatomy {a}", anatomy == a) for a in sorted(set(anatomy))]
     groups += [("all", np.ones(len(labels), dtype=bool))]
-    print(f"weights {weights} ({args.role} patients: {len(set(patients))}, images: {len(labels)})")
+    print(f"weights {weights} ({role} patients: {len(set(patients))}, images: {len(labels)})")
     print("\nAgreement with SSIM to the full dose (PLCC SROCC KROCC overall)")
     print(f"{'group':<44} {'n':>4} | {'model':^29} | {'teacher ensemble':^29} | {'-GNI':^29}")
     for name, mask in groups:
