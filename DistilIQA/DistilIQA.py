@@ -119,6 +119,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._scoring = None  # (ScoreJob, CT node) while Assess Quality runs
         self._job = None
         self._jobWidgets = None
+        self._jobLog = []
         self._lastResults = None
         self._appliedOverlay = None
         self._timer = qt.QTimer()
@@ -376,6 +377,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self._job = self.logic.startJob(arguments)
             self._jobWidgets = (button, button.text, progressBar, logWidget, onSuccess)
+            self._jobLog = []
             button.text = _("Cancel")
             progressBar.maximum = 0  # busy until the first progress line
             self._timer.start()
@@ -385,7 +387,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         button, label, progressBar, logWidget, onSuccess = self._jobWidgets
         lines, records, code = self._job.poll()
-        self._jobLog = (getattr(self, "_jobLog", []) + lines)[-200:]
+        self._jobLog = (self._jobLog + lines)[-200:]
         for line in lines:
             if logWidget is not None:
                 logWidget.appendPlainText(line)

@@ -216,7 +216,8 @@ def _add_training_arguments(parser, preset: str, epochs: int, batch_size: int) -
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--purpose", default="trained", help="provenance tag stored in the weights")
-    parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
+    parser.add_argument("--progress-lines", action="store_true",
+                        help="print machine-readable DISTILIQA-PROGRESS lines (for Slicer)")
 
 
 def _training_config(args: argparse.Namespace, **extra):

@@ -76,8 +76,9 @@ def test_adapt_to_this_site_command_line(tmp_path):
     if "--sources" not in recipe._option_string_actions:
         pytest.skip("the recipe command's --sources option is not in this engine yet")
     parsed = build_parser().parse_args(arguments)
-    assert (parsed.output, parsed.sources, parsed.base_weights) == (str(tmp_path / "run"), str(tmp_path / "site_ct"),
-                                                                    "/m/base.safetensors")
+    sources = parsed.sources if isinstance(parsed.sources, list) else [parsed.sources]
+    assert str(parsed.output) == str(tmp_path / "run") and [str(s) for s in sources] == [str(tmp_path / "site_ct")]
+    assert str(parsed.base_weights) == "/m/base.safetensors" and parsed.device == "cuda" and parsed.progress_lines
 
 
 def test_progress_records_become_progress_bar_values():
