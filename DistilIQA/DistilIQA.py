@@ -2,15 +2,22 @@
 
 This file holds only the Slicer classes (module, widget, logic, test). The work is done by the
 ``DistilIQALib`` engine that ships beside it; everything that touches MRML is in
-``DistilIQALib.mrml``.
+``DistilIQALib.mrml``. Every long job (Assess Quality, the DICOM database batch, training, site
+adaptation) runs in a child process (``PythonSlicer -m DistilIQALib ...``), never in a thread of
+Slicer's process: Slicer's Python keeps the interpreter lock while the Qt event loop idles, so a
+worker thread would only run during the panel's timer ticks.
 """
 import os
+import pathlib
+import shutil
 import sys
-import threading
+import tempfile
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -25,18 +32,25 @@ except ImportError:  # Slicer releases before translation support
     def _(text):
         return text
 
-try:
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-except ImportError:  # pragma: no cover - Slicer < 5.2 is not supported
-    parameterNodeWrapper = None
 
-# Installed, DistilIQALib sits beside this file; in the source tree it is one folder up.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-for _folder in (_HERE, os.path.dirname(_HERE)):
-    if os.path.isdir(os.path.join(_folder, "DistilIQALib")):
-        if _folder not in sys.path:
-            sys.path.insert(0, _folder)
-        break
+def _extensionRoot():
+    """The folder holding ``DistilIQALib`` and ``Resources``: this file's folder once installed
+    (``qt-scripted-modules/``), its parent in the source tree (``DistilIQA/`` added to the module paths)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(folder, "DistilIQALib")) and os.path.isdir(os.path.join(folder, "Resources")):
+            return folder
+    return here
+
+
+def _resourcePath(filename):
+    """Slicer's ``resourcePath`` looks only beside the module file (ScriptedLoadableModule.py:53-56 and
+    :112-115 in Slicer 5.8.1), which misses the source tree's top-level ``Resources``; this finds both."""
+    return os.path.join(_extensionRoot(), "Resources", filename)
+
+
+if _extensionRoot() not in sys.path:
+    sys.path.insert(0, _extensionRoot())
 
 #: Packages the engine needs besides what Slicer bundles (PyTorch comes through the PyTorch extension).
 REQUIRED_PACKAGES = {"einops": "einops>=0.7", "safetensors": "safetensors>=0.4"}
@@ -46,7 +60,7 @@ class DistilIQA(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("DistilIQA")
-        self.parent.categories = [_("Quality Control")]
+        self.parent.categories = [_("Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["DistilIQA developers"]
         self.parent.helpText = _(
@@ -56,28 +70,42 @@ class DistilIQA(ScriptedLoadableModule):
             "For research and quality assurance, not for diagnosis.")
         self.parent.acknowledgementText = _(
             "Method: Baldeon-Calisto et al., DistilIQA, Computers in Biology and Medicine, 2024.")
+        # The base class takes the icon from Resources/ beside this file only (ScriptedLoadableModule.py:36-41,
+        # Slicer 5.8.1); from the source tree it is one folder up.
+        icon = _resourcePath("Icons/DistilIQA.png")
+        if os.path.isfile(icon):
+            self.parent.icon = qt.QIcon(icon)
+
+    def resourcePath(self, filename):
+        return _resourcePath(filename)
 
 
-if parameterNodeWrapper is not None:
-    @parameterNodeWrapper
-    class DistilIQAParameterNode:
-        inputVolume: slicer.vtkMRMLScalarVolumeNode
-        weightsPath: str = ""
-        device: str = "auto"
-        batchSize: int = 0  # 0: automatic (32 on a GPU, 2 on the CPU)
-        showOverlay: bool = True
-        overlayOpacity: float = 0.35
-        datasetPath: str = ""
-        datasetType: str = "tcia"
-        trainingOutputPath: str = ""
-        teacherPreset: str = "paper"
-        studentPreset: str = "fast"
-        folds: int = 5
-        epochs: int = 500
-        trainingBatchSize: int = 10
-        learningRate: float = 0.001
-        distillationWeight: float = 0.75
-        trainingDevice: str = "auto"
+# Each field's annotation matches its widget in Resources/UI/DistilIQA.ui, as Slicer's GUI connectors require
+# (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py, Slicer 5.8.1): a QComboBox bound to a str needs
+# Choice, whose items replace the combo box's (:357-378); a ctkPathLineEdit binds only to pathlib types
+# (:607-611); a spin box without WithinRange gets -2**31..2**31-1 (:260-270) or -inf..inf (:325-336), so each
+# carries the .ui's range. Testing/Python/test_ui.py checks every binding against the .ui.
+
+
+@parameterNodeWrapper
+class DistilIQAParameterNode:
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    weightsPath: pathlib.Path  # empty: the shipped model
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: automatic (32 on a GPU, 2 on the CPU)
+    showOverlay: bool = True
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.35
+    datasetPath: pathlib.Path
+    datasetType: Annotated[str, Choice(["tcia", "ldctiqac", "list", "simulated"])] = "tcia"
+    trainingOutputPath: pathlib.Path
+    teacherPreset: Annotated[str, Choice(["paper", "fast", "tiny"])] = "paper"
+    studentPreset: Annotated[str, Choice(["fast", "paper", "tiny"])] = "fast"
+    folds: Annotated[int, WithinRange(2, 10)] = 5
+    epochs: Annotated[int, WithinRange(1, 10000)] = 500
+    trainingBatchSize: Annotated[int, WithinRange(1, 512)] = 10
+    learningRate: Annotated[float, WithinRange(1e-06, 1.0)] = 0.001
+    distillationWeight: Annotated[float, WithinRange(0.0, 10.0)] = 0.75
+    trainingDevice: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
 
 class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -87,11 +115,19 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._scoring = None
+        self._guiConnected = False
+        self._scoring = None  # (ScoreJob, CT node) while Assess Quality runs
         self._job = None
+        self._jobWidgets = None
+        self._jobLog = []
+        self._lastResults = None
+        self._appliedOverlay = None
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onTimer)
+
+    def resourcePath(self, filename):
+        return _resourcePath(filename)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -104,8 +140,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchTable.setHorizontalHeaderLabels([_("patient"), _("date"), _("series"), _("slices"),
                                                       _("mean"), _("min"), _("% inadequate")])
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.showOverlayCheckBox.connect("toggled(bool)", self.onOverlayChanged)
-        self.ui.overlayOpacitySpinBox.connect("valueChanged(double)", self.onOverlayChanged)
+        # The overlay follows the parameter node (onParameterNodeModified), not the widgets' signals: those
+        # can fire before the binding has written the new value into the node.
         self.ui.worstSlicesTable.connect("cellClicked(int,int)", self.onWorstSliceClicked)
         self.ui.batchButton.connect("clicked(bool)", self.onBatchButton)
         self.ui.exportBatchButton.connect("clicked(bool)", self.onExportBatch)
@@ -113,11 +149,13 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, task in (("preprocessButton", "preprocess"), ("trainTeachersButton", "train-teacher"),
                            ("trainStudentButton", "train-student"), ("evaluateButton", "evaluate")):
             getattr(self.ui, name).connect("clicked(bool)", lambda checked, task=task: self.onTrainingTask(task))
+        self.ui.adaptButton.connect("clicked(bool)", self.onAdaptButton)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
     def cleanup(self):
+        self._timer.stop()
         self.removeObservers()
         self.cancelEverything()
 
@@ -125,12 +163,15 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
+        self._disconnectGui()
 
     def onSceneStartClose(self, caller, event):
-        self.cancelEverything()
+        # Only Assess Quality depends on the scene (its CT node); batch and training jobs go on.
+        self._cancelScoring()
+        self._lastResults = None
+        self._appliedOverlay = None
+        self.ui.summaryLabel.text = _("No results yet.")
+        self.ui.worstSlicesTable.setRowCount(0)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -145,18 +186,44 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = volume
 
     def setParameterNode(self, parameterNode):
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        """Bind the GUI to ``parameterNode`` once. ``connectGui`` returns a tag from 0 on (wrapper.py:205-215 on
+        Slicer main) but nothing in Slicer 5.6/5.8 (wrapper.py:241-253 in 5.8.1), where no binding can be
+        undone: so test the tag with ``is not None`` and never bind the same node twice."""
+        if (parameterNode is not None and self._parameterNode is not None and self._guiConnected
+                and parameterNode.parameterNode is self._parameterNode.parameterNode):
+            return
+        self._disconnectGui()
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
+                                self.onParameterNodeModified)
         self._parameterNode = parameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        if parameterNode is not None:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self._guiConnected = True
+            self.addObserver(parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
+                             self.onParameterNodeModified)
+
+    def _disconnectGui(self):
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self._guiConnected = False
+
+    def onParameterNodeModified(self, caller=None, event=None):
+        parameters = self._parameterNode
+        if parameters is None or self._lastResults is None or not parameters.inputVolume:
+            return
+        overlay = (bool(parameters.showOverlay), float(parameters.overlayOpacity))
+        if overlay != self._appliedOverlay:
+            self._appliedOverlay = overlay
+            self.logic.setOverlay(self._lastResults.quality_map, *overlay)
 
     # --- Assess Quality -------------------------------------------------------------------------
 
     def onApplyButton(self):
         if self._scoring is not None:
-            self._scoring.progress.cancel()
-            self.ui.statusLabel.text = _("Cancelling...")
+            self._scoring[0].cancel()
+            self.ui.statusLabel.text = _("Cancelled.")
             return
         with slicer.util.tryWithErrorDisplay(_("DistilIQA could not start."), waitCursor=True):
             if not self.logic.ensureDependencies():
@@ -164,11 +231,13 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters = self._parameterNode
             if not parameters.inputVolume:
                 raise ValueError(_("Select a CT volume first."))
-            self._scoring = self.logic.startScoring(parameters.inputVolume, parameters.weightsPath or None,
-                                                    parameters.device, parameters.batchSize)
-            self.ui.deviceInUseLabel.text = self._scoring.deviceName
+            job = self.logic.startScoring(parameters.inputVolume, parameters.weightsPath, parameters.device,
+                                          parameters.batchSize)
+            self._scoring = (job, parameters.inputVolume)
+            self.ui.deviceInUseLabel.text = "-"
             self.ui.applyButton.text = _("Cancel")
-            self.ui.progressBar.value = 0
+            self.ui.progressBar.maximum = 0  # busy until the child reports the number of slices
+            self.ui.statusLabel.text = _("Starting the scoring process...")
             self._timer.start()
 
     def onTimer(self):
@@ -180,29 +249,42 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
 
     def _pollScoring(self):
-        run = self._scoring
-        self.ui.progressBar.maximum = max(1, run.total)
-        self.ui.progressBar.value = run.done
-        left = run.progress.seconds_left(run.done, run.total)
-        self.ui.statusLabel.text = _("Scored {done} of {total} slices").format(done=run.done, total=run.total) + (
-            _(", about {seconds:.0f} s left").format(seconds=left) if left is not None else "")
-        if run.thread.is_alive():
+        job, ctNode = self._scoring
+        code = job.poll()
+        if job.device_name:
+            self.ui.deviceInUseLabel.text = job.device_name
+        if job.total:
+            self.ui.progressBar.maximum = job.total
+            self.ui.progressBar.value = job.done
+            left = job.seconds_left()
+            self.ui.statusLabel.text = _("Scored {done} of {total} slices").format(done=job.done, total=job.total) + (
+                _(", about {seconds:.0f} s left").format(seconds=left) if left is not None else "")
+        if code is None:
             return
         self._scoring = None
         self.ui.applyButton.text = _("Assess Quality")
-        if run.error is not None:
-            self.ui.statusLabel.text = str(run.error)
-            if "cancelled" not in str(run.error):
-                slicer.util.errorDisplay(_("DistilIQA failed: {error}").format(error=run.error),
-                                         detailedText=run.details)
+        self.ui.progressBar.maximum = max(1, job.total)
+        if job.cancel_requested:
+            job.cleanup()
+            self.ui.statusLabel.text = _("Cancelled.")
+            self.ui.progressBar.value = 0
+            return
+        if code != 0:
+            job.cleanup()
+            self.ui.statusLabel.text = job.error()
+            slicer.util.errorDisplay(_("DistilIQA failed: {error}").format(error=job.error()),
+                                     detailedText="\n".join(job.log[-40:]))
             return
         with slicer.util.tryWithErrorDisplay(_("DistilIQA could not show the results."), waitCursor=True):
-            nodes = self.logic.showResults(run, self._parameterNode.showOverlay, self._parameterNode.overlayOpacity)
-            self._resultsShown(run.scores, nodes)
+            parameters = self._parameterNode
+            scores, nodes = self.logic.showScoringResults(job, ctNode, parameters.showOverlay,
+                                                          parameters.overlayOpacity)
+            self._resultsShown(scores, nodes)
 
     def _resultsShown(self, scores, nodes):
         self._showSummary(scores)
         self._lastResults = nodes
+        self._appliedOverlay = (bool(self._parameterNode.showOverlay), float(self._parameterNode.overlayOpacity))
         self._observeSliceViews()
         self._observePlotClicks()
 
@@ -217,6 +299,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for warning in summary["warnings"]:
             text += "\n" + warning
         self.ui.summaryLabel.text = text
+        self.ui.statusLabel.text = _("{count} slices scored on {device} in {seconds:.1f} s.").format(
+            count=summary["num_slices"], device=summary["device"], seconds=summary["elapsed_s"])
         table = self.ui.worstSlicesTable
         table.setRowCount(len(summary["worst_slices"]))
         for row, worst in enumerate(summary["worst_slices"]):
@@ -233,19 +317,23 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onSliceMoved()
 
     def onSliceMoved(self, caller=None, event=None):
+        """The score goes to the overlay corner annotation: DataProbe rewrites ``cornerAnnotation()`` on every
+        slice change (DataProbeLib/SliceViewAnnotations.py:384 and :665, Slicer 5.8.1), while
+        ``overlayCornerAnnotation()`` (qMRMLSliceWidget.h:124) is left to modules. ``scheduleRender`` lets
+        Qt merge the renders of fast scrolling, as DataProbe does (SliceViewAnnotations.py:404)."""
         from DistilIQALib.mrml import score_text_at
 
-        results = getattr(self, "_lastResults", None)
         layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
         for name in layoutManager.sliceViewNames():
             widget = layoutManager.sliceWidget(name)
             sliceNode = widget.mrmlSliceNode()
             text = ""
-            if results is not None and sliceNode.GetOrientation() == "Axial":
-                text = score_text_at(results.table, sliceNode.GetSliceOffset())
-            view = widget.sliceView()
-            view.cornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperRight, text)
-            view.forceRender()
+            if self._lastResults is not None and sliceNode.GetOrientation() == "Axial":
+                text = score_text_at(self._lastResults.table, sliceNode.GetSliceOffset())
+            widget.overlayCornerAnnotation().SetText(vtk.vtkCornerAnnotation.UpperRight, text)
+            widget.sliceView().scheduleRender()
 
     def _observePlotClicks(self):
         """Clicking a point of a DistilIQA chart moves the slice views to that slice."""
@@ -257,29 +345,30 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 view.setProperty("DistilIQAConnected", True)
 
     def onPlotDataSelected(self, seriesIds, selections):
-        results = getattr(self, "_lastResults", None)
-        if results is None:
+        """``seriesIds`` names the plot series clicked, ``selections`` holds each one's table rows: only a
+        series drawn from the DistilIQA table moves the views."""
+        from DistilIQALib.mrml import selected_z
+
+        if self._lastResults is None:
             return
-        table = results.table.GetTable()
+        ids = [seriesIds.GetValue(n) for n in range(seriesIds.GetNumberOfValues())]
+        rows = []
         for n in range(selections.GetNumberOfItems()):
             points = selections.GetItemAsObject(n)
-            if points is not None and points.GetNumberOfTuples():
-                self.logic.jumpToZ(table.GetValue(int(points.GetValue(0)), 1).ToDouble())
-                return
+            count = points.GetNumberOfTuples() if points is not None else 0
+            rows.append([int(points.GetValue(k)) for k in range(count)])
+        z = selected_z(slicer.mrmlScene, self._lastResults.table, ids, rows)
+        if z is not None:
+            self.logic.jumpToZ(z)
 
     def onWorstSliceClicked(self, row, column):
         item = self.ui.worstSlicesTable.item(row, 1)
         if item is not None:
             self.logic.jumpToZ(float(item.text()))
 
-    def onOverlayChanged(self, *unused):
-        if getattr(self, "_lastResults", None) is not None and self._parameterNode.inputVolume:
-            self.logic.showOverlay(self._parameterNode.inputVolume, self._lastResults.quality_map,
-                                   self._parameterNode.showOverlay, self._parameterNode.overlayOpacity)
+    # --- background jobs: DICOM database batch, training, site adaptation ----------------------------
 
-    # --- background jobs: DICOM database batch and training -----------------------------------------
-
-    def _startJob(self, arguments, button, progressBar, logWidget=None):
+    def _startJob(self, arguments, button, progressBar, logWidget=None, onSuccess=None):
         if self._job is not None:
             self._job.cancel()
             return
@@ -287,36 +376,43 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.logic.ensureDependencies():
                 return
             self._job = self.logic.startJob(arguments)
-            self._jobWidgets = (button, button.text, progressBar, logWidget)
+            self._jobWidgets = (button, button.text, progressBar, logWidget, onSuccess)
+            self._jobLog = []
             button.text = _("Cancel")
-            progressBar.value = 0
+            progressBar.maximum = 0  # busy until the first progress line
             self._timer.start()
 
     def _pollJob(self):
-        button, label, progressBar, logWidget = self._jobWidgets
+        from DistilIQALib.jobs import error_line, progress_value
+
+        button, label, progressBar, logWidget, onSuccess = self._jobWidgets
         lines, records, code = self._job.poll()
+        self._jobLog = (self._jobLog + lines)[-200:]
         for line in lines:
             if logWidget is not None:
                 logWidget.appendPlainText(line)
         for record in records:
-            if "epochs" in record:
-                progressBar.maximum = record["epochs"]
-                progressBar.value = record["epoch"]
+            value = progress_value(record)
+            if value is not None:
+                progressBar.maximum = value[1]
+                progressBar.value = value[0]
         if code is None:
             return
         self._job = None
+        self._jobWidgets = None
+        log, self._jobLog = self._jobLog, []
         button.text = label
+        progressBar.maximum = max(1, progressBar.maximum)
         if code != 0:
-            slicer.util.errorDisplay(_("The job ended with an error; see the log for details."),
-                                     detailedText="\n".join(lines[-20:]))
-        elif self._jobWidgets[0] is self.ui.batchButton:
-            self._fillBatchTable()
-        elif self._jobWidgets[0] is self.ui.trainStudentButton:
-            self._offerStudent()
+            slicer.util.errorDisplay(_("The job ended with an error: {error}").format(error=error_line(log)),
+                                     detailedText="\n".join(log[-40:]))
+        elif onSuccess is not None:
+            onSuccess()
 
     def onBatchButton(self):
-        self._startJob(self.logic.batchArguments(self._parameterNode.weightsPath or None), self.ui.batchButton,
-                       self.ui.batchProgressBar)
+        with slicer.util.tryWithErrorDisplay(_("DistilIQA could not start the batch."), waitCursor=True):
+            arguments = self.logic.batchArguments(self._parameterNode.weightsPath)
+            self._startJob(arguments, self.ui.batchButton, self.ui.batchProgressBar, onSuccess=self._fillBatchTable)
 
     def _fillBatchTable(self):
         rows = self.logic.batchRows()
@@ -342,7 +438,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if item is not None:
             parameters = self._parameterNode
             with slicer.util.tryWithErrorDisplay(_("Could not load the series."), waitCursor=True):
-                loaded = self.logic.loadSeriesWithScores(item.data(qt.Qt.UserRole), parameters.weightsPath or None,
+                loaded = self.logic.loadSeriesWithScores(item.data(qt.Qt.UserRole), parameters.weightsPath,
                                                          parameters.showOverlay, parameters.overlayOpacity)
                 if loaded is not None:
                     volume, scores, nodes = loaded
@@ -355,52 +451,51 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Check the training settings."), waitCursor=False):
             arguments = self.logic.trainingArguments(task, self._parameterNode)
             self.ui.trainingLog.appendPlainText("$ distiliqa " + " ".join(arguments))
-            self._startJob(arguments, buttons[task], self.ui.trainingProgressBar, self.ui.trainingLog)
+            onSuccess = self._offerStudent if task == "train-student" else None
+            self._startJob(arguments, buttons[task], self.ui.trainingProgressBar, self.ui.trainingLog, onSuccess)
+
+    def onAdaptButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Check the adaptation settings."), waitCursor=False):
+            arguments = self.logic.adaptArguments(self._parameterNode)
+            self.ui.trainingLog.appendPlainText("$ distiliqa " + " ".join(arguments))
+            self._startJob(arguments, self.ui.adaptButton, self.ui.trainingProgressBar, self.ui.trainingLog,
+                           self._offerAdaptedModel)
+
+    def _offerModel(self, path, question):
+        if os.path.isfile(path) and slicer.util.confirmYesNoDisplay(question):
+            self._parameterNode.weightsPath = pathlib.Path(path)
 
     def _offerStudent(self):
-        student = os.path.join(self._parameterNode.trainingOutputPath, "student.safetensors")
-        if os.path.isfile(student) and slicer.util.confirmYesNoDisplay(
-                _("A new student model is ready. Use it for Assess Quality?")):
-            self._parameterNode.weightsPath = student
+        from DistilIQALib.jobs import student_model_path
+
+        self._offerModel(str(student_model_path(self._parameterNode.trainingOutputPath)),
+                         _("A new student model is ready. Use it for Assess Quality?"))
+
+    def _offerAdaptedModel(self):
+        from DistilIQALib.jobs import adapted_model_path
+
+        self._offerModel(str(adapted_model_path(self._parameterNode.trainingOutputPath)),
+                         _("The model adapted to this site is ready. Use it for Assess Quality?"))
+
+    def _cancelScoring(self):
+        if self._scoring is not None:
+            job, _ctNode = self._scoring
+            job.cancel()
+            job.cleanup()
+            self._scoring = None
+            self.ui.applyButton.text = _("Assess Quality")
+            self.ui.progressBar.maximum = 1
+            self.ui.progressBar.value = 0
 
     def cancelEverything(self):
-        if self._scoring is not None:
-            self._scoring.progress.cancel()
+        self._cancelScoring()
         if self._job is not None:
             self._job.cancel()
             self._job = None
 
 
-class _ScoringRun:
-    """A scoring run in a worker thread; the widget polls ``done``/``total`` and reads the result."""
-
-    def __init__(self, scorer, volume, ctNode):
-        from DistilIQALib import Progress
-
-        self.scorer, self.volume, self.ctNode = scorer, volume, ctNode
-        self.deviceName = scorer.device_name
-        self.done, self.total = 0, volume.num_slices
-        self.scores = self.error = None
-        self.details = ""
-        self.progress = Progress(self._onProgress)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _onProgress(self, done, total, stage):
-        self.done, self.total = done, total
-
-    def _run(self):
-        import traceback
-
-        try:
-            self.scores = self.scorer.score_volume(self.volume, self.progress)
-        except Exception as error:  # shown by the widget on the main thread
-            self.error = error
-            self.details = traceback.format_exc()
-
-
 class DistilIQALogic(ScriptedLoadableModuleLogic):
-    """Script-friendly entry points; the engine does the work."""
+    """Script-friendly entry points; the engine does the work, in a child process for anything long."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -409,10 +504,11 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         return DistilIQAParameterNode(super().getParameterNode())
 
     def ensureDependencies(self, askConfirmation=True):
-        """PyTorch through the PyTorch extension, the rest with pip, each only after the user agrees."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        """PyTorch through the PyTorch extension, the rest with pip, each only after the user agrees. Only looked
+        up here, not imported: the model runs in a child process."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
             try:
                 import PyTorchUtils
             except ImportError:
@@ -420,8 +516,6 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
                                      "Extensions Manager and restart Slicer.")) from None
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation) is None:
                 return False
-        import importlib.util
-
         missing = [spec for name, spec in REQUIRED_PACKAGES.items() if importlib.util.find_spec(name) is None]
         if missing:
             if askConfirmation and not slicer.util.confirmOkCancelDisplay(
@@ -434,38 +528,61 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
                                      "try again.").format(packages=", ".join(missing), error=error)) from None
         return True
 
-    def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=None):
-        from DistilIQALib import Scorer
-        from DistilIQALib.mrml import volume_from_node
+    def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=0):
+        """Write ``ctNode`` to a temporary NRRD and start ``score`` on it in a child process; returns the
+        :class:`DistilIQALib.jobs.ScoreJob` (poll it, cancel it, then :meth:`showScoringResults`)."""
+        from DistilIQALib.jobs import ScoreJob
+        from DistilIQALib.mrml import write_volume_file
 
-        scorer = Scorer(weightsPath, device=device, batch_size=batchSize or None)
-        return _ScoringRun(scorer, volume_from_node(ctNode), ctNode)
+        workDir = tempfile.mkdtemp(prefix="DistilIQA-")
+        try:
+            volumeFile = write_volume_file(ctNode, os.path.join(workDir, "volume.nrrd"))
+            return ScoreJob(volumeFile, workDir, weightsPath, device, batchSize or 0, self._pythonSlicer())
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
 
-    def process(self, ctNode, weightsPath=None, device="auto", batchSize=None, showOverlay=True):
-        """Score ``ctNode`` and create its result nodes, synchronously (for scripts and tests)."""
-        run = self.startScoring(ctNode, weightsPath, device, batchSize)
-        run.thread.join()
-        if run.error is not None:
-            raise run.error
-        return self.showResults(run, showOverlay)
+    def showScoringResults(self, job, ctNode, showOverlay=True, opacity=0.35):
+        """Read a finished run's results and create or update ``ctNode``'s result nodes; returns
+        ``(scores, nodes)``. The run's temporary folder is removed."""
+        from DistilIQALib.mrml import show_stored_results
 
-    def showResults(self, run, showOverlay=True, opacity=0.35):
-        from DistilIQALib import mrml
+        try:
+            scores = job.results()
+        finally:
+            job.cleanup()
+        # Matched by z: the file reader and the node need not order the axial slices alike.
+        return scores, self._present(ctNode, show_stored_results(ctNode, scores), showOverlay, opacity)
 
-        return self._present(run.ctNode, mrml.show_results(run.ctNode, run.scores, run.volume), showOverlay, opacity)
+    def process(self, ctNode, weightsPath=None, device="auto", batchSize=0, showOverlay=True, timeoutS=None):
+        """Score ``ctNode`` and create its result nodes, waiting for the child process (scripts and tests)."""
+        job = self.startScoring(ctNode, weightsPath, device, batchSize)
+        try:
+            code = job.wait(timeoutS)
+        except BaseException:
+            job.cancel()
+            job.cleanup()
+            raise
+        if code != 0:
+            job.cleanup()
+            raise RuntimeError(job.error())
+        return self.showScoringResults(job, ctNode, showOverlay)[1]
 
     def _present(self, ctNode, nodes, showOverlay, opacity):
-        self.showOverlay(ctNode, nodes.quality_map, showOverlay, opacity)
+        from DistilIQALib import mrml
+
+        mrml.show_in_slice_views(slicer.mrmlScene, ctNode, nodes.quality_map if showOverlay else None, opacity)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None:
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
             slicer.modules.plots.logic().ShowChartInLayout(nodes.adequacy_chart)
         return nodes
 
-    def showOverlay(self, ctNode, qualityMap, show=True, opacity=0.35):
+    def setOverlay(self, qualityMap, show=True, opacity=0.35):
+        """Show or hide the quality map over the slice views; the CT and its window/level stay as they are."""
         from DistilIQALib import mrml
 
-        mrml.show_in_slice_views(slicer.mrmlScene, ctNode, qualityMap if show else None, opacity)
+        mrml.set_overlay(slicer.mrmlScene, qualityMap if show else None, opacity)
 
     def jumpToZ(self, zMm):
         for name in ("Red",):
@@ -476,10 +593,13 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         return os.path.join(slicer.dicomDatabase.databaseDirectory, "DistilIQA_results.sqlite")
 
     def batchArguments(self, weightsPath=None):
+        from DistilIQALib.jobs import chosen_path
+
         if not slicer.dicomDatabase or not slicer.dicomDatabase.isOpen:
             raise RuntimeError(_("Slicer's DICOM database is not open."))
         arguments = ["batch", slicer.dicomDatabase.databaseDirectory, "--db", self.batchStore()]
-        return arguments + (["--weights", weightsPath] if weightsPath else [])
+        weights = chosen_path(weightsPath)
+        return arguments + (["--weights", weights] if weights else [])
 
     def batchRows(self):
         from DistilIQALib.store import ResultStore
@@ -498,45 +618,39 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         from DICOMLib import DICOMUtils
 
         from DistilIQALib.batch import stored_scores
+        from DistilIQALib.jobs import chosen_path
         from DistilIQALib.mrml import show_stored_results
 
         loaded = DICOMUtils.loadSeriesByUID([seriesUid])
         node = slicer.mrmlScene.GetNodeByID(loaded[0]) if loaded else None
         if node is None:
             return None
-        scores = stored_scores(self.batchStore(), seriesUid, weightsPath)
+        scores = stored_scores(self.batchStore(), seriesUid, chosen_path(weightsPath))
         return node, scores, self._present(node, show_stored_results(node, scores), showOverlay, opacity)
 
     def trainingArguments(self, task, parameters):
-        if not parameters.datasetPath:
-            raise ValueError(_("Choose the dataset folder."))
-        if task == "preprocess":
-            return ["preprocess", parameters.datasetPath, "--type", parameters.datasetType]
-        if not parameters.trainingOutputPath:
-            raise ValueError(_("Choose the output folder."))
-        common = ["--output", parameters.trainingOutputPath, "--device", parameters.trainingDevice]
-        if task == "evaluate":
-            student = os.path.join(parameters.trainingOutputPath, "student.safetensors")
-            return ["evaluate", parameters.datasetPath, "--weights", student, "--output",
-                    os.path.join(parameters.trainingOutputPath, "evaluation"), "--device", parameters.trainingDevice]
-        preset = parameters.teacherPreset if task == "train-teacher" else parameters.studentPreset
-        arguments = [task, parameters.datasetPath, *common, "--preset", preset, "--folds", str(parameters.folds),
-                     "--epochs", str(parameters.epochs), "--batch-size", str(parameters.trainingBatchSize),
-                     "--lr", str(parameters.learningRate)]
-        if task == "train-student":
-            arguments += ["--distillation-weight", str(parameters.distillationWeight)]
-        return arguments
+        from DistilIQALib.jobs import training_arguments
+
+        return training_arguments(task, parameters.datasetPath, parameters.datasetType, parameters.trainingOutputPath,
+                                  parameters.teacherPreset, parameters.studentPreset, parameters.folds,
+                                  parameters.epochs, parameters.trainingBatchSize, parameters.learningRate,
+                                  parameters.distillationWeight, parameters.trainingDevice)
+
+    def adaptArguments(self, parameters):
+        """*Adapt to this site*: the recipe on the dataset folder's CT, from the selected model if any."""
+        from DistilIQALib.jobs import adapt_arguments
+
+        return adapt_arguments(parameters.trainingOutputPath, parameters.datasetPath, parameters.weightsPath,
+                               parameters.trainingDevice)
 
     def startJob(self, arguments):
         from DistilIQALib.background import BackgroundProcess, engine_command
+        from DistilIQALib.jobs import engine_environment
 
-        python = getattr(slicer.app, "slicerHome", None) and self._pythonSlicer()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["DistilIQALib"].__file__)))
-        return BackgroundProcess(engine_command(arguments, python), env={"PYTHONPATH": root})
+        return BackgroundProcess(engine_command(arguments, self._pythonSlicer()), env=engine_environment())
 
     def _pythonSlicer(self):
-        import shutil
-
+        """Slicer's own Python launcher (it sets up Slicer's library paths), as SlicerMONAIAuto3DSeg uses it."""
         return shutil.which("PythonSlicer") or sys.executable
 
 
@@ -548,7 +662,44 @@ class DistilIQATest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_PanelBindings()
+        self.setUp()
         self.test_AssessQuality()
+        self.setUp()
+        self.test_CancelScoring()
+
+    def test_PanelBindings(self):
+        """The panel loads, binds every widget and keeps the .ui's ranges and items."""
+        widget = slicer.modules.distiliqa.widgetRepresentation().self()
+        ui = widget.ui
+        self.assertEqual((ui.foldsSpinBox.minimum, ui.foldsSpinBox.maximum), (2, 10))
+        self.assertEqual((ui.batchSizeSpinBox.minimum, ui.batchSizeSpinBox.maximum), (0, 256))
+        self.assertEqual((ui.overlayOpacitySpinBox.minimum, ui.overlayOpacitySpinBox.maximum), (0.0, 1.0))
+        self.assertEqual([ui.deviceComboBox.itemText(n) for n in range(ui.deviceComboBox.count)],
+                         ["auto", "cpu", "cuda"])
+        for _repeat in range(3):
+            widget.exit()
+            widget.enter()
+        ui.overlayOpacitySpinBox.value = 0.6
+        self.assertAlmostEqual(widget._parameterNode.overlayOpacity, 0.6)
+
+    def test_CancelScoring(self):
+        """Cancel stops the scoring process: no result nodes, no process left."""
+        import time
+
+        import numpy as np
+
+        from DistilIQALib.phantoms import phantom_volume
+
+        ct = slicer.util.addVolumeFromArray(np.rint(phantom_volume(60, size=512, seed=1)).astype(np.int16))
+        job = DistilIQALogic().startScoring(ct, None, "cpu", 0)
+        deadline = time.monotonic() + 120
+        while job.poll() is None and job.total == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        job.cancel()
+        self.assertIsNotNone(job.wait(30))
+        job.cleanup()
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode"), 0)
 
     def test_AssessQuality(self):
         import numpy as np
@@ -588,6 +739,7 @@ class DistilIQATest(ScriptedLoadableModuleTest):
         import tempfile
 
         from DistilIQALib.background import engine_command
+        from DistilIQALib.jobs import engine_environment
         from DistilIQALib.sample import write_tcia_like
 
         folder = tempfile.mkdtemp()
@@ -600,5 +752,6 @@ class DistilIQATest(ScriptedLoadableModuleTest):
                            "--epochs", "2", "--folds", "2", "--batch-size", "4", "--purpose", "test"],
                           ["train-student", str(data), "--output", folder, "--preset", "tiny", "--input-size", "256",
                            "--epochs", "2", "--folds", "2", "--batch-size", "4", "--purpose", "test"]):
-            subprocess.run(engine_command(arguments, DistilIQALogic()._pythonSlicer()), check=True)
+            subprocess.run(engine_command(arguments, DistilIQALogic()._pythonSlicer()), check=True,
+                           env={**os.environ, **engine_environment()})
         return os.path.join(folder, "student.safetensors")

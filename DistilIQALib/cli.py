@@ -19,6 +19,7 @@ from .scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
 PROGRAM = "distiliqa"
 BATCH_SIZE_HELP = (f"slices per forward pass (default {DEFAULT_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on the CPU, "
                    "where small batches run faster)")
+PROGRESS_LINES_HELP = "print machine-readable DISTILIQA-PROGRESS lines on standard output (for Slicer)"
 
 
 class TerminalProgress:
@@ -57,6 +58,7 @@ def _add_score_parser(commands) -> None:
     parser.add_argument("--json", help="JSON summary (mean, min, worst slices, ...)")
     parser.add_argument("--force", action="store_true", help="score data that do not look like CT")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPUs")
+    parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     parser.set_defaults(run=_run_score)
 
 
@@ -65,22 +67,26 @@ def _run_score(args: argparse.Namespace) -> int:
         raise DistilIQAError("--batch-size must be at least 1")
     return _score_to_files(args.input, args.weights, args.device, args.batch_size, series=args.series,
                            out=args.out, plot=args.plot, json_path=args.json, force=args.force,
-                           use_amp=not args.no_amp)
+                           use_amp=not args.no_amp, progress_lines=args.progress_lines)
 
 
 def _score_to_files(source, weights, device, batch_size, series=None, out=None, plot=None, json_path=None,
-                    force=False, use_amp=True) -> int:
+                    force=False, use_amp=True, progress_lines=False) -> int:
     """Score one CT and write the CSV (standard output without ``out``), JSON summary and plot."""
     from .outputs import write_csv, write_json, write_plot
-    from .progress import Progress
+    from .progress import Progress, chain, progress_line_callback
     from .reading import read_volume
     from .scoring import Scorer
 
+    if progress_lines and not out:
+        raise DistilIQAError("--progress-lines needs --out: the CSV and the progress lines would share standard "
+                             "output")
     volume = read_volume(source, series_uid=series, force=force)
     scorer = Scorer(weights, device=device, batch_size=batch_size, use_amp=use_amp)
     _note(f"scoring {volume.num_slices} slice(s) of {volume.source} on {scorer.device_name} "
           f"with {scorer.info.preset} model {scorer.info.weights_id}")
-    scores = scorer.score_volume(volume, Progress(TerminalProgress()))
+    lines = progress_line_callback("score", device=scorer.device_name) if progress_lines else None
+    scores = scorer.score_volume(volume, Progress(chain(TerminalProgress(), lines)))
     for warning in scores.warnings:
         _note(f"warning: {warning}")
     write_csv(scores, out or sys.stdout)

@@ -7,6 +7,8 @@ application, and takes the scene from the nodes it is given, so it runs against 
 * :func:`volume_from_node`: a scalar volume node as a :class:`~DistilIQALib.volume.CTVolume`
   (RAS -> LPS, any orientation turned into axial slices, no copy of the voxels).
 * :func:`node_from_volume`: the reverse, for volumes the engine read itself.
+* :func:`write_volume_file`: a volume node written as Slicer writes it (uncompressed NRRD), for a scoring
+  process that runs outside Slicer's process.
 * :func:`show_results`: per-slice results as a table node, a score plot chart, a dose-adequacy
   chart and a quality-map volume (each axial slice filled with its score) displayed with a
   red-to-green colour table; all placed beside the CT in the subject hierarchy. Running it again
@@ -61,6 +63,18 @@ def node_from_volume(scene, volume: CTVolume, name: str = "CT"):
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.hu))
     node.SetIJKToRASMatrix(_ijk_to_ras(volume, volume.spacing_mm))
     return node
+
+
+def write_volume_file(node, path) -> str:
+    """Write ``node``'s voxels and geometry to ``path`` (``.nrrd``, uncompressed: writing a 300-slice CT takes a
+    fraction of a second, compressing it several seconds) with Slicer's own volume storage node; returns the
+    path. The node's scene and its storage settings are left as they were."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(0)
+    if not storage.WriteData(node):
+        raise OSError(f"could not write {node.GetName()} to {path}")
+    return str(path)
 
 
 def _ijk_to_ras(volume: CTVolume, spacing_mm) -> vtk.vtkMatrix4x4:
@@ -273,10 +287,36 @@ def show_in_slice_views(scene, ct_node, quality_map=None, opacity: float = 0.35)
     display.AutoWindowLevelOff()
     display.SetWindowLevel(350.0, 40.0)
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode").SetBackgroundVolumeID(ct_node.GetID())
+    set_overlay(scene, quality_map, opacity)
+
+
+def set_overlay(scene, quality_map=None, opacity: float = 0.35) -> None:
+    """The quality map as every slice view's foreground at ``opacity`` (``None``: no foreground). The
+    background and its window/level are left as the user set them."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
-        composite.SetBackgroundVolumeID(ct_node.GetID())
         composite.SetForegroundVolumeID(quality_map.GetID() if quality_map is not None else None)
         composite.SetForegroundOpacity(opacity if quality_map is not None else 0.0)
+
+
+def selected_z(scene, table_node, series_ids, rows) -> Optional[float]:
+    """The z (mm) of the first point picked on a plot series drawn from ``table_node`` (the DistilIQA results
+    table), or ``None``. ``series_ids[n]`` is a clicked plot series node's ID and ``rows[n]`` the table rows
+    picked on it, as a plot view's ``dataSelected`` signal gives them; other series are ignored."""
+    table = table_node.GetTable() if table_node is not None else None
+    if table is None:
+        return None
+    for series_id, picked in zip(series_ids, rows):
+        series = scene.GetNodeByID(series_id)
+        if series is None or not series.IsA("vtkMRMLPlotSeriesNode") or not picked:
+            continue
+        if series.GetTableNodeID() != table_node.GetID() or series.GetXColumnName() != "z_mm":
+            continue
+        row = int(picked[0])
+        if 0 <= row < table.GetNumberOfRows():
+            return float(table.GetValue(row, 1).ToDouble())
+    return None
 
 
 class SliceRenderer:

@@ -6,9 +6,11 @@ Cancel button); the next ``update`` then raises :class:`~DistilIQALib.errors.Can
 """
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import IO, Callable, Optional
 
 from .errors import Cancelled
 
@@ -46,3 +48,27 @@ class Progress:
         if done <= 0:
             return None
         return (time.monotonic() - self.started) * (total - done) / done
+
+
+def progress_line_callback(task: str, stream: Optional[IO[str]] = None, **fields) -> ProgressCallback:
+    """A callback that prints each update as one ``DISTILIQA-PROGRESS {"task", "done", "total", "stage", ...}``
+    line (flushed at once; ``fields`` are added to every line), which a parent process, e.g. Slicer's panel,
+    turns into its progress bar."""
+
+    def emit(done: int, total: int, stage: str) -> None:
+        record = {"task": task, "done": done, "total": total, "stage": stage, **fields}
+        line = PROGRESS_PREFIX + json.dumps(record)
+        print(line, file=stream or sys.stdout, flush=True)
+
+    return emit
+
+
+def chain(*callbacks: Optional[ProgressCallback]) -> ProgressCallback:
+    """One callback that calls each of ``callbacks`` (``None`` entries are skipped)."""
+    active = [callback for callback in callbacks if callback is not None]
+
+    def call_all(done: int, total: int, stage: str) -> None:
+        for callback in active:
+            callback(done, total, stage)
+
+    return call_all

@@ -55,6 +55,7 @@ def main() -> int:
     rows = np.flatnonzero((coronal[..., :3] != coronal[0, 0, :3]).any(axis=(1, 2)))  # crop the empty view
     plt.imsave(args.out / "coronal_quality_map.png", coronal[rows.min():rows.max() + 1, :, :3])
     write_plot(scores, args.out / "sample_scores.png", title="DistilIQA per-slice quality: sample CT with a dose dip")
+    compose_screenshot(args.out)
     print(f"wrote {', '.join(sorted(p.name for p in args.out.glob('*.png')))} to {args.out}")
     print(f"worst slice {worst} (score {scores.score[worst]:.3f}), best slice {best} "
           f"(score {scores.score[best]:.3f})")
@@ -103,6 +104,40 @@ def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float
           f"({sum(bands[k] == 'good' for k in normal)}/{len(normal)} good), {dose:.0%}-dose slices "
           f"{np.round(np.percentile(scores.score[list(low_slices)], [0, 50, 100]), 3)} "
           f"({sum(bands[k] == 'inadequate' for k in low_slices)}/{len(low_slices)} inadequate)")
+
+
+def compose_screenshot(folder: Path) -> Path:
+    """``screenshot.png`` for the Extensions Index: the three slice views (two axial, one coronal) with the
+    quality map over them, above the per-slice score plot, laid out as Slicer's four-up view with a plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    views = [("axial_full_dose.png", "Red", "#f34a33", "axial, full dose"),
+             ("axial_low_dose.png", "Yellow", "#edd54c", "axial, in the dose dip"),
+             ("coronal_quality_map.png", "Green", "#6eb04b", "coronal: the dip is a red band")]
+    figure = plt.figure(figsize=(11, 8), dpi=100, facecolor="#2b2b2b")
+    grid = figure.add_gridspec(2, 3, height_ratios=(1.0, 1.15), hspace=0.12, wspace=0.04, left=0.02, right=0.98,
+                               top=0.9, bottom=0.01)
+    for column, (name, view, colour, caption) in enumerate(views):
+        axis = figure.add_subplot(grid[0, column], facecolor="black")
+        axis.imshow(plt.imread(folder / name))
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_color(colour)
+            spine.set_linewidth(3)
+        axis.set_title(f"{view}: {caption}", color="white", fontsize=10, loc="left")
+    plot = figure.add_subplot(grid[1, :])
+    plot.imshow(plt.imread(folder / "sample_scores.png"))
+    plot.axis("off")
+    figure.suptitle("DistilIQA in 3D Slicer: per-slice quality of a CT with a dose dip", color="white", fontsize=13,
+                    y=0.975)
+    path = folder / "screenshot.png"
+    figure.savefig(path, facecolor=figure.get_facecolor())
+    plt.close(figure)
+    return path
 
 
 if __name__ == "__main__":

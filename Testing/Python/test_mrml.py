@@ -194,3 +194,58 @@ def test_batch_results_shown_for_a_loaded_series_without_rescoring(scene, axial_
         mrml.show_stored_results(ct, shorter)
     with pytest.raises(Exception, match="no stored scores"):
         stored_scores(tmp_path / "store.sqlite", "1.2.3.4", str(tiny_weights))
+
+
+def test_volume_file_for_the_scoring_process_keeps_voxels_and_geometry(scene, axial_hu, tmp_path):
+    """The panel writes the CT node to NRRD for the child process; the engine's reader must see the same axial
+    slices at the same z as the node itself gives."""
+    from DistilIQALib.reading import read_volume
+
+    ct = _coronal_node(scene, axial_hu)
+    path = mrml.write_volume_file(ct, tmp_path / "volume.nrrd")
+    assert ct.GetStorageNode() is None and scene.GetNumberOfNodesByClass("vtkMRMLStorageNode") == 0
+    read = read_volume(path)
+    expected = mrml.volume_from_node(ct)
+    np.testing.assert_array_equal(read.hu, expected.hu)
+    np.testing.assert_allclose(read.z_mm(), expected.z_mm(), atol=1e-4)
+    np.testing.assert_allclose(read.spacing_mm, SPACING, atol=1e-6)
+    assert b"encoding: raw" in (tmp_path / "volume.nrrd").read_bytes()[:1000]
+
+
+def _views(scene, count=3):
+    return [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(count)]
+
+
+def test_overlay_toggle_keeps_the_users_window_level(scene, axial_hu):
+    ct = _coronal_node(scene, axial_hu)
+    composites = _views(scene)
+    quality_map = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "map")
+    mrml.show_in_slice_views(scene, ct, quality_map, 0.35)
+    assert {c.GetForegroundVolumeID() for c in composites} == {quality_map.GetID()}
+    ct.GetDisplayNode().SetWindowLevel(1500.0, -600.0)  # the user switches to a lung window
+    mrml.set_overlay(scene, None)
+    assert {c.GetForegroundVolumeID() for c in composites} == {None}
+    mrml.set_overlay(scene, quality_map, 0.6)
+    assert {c.GetForegroundOpacity() for c in composites} == {0.6}
+    assert {c.GetBackgroundVolumeID() for c in composites} == {ct.GetID()}
+    display = ct.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == (1500.0, -600.0)
+
+
+def test_plot_click_moves_only_for_a_series_of_the_results_table(scene, axial_hu):
+    ct = _coronal_node(scene, axial_hu)
+    volume = mrml.volume_from_node(ct)
+    score = np.linspace(0.4, 0.9, 8)
+    info = ModelInfo(preset="tiny", architecture=PRESETS["tiny"], adequacy=BANDS)
+    nodes = mrml.show_results(ct, SliceScores(slice_index=np.arange(8), z_mm=volume.z_mm(), score=score,
+                                              outputs=score[:, None], noise_hu=np.full(8, 9.0), info=info), volume)
+    score_series = scene.GetNodeByID(nodes.score_chart.GetNthPlotSeriesNodeID(0))
+    other_table = scene.AddNewNodeByClass("vtkMRMLTableNode", "someone else's table")
+    other = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "someone else's series")
+    other.SetAndObserveTableNodeID(other_table.GetID())
+    z = volume.z_mm()
+    assert mrml.selected_z(scene, nodes.table, [score_series.GetID()], [[5]]) == pytest.approx(z[5], abs=1e-3)
+    assert mrml.selected_z(scene, nodes.table, [other.GetID()], [[2]]) is None
+    assert mrml.selected_z(scene, nodes.table, [other.GetID(), score_series.GetID()], [[2], [6]]) == pytest.approx(
+        z[6], abs=1e-3)
+    assert mrml.selected_z(scene, nodes.table, [score_series.GetID()], [[]]) is None

@@ -1,0 +1,199 @@
+"""The panel's background jobs outside Slicer: the command lines it builds, parsed by the real command line, and
+Assess Quality end to end as the panel runs it (a DICOM series in a volume node -> NRRD -> the child process with
+progress lines -> cancel -> results read back into MRML nodes, with the slicer-core wheel)."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from DistilIQALib.background import engine_command
+from DistilIQALib.cli import build_parser
+from DistilIQALib.jobs import (
+    ScoreJob,
+    adapt_arguments,
+    adapted_model_path,
+    chosen_path,
+    engine_environment,
+    error_line,
+    progress_value,
+    read_score_results,
+    score_arguments,
+    training_arguments,
+)
+from DistilIQALib.weights import default_weights_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_unset_paths_read_back_from_a_path_edit_are_not_chosen():
+    # An empty ctkPathLineEdit bound to a pathlib.Path field reads back as Path(""), i.e. Path(".").
+    assert chosen_path(Path("")) is None and chosen_path("") is None and chosen_path(None) is None
+    assert chosen_path(Path("/data/model.safetensors")) == "/data/model.safetensors"
+
+
+def test_score_command_line_is_what_the_cli_accepts(tmp_path):
+    arguments = score_arguments(tmp_path / "volume.nrrd", tmp_path, Path("/m/w.safetensors"), "cuda", 4)
+    parsed = build_parser().parse_args(arguments)
+    assert parsed.command == "score" and parsed.input == str(tmp_path / "volume.nrrd")
+    assert parsed.out == str(tmp_path / "scores.csv") and parsed.json == str(tmp_path / "summary.json")
+    assert (parsed.weights, parsed.device, parsed.batch_size, parsed.progress_lines) == ("/m/w.safetensors", "cuda",
+                                                                                          4, True)
+    defaults = build_parser().parse_args(score_arguments("v.nrrd", tmp_path, Path(""), "auto", 0))
+    assert defaults.weights is None and defaults.batch_size is None  # shipped model, the device's batch size
+
+
+def test_progress_lines_need_a_csv_file(tmp_path, dicom_series):
+    from DistilIQALib.cli import main
+
+    assert main(["score", str(dicom_series), "--progress-lines"]) == 2
+
+
+@pytest.mark.parametrize("task", ["preprocess", "train-teacher", "train-student", "evaluate"])
+def test_training_command_lines_are_what_the_cli_accepts(task, tmp_path):
+    arguments = training_arguments(task, tmp_path / "data", "simulated", tmp_path / "run", "tiny", "fast", 3, 7, 5,
+                                   0.0005, 0.5, "cpu")
+    parsed = build_parser().parse_args(arguments)
+    assert parsed.command == task
+    if task.startswith("train"):
+        assert (parsed.folds, parsed.epochs, parsed.batch_size, parsed.lr, parsed.progress_lines) == (3, 7, 5, 0.0005,
+                                                                                                     True)
+        assert parsed.preset == ("tiny" if task == "train-teacher" else "fast")
+    with pytest.raises(ValueError, match="dataset folder"):
+        training_arguments(task, Path(""), "tcia", tmp_path, "paper", "fast", 5, 1, 1, 0.1, 0.7, "auto")
+
+
+def test_adapt_to_this_site_command_line(tmp_path):
+    arguments = adapt_arguments(tmp_path / "run", tmp_path / "site_ct", Path("/m/base.safetensors"), "cuda")
+    assert arguments == ["recipe", "--output", str(tmp_path / "run"), "--sources", str(tmp_path / "site_ct"),
+                         "--base-weights", "/m/base.safetensors", "--device", "cuda", "--progress-lines"]
+    assert "--base-weights" not in adapt_arguments(tmp_path / "run", tmp_path / "site_ct", Path(""), "auto")
+    assert adapted_model_path(tmp_path / "run") == tmp_path / "run" / "distiliqa_student.safetensors"
+    with pytest.raises(ValueError, match="this site's CT"):
+        adapt_arguments(tmp_path / "run", Path(""), None, "auto")
+    recipe = build_parser()._subparsers._group_actions[0].choices["recipe"]
+    if "--sources" not in recipe._option_string_actions:
+        pytest.skip("the recipe command's --sources option is not in this engine yet")
+    parsed = build_parser().parse_args(arguments)
+    sources = parsed.sources if isinstance(parsed.sources, list) else [parsed.sources]
+    assert str(parsed.output) == str(tmp_path / "run") and [str(s) for s in sources] == [str(tmp_path / "site_ct")]
+    assert str(parsed.base_weights) == "/m/base.safetensors" and parsed.device == "cuda" and parsed.progress_lines
+
+
+def test_progress_records_become_progress_bar_values():
+    assert progress_value({"task": "score", "done": 4, "total": 10}) == (4, 10)
+    assert progress_value({"task": "teacher", "epoch": 3, "epochs": 500, "fold": 1}) == (3, 500)
+    assert progress_value({"task": "score", "done": 0, "total": 0}) is None
+    assert progress_value({"task": "note"}) is None
+    assert error_line(["loading", "distiliqa: error: no such file or folder: x"]) == "no such file or folder: x"
+
+
+def test_child_environment_keeps_the_launchers_python_path():
+    paths = engine_environment({"PYTHONPATH": "/slicer/lib/python"})["PYTHONPATH"].split(os.pathsep)
+    assert paths == [str(ROOT), "/slicer/lib/python"]
+
+
+# --- Assess Quality end to end, as the panel runs it -----------------------------------------------------------
+
+@pytest.fixture
+def slicer():
+    return pytest.importorskip("slicer")  # slicer-core needs Python >= 3.10
+
+
+def _ct_node_from_dicom(scene, folder):
+    """What Slicer's DICOM loader gives the panel: a scalar volume node of the series (read here by the engine's
+    reader, since slicer-core has no DICOM module)."""
+    from DistilIQALib import mrml
+    from DistilIQALib.reading import read_volume
+
+    return mrml.node_from_volume(scene, read_volume(folder), "CT from DICOM")
+
+
+def _wait(job, timeout_s=240):
+    records = []
+    original = job.process.poll
+
+    def recording_poll():
+        lines, new_records, code = original()
+        records.extend(new_records)
+        return lines, new_records, code
+
+    job.process.poll = recording_poll
+    code = job.wait(timeout_s)
+    return code, records
+
+
+def test_assess_quality_end_to_end_in_a_child_process(tmp_path, dicom_series, tiny_weights, slicer):
+    from DistilIQALib import mrml
+    from DistilIQALib.scoring import Scorer
+
+    scene = slicer.vtkMRMLScene()
+    ct = _ct_node_from_dicom(scene, dicom_series)
+    work = tmp_path / "work"
+    work.mkdir()
+    volume_file = mrml.write_volume_file(ct, work / "volume.nrrd")  # the click: as DistilIQALogic.startScoring
+    job = ScoreJob(volume_file, work, tiny_weights, "cpu", 0)
+    assert job.command == engine_command(["score", str(work / "volume.nrrd"), "--out", str(work / "scores.csv"),
+                                          "--json", str(work / "summary.json"), "--device", "cpu", "--weights",
+                                          str(tiny_weights), "--progress-lines"])
+    code, records = _wait(job)
+    assert code == 0, job.log
+    assert [(r["done"], r["total"]) for r in records] == [(0, 6), (2, 6), (4, 6), (6, 6)]  # CPU batches of 2
+    assert (job.done, job.total) == (6, 6) and job.device_name.startswith("cpu")
+    scores = job.results()
+    direct = Scorer(str(tiny_weights), device="cpu").score_volume(mrml.volume_from_node(ct))
+    np.testing.assert_allclose(scores.score, direct.score, atol=1e-4)
+    np.testing.assert_allclose(scores.z_mm, direct.z_mm, atol=1e-3)
+    np.testing.assert_allclose(scores.noise_hu, direct.noise_hu, atol=0.06)
+    assert scores.info.weights_id == direct.info.weights_id and scores.adequacy == direct.adequacy
+    nodes = mrml.show_stored_results(ct, scores)  # as DistilIQALogic.showScoringResults
+    table = nodes.table.GetTable()
+    assert table.GetNumberOfRows() == 6
+    np.testing.assert_allclose([table.GetValue(r, 2).ToDouble() for r in range(6)], direct.score, atol=1e-4)
+    assert slicer.util.arrayFromVolume(nodes.quality_map).shape == (6, 2, 2)
+    job.cleanup()
+    assert not work.exists()
+
+
+def test_engine_error_reaches_the_panel_as_one_line(tmp_path, dicom_series, slicer):
+    from DistilIQALib import mrml
+
+    scene = slicer.vtkMRMLScene()
+    ct = _ct_node_from_dicom(scene, dicom_series)
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x80\x04not a model")
+    job = ScoreJob(mrml.write_volume_file(ct, tmp_path / "volume.nrrd"), tmp_path, bad, "cpu", 0)
+    assert job.wait(240) == 2
+    assert "model.pt" in job.error() and "\n" not in job.error() and "Traceback" not in "\n".join(job.log)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="no shipped model")
+def test_cancel_stops_the_scoring_process_midway(tmp_path, slicer):
+    from DistilIQALib import mrml
+    from DistilIQALib.phantoms import phantom_volume
+
+    scene = slicer.vtkMRMLScene()
+    hu = np.rint(phantom_volume(40, size=512, pixel_mm=0.7, seed=2)).astype(np.int16)
+    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "long CT")
+    slicer.util.updateVolumeFromArray(ct, hu)
+    job = ScoreJob(mrml.write_volume_file(ct, tmp_path / "volume.nrrd"), tmp_path, None, "cpu", 0)
+    deadline = time.monotonic() + 240
+    while job.poll() is None and job.done < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 2 <= job.done < job.total == 40, (job.done, job.total, job.log)
+    started = time.monotonic()
+    job.cancel()
+    assert job.wait(30) != 0 and time.monotonic() - started < 15 and job.cancel_requested
+    with pytest.raises(OSError):
+        os.killpg(job.process.process.pid, 0)  # the whole process group is gone
+    assert not (tmp_path / "scores.csv").exists()
+
+
+def test_results_reader_refuses_a_truncated_csv(tmp_path, tiny_weights):
+    (tmp_path / "scores.csv").write_text("slice_index,z_mm,score,score_spread,noise_hu,dose_equivalent,adequacy\n"
+                                         "0,0.0,0.5,0.01,12.0,,\n")
+    (tmp_path / "summary.json").write_text('{"num_slices": 3}')
+    with pytest.raises(ValueError, match="3 slices"):
+        read_score_results(tmp_path / "scores.csv", tmp_path / "summary.json", tiny_weights)
