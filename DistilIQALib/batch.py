@@ -161,7 +161,7 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
               progress: Optional[Progress] = None, scan_executor: str = "auto") -> BatchSummary:
     """Score every axial CT series under ``root`` into the store at ``store_path``.
 
-    ``workers`` threads decode series ahead of the model and as many workers read the headers
+    ``workers`` threads decode series ahead of the model and at least 2 workers read the headers
     (``scan_executor``: ``thread``, ``process`` or ``auto``, see :func:`~DistilIQALib.archive.scan_folder`).
     """
     root = Path(root)

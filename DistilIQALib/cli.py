@@ -298,8 +298,7 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
     parser.add_argument("--workers", type=int, default=2,
-                        help="threads decoding DICOM ahead of the model, and processes reading the headers of "
-                             "archives of 500 files or more (default 2)")
+                        help="threads decoding DICOM ahead of the model and reading the headers (default 2)")
     parser.set_defaults(run=_run_batch)
 
 

@@ -54,7 +54,10 @@ def main() -> int:
                     started = time.perf_counter()
                     scan = scan_folder(root, workers, executor=executor)
                     best = min(best, time.perf_counter() - started)
-                assert sum(len(s.files) for s in scan.series.values()) == args.files
+                grouped = sum(len(s.files) for s in scan.series.values()) + len(scan.duplicates)
+                if grouped + len(scan.unreadable) != args.files:
+                    raise SystemExit(f"{executor}: {grouped} files grouped, {len(scan.unreadable)} unreadable, "
+                                     f"of {args.files}")
                 rates.append(args.files / best)
             print(f"{workers:>7}  {rates[0]:>15.0f}  {rates[1]:>17.0f}")
     return 0
