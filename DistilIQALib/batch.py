@@ -8,10 +8,8 @@ skips what the store already holds for the same weights.
 """
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
-import html
 import io
 import os
 import time
@@ -22,15 +20,19 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .archive import SeriesEntry, scan_archive
+from .archive import MIN_SERIES_SLICES, SeriesEntry, instance_decodes, scan_archive
 from .errors import DistilIQAError, InputError
 from .preprocessing import window_to_unit
 from .progress import Progress
 from .reading import read_dicom_files
+from .report import write_html_report  # noqa: F401  (the report was part of this module)
 from .scoring import Scorer, SliceScores
 from .store import ResultStore
+from .volume import CTVolume
 
 THUMBNAIL_PIXELS = 128
+#: The start of the note on a scored series whose slices are not all there.
+Z_GAP_NOTE = "z gap"
 
 
 @dataclass
@@ -71,8 +73,13 @@ def _record(entry: SeriesEntry, weights_id: str, status: str, reason: Optional[s
     return {"series_uid": entry.uid, "weights_id": weights_id, "status": status, "reason": reason,
             "patient_id": entry.patient_id, "patient_name": entry.patient_name, "study_uid": entry.study_uid,
             "study_date": entry.study_date, "description": entry.description, "kernel": entry.kernel,
-            "kvp": entry.kvp, "exposure_mas": entry.exposure_mas, "num_files": len(entry.files),
+            "kvp": entry.kvp, "exposure_mas": entry.exposure_mas, "slice_thickness_mm": entry.slice_thickness_mm,
+            "scanner_model": entry.scanner_model, "num_files": len(entry.files),
             "folder": os.path.dirname(entry.files[0]) if entry.files else None}
+
+
+def _joined(notes: List[str]) -> Optional[str]:
+    return "; ".join(notes) or None
 
 
 def _thumbnail_png(hu_slice: np.ndarray) -> bytes:
@@ -86,29 +93,88 @@ def _thumbnail_png(hu_slice: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _read(entry: SeriesEntry):
+@dataclass
+class SeriesRead:
+    """A series read for scoring: the volume (or why not) and the files left out as corrupt."""
+
+    volume: Optional[CTVolume] = None
+    error: Optional[str] = None
+    corrupt_files: List[str] = field(default_factory=list)
+
+
+def _decodes(path: str) -> bool:
+    import SimpleITK as sitk
+
     try:
-        return read_dicom_files(entry.sorted_files(), f"series {entry.uid}"), None
+        sitk.ReadImage(path)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _read(entry: SeriesEntry) -> SeriesRead:
+    """Read a series, leaving out the slice files that cannot be read (their z stays a gap: every slice keeps
+    the z its own file states)."""
+    files = entry.sorted_files()
+    corrupt = [name for name in files if not instance_decodes(name)]
+    try:
+        try:
+            readable = _enough([name for name in files if name not in corrupt], len(files), entry)
+            volume = read_dicom_files(readable, f"series {entry.uid}")
+        except InputError:
+            # A file whose header parses but whose pixels do not decode: find it, then read the others.
+            undecodable = [name for name in files if name not in corrupt and not _decodes(name)]
+            if not undecodable:
+                raise
+            corrupt += undecodable
+            readable = _enough([name for name in files if name not in corrupt], len(files), entry)
+            volume = read_dicom_files(readable, f"series {entry.uid}")
+        return SeriesRead(volume, None, corrupt)
     except DistilIQAError as error:
-        return None, str(error)
+        return SeriesRead(None, str(error), corrupt)
     except Exception as error:  # a broken archive file must not stop the run
-        return None, f"{type(error).__name__}: {error}"
+        return SeriesRead(None, f"{type(error).__name__}: {error}", corrupt)
+
+
+def _enough(readable: List[str], total: int, entry: SeriesEntry) -> List[str]:
+    if len(readable) < MIN_SERIES_SLICES:
+        raise InputError(f"only {len(readable)} of the {total} files of series {entry.uid} can be read")
+    return readable
+
+
+def _gap_note(volume: CTVolume, corrupt: List[str]) -> Optional[str]:
+    """What a reader of the results must know about slices missing from a scored series."""
+    gaps = volume.metadata.get("z_gaps_mm") or []
+    if not gaps and not corrupt:
+        return None
+    parts = []
+    if gaps:
+        parts.append("slices missing between z " + ", ".join(f"{a:.1f} and {b:.1f} mm" for a, b in gaps))
+    if corrupt:
+        names = ", ".join(os.path.basename(name) for name in corrupt[:3]) + (" ..." if len(corrupt) > 3 else "")
+        parts.append(f"{len(corrupt)} corrupt slice file(s) not scored ({names})")
+    return f"{Z_GAP_NOTE}: " + "; ".join(parts)
 
 
 def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, scorer: Scorer,
               shard: Tuple[int, int] = (1, 1), rescore: bool = False, workers: int = 2,
-              progress: Optional[Progress] = None) -> BatchSummary:
-    """Score every axial CT series under ``root`` into the store at ``store_path``."""
+              progress: Optional[Progress] = None, scan_executor: str = "auto") -> BatchSummary:
+    """Score every axial CT series under ``root`` into the store at ``store_path``.
+
+    ``workers`` threads decode series ahead of the model and at least 2 workers read the headers
+    (``scan_executor``: ``thread``, ``process`` or ``auto``, see :func:`~DistilIQALib.archive.scan_folder`).
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"no such folder: {root}")
     progress = progress or Progress()
     summary = BatchSummary()
     started = time.monotonic()
-    scan = scan_archive(root, workers=max(2, workers * 2))
+    scan = scan_archive(root, workers=max(2, workers), executor=scan_executor)
     weights_id = scorer.info.weights_id
     with ResultStore(store_path) as store:
         store.add_problems((path, None, f"unreadable: {message}") for path, message in scan.unreadable)
+        store.add_problems(scan.duplicates)
         summary.unreadable_files = len(scan.unreadable)
         done = set() if rescore else store.done(weights_id)
         to_score: List[SeriesEntry] = []
@@ -119,11 +185,9 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
             if uid in done:
                 summary.already_done += 1
                 continue
-            if entry.duplicates:
-                store.add_problems([(entry.files[0], uid, f"{entry.duplicates} duplicate instance(s) ignored")])
             reason = entry.skip_reason()
             if reason:
-                store.write_series(_record(entry, weights_id, "skipped", reason))
+                store.write_series(_record(entry, weights_id, "skipped", _joined([reason] + entry.notes())))
                 summary.skipped += 1
                 summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + 1
             else:
@@ -134,27 +198,38 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
             # Keep a few series decoding ahead of the model.
             pending = [pool.submit(_read, entry) for entry in to_score[:workers + 1]]
             for n, entry in enumerate(to_score):
-                volume, error = pending[n].result()
+                read = pending[n].result()
                 pending[n] = None
                 if n + workers + 1 < total:
                     pending.append(pool.submit(_read, to_score[n + workers + 1]))
-                series_started = time.monotonic()
-                if volume is None:
-                    store.write_series(_record(entry, weights_id, "failed", error))
-                    store.add_problems([(entry.files[0], entry.uid, error)])
-                    summary.failed += 1
-                else:
-                    scores = scorer.score_volume(volume)
-                    record = _record(entry, weights_id, "scored")
-                    record.update(_summary_fields(scores), seconds=time.monotonic() - series_started,
-                                  worst_thumbnail_png=_thumbnail_png(volume.hu[int(np.argmin(scores.score))]))
-                    store.write_series(record, scores.rows())
-                    summary.scored += 1
-                    summary.slices += len(scores.score)
+                _score_series(store, scorer, entry, read, summary)
                 summary.seconds = time.monotonic() - started
                 progress.update(n + 1, total, f"series ({summary.slices_per_second:.1f} slices/s)")
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: SeriesRead,
+                  summary: BatchSummary) -> None:
+    """Score one series read ahead and write it, with its problems, to the store."""
+    weights_id = scorer.info.weights_id
+    started = time.monotonic()
+    store.add_problems((name, entry.uid, "corrupt slice file (cannot be decoded), not scored")
+                       for name in read.corrupt_files)
+    if read.volume is None:
+        store.write_series(_record(entry, weights_id, "failed", _joined([read.error] + entry.notes())))
+        store.add_problems([(entry.files[0], entry.uid, read.error)])
+        summary.failed += 1
+        return
+    volume = read.volume
+    scores = scorer.score_volume(volume)
+    notes = entry.notes() + [note for note in [_gap_note(volume, read.corrupt_files)] if note]
+    record = _record(entry, weights_id, "scored", _joined(notes))
+    record.update(_summary_fields(scores), seconds=time.monotonic() - started,
+                  worst_thumbnail_png=_thumbnail_png(volume.hu[int(np.argmin(scores.score))]))
+    store.write_series(record, scores.rows())
+    summary.scored += 1
+    summary.slices += len(scores.score)
 
 
 def _summary_fields(scores: SliceScores) -> Dict:
@@ -166,9 +241,9 @@ def _summary_fields(scores: SliceScores) -> Dict:
 
 # --- outputs --------------------------------------------------------------------------------------
 
-SUMMARY_COLUMNS = ("status", "reason", "patient_id", "study_date", "description", "kernel", "kvp", "exposure_mas",
-                   "num_slices", "mean_score", "min_score", "worst_slice", "mean_noise_hu", "fraction_inadequate",
-                   "series_uid", "weights_id", "folder")
+SUMMARY_COLUMNS = ("status", "reason", "patient_id", "study_date", "description", "scanner_model", "kernel", "kvp",
+                   "slice_thickness_mm", "exposure_mas", "num_slices", "mean_score", "min_score", "worst_slice",
+                   "mean_noise_hu", "fraction_inadequate", "series_uid", "weights_id", "folder")
 
 
 def write_summary_csv(store_path: os.PathLike[str] | str, csv_path: os.PathLike[str] | str) -> int:
@@ -178,93 +253,6 @@ def write_summary_csv(store_path: os.PathLike[str] | str, csv_path: os.PathLike[
         writer = csv.DictWriter(stream, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    return len(rows)
-
-
-def _svg_plot(slices: List[Dict], threshold: Optional[float], width: int = 220, height: int = 48) -> str:
-    scores = [row["score"] for row in slices if row["score"] is not None]
-    if len(scores) < 2:
-        return ""
-    low, high = min(min(scores), threshold or 1.0) - 0.02, max(max(scores), 1.0) + 0.02
-    points = " ".join(f"{i * (width - 1) / (len(scores) - 1):.1f},{(high - s) / (high - low) * (height - 1):.1f}"
-                      for i, s in enumerate(scores))
-    line = ""
-    if threshold is not None:
-        y = (high - threshold) / (high - low) * (height - 1)
-        line = f'<line x1="0" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#c0392b" stroke-dasharray="3,2"/>'
-    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">{line}'
-            f'<polyline fill="none" stroke="#1f4e9c" stroke-width="1.5" points="{points}"/></svg>')
-
-
-_REPORT_STYLE = """
-body{font-family:sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 6px;vertical-align:middle;max-width:22em;overflow-wrap:anywhere}
-th{background:#eef;cursor:pointer}
-tr.inadequate{background:#fadbd8}
-tr.skipped,tr.failed{color:#777}"""
-
-_SORT_SCRIPT = """
-document.querySelectorAll('th').forEach(function (th, col) {
-  th.addEventListener('click', function () {
-    var body = th.closest('table').tBodies[0];
-    var rows = Array.from(body.rows);
-    var up = th.dataset.up !== '1';
-    th.dataset.up = up ? '1' : '0';
-    rows.sort(function (a, b) {
-      var x = a.cells[col].textContent, y = b.cells[col].textContent;
-      var p = parseFloat(x), q = parseFloat(y);
-      var r = (!isNaN(p) && !isNaN(q)) ? p - q : x.localeCompare(y);
-      return up ? r : -r;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-  });
-});"""
-
-
-def write_html_report(store_path: os.PathLike[str] | str, report_path: os.PathLike[str] | str,
-                      threshold: Optional[float] = None, title: str = "DistilIQA archive quality report") -> int:
-    """A self-contained HTML page: sortable per-series table, inadequate series first, a score plot and a
-    thumbnail of the worst slice per series (no server, no external files)."""
-    with ResultStore(store_path) as store:
-        rows = store.series_rows()
-        plots = {(r["series_uid"], r["weights_id"]): store.slice_rows(r["series_uid"], r["weights_id"])
-                 for r in rows if r["status"] == "scored"}
-        problems = store.problem_rows()
-    rows.sort(key=lambda r: (r["status"] != "scored", -(r["fraction_inadequate"] or 0), r["mean_score"] or 0))
-    body = []
-    for row in rows:
-        slices = plots.get((row["series_uid"], row["weights_id"]), [])
-        inadequate = (row["fraction_inadequate"] or 0) > 0
-        thumbnail = ""
-        if row["worst_thumbnail_png"]:
-            encoded = base64.b64encode(row["worst_thumbnail_png"]).decode()
-            thumbnail = f'<img alt="worst slice" src="data:image/png;base64,{encoded}" width="96">'
-        cells = [row["status"] + (f": {row['reason']}" if row["reason"] else ""), row["patient_id"],
-                 row["study_date"], row["description"], row["kernel"], row["num_slices"],
-                 None if row["mean_score"] is None else f"{row['mean_score']:.4f}",
-                 None if row["min_score"] is None else f"{row['min_score']:.4f}",
-                 None if row["fraction_inadequate"] is None else f"{100 * row['fraction_inadequate']:.0f}%",
-                 None if row["mean_noise_hu"] is None else f"{row['mean_noise_hu']:.1f}"]
-        text = "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in cells)
-        css = "inadequate" if inadequate else row["status"]
-        body.append(f'<tr class="{css}">{text}<td>{_svg_plot(slices, threshold)}</td><td>{thumbnail}</td>'
-                    f'<td><code>{html.escape(row["series_uid"])}</code></td></tr>')
-    headers = ["status", "patient", "study date", "series", "kernel", "slices", "mean score", "min score",
-               "% inadequate", "noise (HU)", "score along the scan", "worst slice", "SeriesInstanceUID"]
-    scored = sum(r["status"] == "scored" for r in rows)
-    flagged = sum((r["fraction_inadequate"] or 0) > 0 for r in rows)
-    problem_list = "".join(f"<li><code>{html.escape(str(p['path']))}</code>: {html.escape(str(p['message']))}</li>"
-                           for p in problems[:200])
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_REPORT_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>{scored} series scored, {flagged} with inadequate slices, {len(rows) - scored} skipped or failed. "
-            "Scores are DistilIQA's no-reference quality estimates, for quality assurance, not diagnosis. "
-            "Click a column to sort.</p>"
-            f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in headers)}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>"
-            f"<h2>Problems ({len(problems)})</h2><ul>{problem_list}</ul><script>{_SORT_SCRIPT}</script></body></html>")
-    Path(report_path).write_text(page, encoding="utf-8")
     return len(rows)
 
 

@@ -304,7 +304,8 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--weights", help="weights file; default: the shipped model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding DICOM ahead of the model")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="threads decoding DICOM ahead of the model and reading the headers (default 2)")
     parser.set_defaults(run=_run_batch)
 
 
@@ -312,9 +313,10 @@ def _run_batch(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .batch import parse_shard, run_batch, write_html_report, write_summary_csv
+    from .batch import parse_shard, run_batch, write_summary_csv
     from .interpretation import lowest_adequate_score
     from .progress import Progress
+    from .report import write_html_report
     from .scoring import Scorer
 
     shard = parse_shard(args.shard)

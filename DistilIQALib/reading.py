@@ -46,6 +46,7 @@ DICOM_TAGS = {
     "exposure_mas": "0018|1152",
     "manufacturer": "0008|0070",
 }
+POSITION_TAG = "0020|0032"
 
 
 def _silence_itk_warnings() -> None:
@@ -151,7 +152,54 @@ def _read_dicom_files(files: List[str], source: str) -> Tuple[sitk.Image, Dict[s
     metadata = {key: reader.GetMetaData(0, tag).strip()
                 for key, tag in DICOM_TAGS.items() if reader.HasMetaDataKey(0, tag)}
     metadata["num_files"] = str(len(files))
+    positions = [_position(reader, k) for k in range(len(files))]
+    if all(position is not None for position in positions):
+        metadata["file_z_mm"] = [position[2] for position in positions]
     return image, metadata
+
+
+def _position(reader: sitk.ImageSeriesReader, index: int) -> Optional[Tuple[float, float, float]]:
+    """ImagePositionPatient (mm) of the ``index``-th file, or ``None``."""
+    if not reader.HasMetaDataKey(index, POSITION_TAG):
+        return None
+    try:
+        values = [float(v) for v in reader.GetMetaData(index, POSITION_TAG).split("\\")]
+    except ValueError:
+        return None
+    return tuple(values) if len(values) == 3 else None
+
+
+def _file_slice_z(volume: CTVolume, file_z_mm: List[float], itk_direction: np.ndarray) -> Optional[np.ndarray]:
+    """The slice-centre z of each axial slice from the files' own positions, when the files are the axial
+    slices (the stack runs along z) and the reader's regular grid does not match them (a missing slice).
+
+    The series reader spreads the slices evenly between the first and the last file; after a gap every
+    slice between them would get a wrong z. The files' z (sorted) is moved by the in-plane offset of the
+    slice centre (the same for every slice) and given to the slices in the order of their grid z.
+    """
+    stack = np.abs(itk_direction[:, 2])
+    if len(file_z_mm) != volume.num_slices or volume.num_slices < 2 or np.argmax(stack) != 2:
+        return None
+    grid = volume.slice_centres_mm()[:, 2]
+    files = np.sort(np.asarray(file_z_mm, dtype=np.float64))
+    offset = (grid.min() + grid.max()) / 2 - (files.min() + files.max()) / 2
+    true_z = np.empty_like(grid)
+    true_z[np.argsort(grid, kind="stable")] = files + offset
+    tolerance = max(0.01, 0.01 * abs(float(volume.spacing_mm[2])))
+    return true_z if np.abs(true_z - grid).max() > tolerance else None
+
+
+def z_gaps(z_mm: np.ndarray, factor: float = 1.5) -> List[Tuple[float, float]]:
+    """``(z below, z above)`` (mm) of every step between neighbouring slices larger than ``factor`` times
+    the median step: where slices are missing."""
+    z = np.sort(np.asarray(z_mm, dtype=np.float64))
+    if len(z) < 3:
+        return []
+    steps = np.diff(z)
+    typical = float(np.median(steps))
+    if typical <= 0:
+        return []
+    return [(float(z[n]), float(z[n + 1])) for n in np.nonzero(steps > factor * typical)[0]]
 
 
 def _read_file(path: Path) -> Tuple[sitk.Image, Dict[str, str]]:
@@ -243,8 +291,15 @@ def _volume_from_image(image: sitk.Image, metadata: Dict[str, str], source: str)
         array = array.astype(np.float32)
     if metadata.get("intensity") == "windowed":
         array = _windowed_to_hu(array, DEFAULT_WINDOW)
-    hu, spacing, origin, direction = to_axial(array, spacing, origin, direction)
-    return CTVolume(hu=hu, spacing_mm=spacing, origin_mm=origin, direction=direction, source=source, metadata=metadata)
+    hu, axial_spacing, axial_origin, axial_direction = to_axial(array, spacing, origin, direction)
+    file_z_mm = metadata.pop("file_z_mm", None)
+    volume = CTVolume(hu=hu, spacing_mm=axial_spacing, origin_mm=axial_origin, direction=axial_direction,
+                      source=source, metadata=metadata)
+    if file_z_mm is not None and dimension == 3:
+        volume.slice_z_mm = _file_slice_z(volume, file_z_mm, np.asarray(direction).reshape(3, 3))
+        if volume.slice_z_mm is not None:
+            metadata["z_gaps_mm"] = z_gaps(volume.slice_z_mm)
+    return volume
 
 
 def _windowed_to_hu(unit: np.ndarray, window: Window) -> np.ndarray:

@@ -207,6 +207,9 @@ class Scorer:
             warnings.append(f"matrix {nx}x{ny} was fitted to the model's {self.info.input_size}x"
                             f"{self.info.input_size} input; scores are less comparable with "
                             f"{self.info.input_size}-matrix scans")
+        for below, above in volume.metadata.get("z_gaps_mm", []):
+            warnings.append(f"slices missing between z {below:.1f} and {above:.1f} mm (a gap of {above - below:.1f} "
+                            "mm in the series); every slice keeps the z its file states")
         if self.info.provenance.get("purpose") == "test":
             warnings.append("this model is marked 'test' (trained only to check the software): its scores are not "
                             "quality judgements")

@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS series (
     status TEXT NOT NULL,
     reason TEXT,
     patient_id TEXT, patient_name TEXT, study_uid TEXT, study_date TEXT, description TEXT,
-    kernel TEXT, kvp REAL, exposure_mas REAL,
+    kernel TEXT, kvp REAL, exposure_mas REAL, slice_thickness_mm REAL, scanner_model TEXT,
     num_files INTEGER, num_slices INTEGER,
     mean_score REAL, min_score REAL, worst_slice INTEGER, mean_noise_hu REAL, fraction_inadequate REAL,
     folder TEXT, seconds REAL, written_at TEXT, worst_thumbnail_png BLOB,
@@ -39,9 +39,12 @@ CREATE TABLE IF NOT EXISTS problems (
 """
 
 SERIES_COLUMNS = ("series_uid", "weights_id", "status", "reason", "patient_id", "patient_name", "study_uid",
-                  "study_date", "description", "kernel", "kvp", "exposure_mas", "num_files", "num_slices",
+                  "study_date", "description", "kernel", "kvp", "exposure_mas", "slice_thickness_mm",
+                  "scanner_model", "num_files", "num_slices",
                   "mean_score", "min_score", "worst_slice", "mean_noise_hu", "fraction_inadequate", "folder",
                   "seconds", "written_at", "worst_thumbnail_png")
+#: Columns added after the first release, with their type: an older store gains them when opened.
+ADDED_SERIES_COLUMNS = {"slice_thickness_mm": "REAL", "scanner_model": "TEXT"}
 SLICE_COLUMNS = ("series_uid", "weights_id", "slice_index", "z_mm", "score", "score_spread", "noise_hu",
                  "dose_equivalent", "adequacy")
 
@@ -60,6 +63,14 @@ class ResultStore:
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=NORMAL")
         self.connection.executescript(SCHEMA)
+        self._add_missing_columns("main")
+
+    def _add_missing_columns(self, schema: str) -> None:
+        present = {row[1] for row in self.connection.execute(f"PRAGMA {schema}.table_info(series)")}
+        with self.connection:
+            for column, kind in ADDED_SERIES_COLUMNS.items():
+                if column not in present:
+                    self.connection.execute(f"ALTER TABLE {schema}.series ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.connection.close()
@@ -129,8 +140,13 @@ class ResultStore:
                 count = self.connection.execute("SELECT COUNT(*) FROM other.series").fetchone()[0]
                 self.connection.execute("DELETE FROM slices WHERE (series_uid, weights_id) IN "
                                         "(SELECT series_uid, weights_id FROM other.series)")
-                self.connection.execute("INSERT OR REPLACE INTO series SELECT * FROM other.series")
-                self.connection.execute("INSERT OR REPLACE INTO slices SELECT * FROM other.slices")
+                # By name: the other store may be older, with fewer columns.
+                present = {row[1] for row in self.connection.execute("PRAGMA other.table_info(series)")}
+                columns = ", ".join(column for column in SERIES_COLUMNS if column in present)
+                self.connection.execute(f"INSERT OR REPLACE INTO series ({columns}) SELECT {columns} FROM other.series")
+                slice_columns = ", ".join(SLICE_COLUMNS)
+                self.connection.execute(f"INSERT OR REPLACE INTO slices ({slice_columns}) "
+                                        f"SELECT {slice_columns} FROM other.slices")
                 self.connection.execute("INSERT INTO problems SELECT * FROM other.problems WHERE (path, series_uid, "
                                         "message) NOT IN (SELECT path, series_uid, message FROM problems)")
         finally:

@@ -7,7 +7,7 @@ once. Geometry follows ITK/DICOM (LPS patient coordinates, millimetres).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +23,8 @@ class CTVolume:
         direction: 3x3 matrix whose columns are the LPS directions of the x, y, z axes.
         source: where the volume came from (path or node name), for messages and reports.
         metadata: DICOM-derived facts when known (modality, series UID, description, kernel, ...).
+        slice_z_mm: superior coordinate (mm) of each slice centre as the files state it, when it differs from
+            the regular grid that spacing and origin describe (a DICOM series with a missing slice).
     """
 
     hu: np.ndarray
@@ -31,6 +33,7 @@ class CTVolume:
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     source: str = ""
     metadata: Dict[str, Any] = field(default_factory=dict)
+    slice_z_mm: Optional[np.ndarray] = None
 
     @property
     def num_slices(self) -> int:
@@ -47,7 +50,10 @@ class CTVolume:
         return np.asarray(self.origin_mm, dtype=np.float64) + (index * spacing) @ np.asarray(self.direction).T
 
     def z_mm(self) -> np.ndarray:
-        """Superior coordinate (mm) of each slice centre; the same in LPS and RAS."""
+        """Superior coordinate (mm) of each slice centre; the same in LPS and RAS. Where the files' own
+        positions are known (:attr:`slice_z_mm`) they are used, so a gap in a series stays a gap."""
+        if self.slice_z_mm is not None:
+            return np.asarray(self.slice_z_mm, dtype=np.float64)
         return self.slice_centres_mm()[:, 2]
 
 

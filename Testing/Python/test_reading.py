@@ -9,6 +9,7 @@ from PIL import Image
 
 from DistilIQALib.dicom_writing import write_series
 from DistilIQALib.errors import InputError
+from DistilIQALib.phantoms import phantom_volume
 from DistilIQALib.reading import read_volume
 
 from .shipped_ct import shipped_ct_file, shipped_ct_files
@@ -138,3 +139,26 @@ def test_folder_with_two_series_lists_them_and_series_picks_one(tmp_path, phanto
 def test_nested_single_series_is_found(tmp_path, phantom_hu):
     write_series(phantom_hu, tmp_path / "patient" / "study" / "series", spacing_mm=(2.8, 2.8, 2.5))
     assert read_volume(tmp_path).num_slices == 6
+
+
+@pytest.mark.parametrize("column_direction", [(0.0, 1.0, 0.0), (0.0, -1.0, 0.0)])
+def test_series_with_an_absent_slice_keeps_each_slice_z(tmp_path, column_direction):
+    """The series reader spreads slices evenly between the first and last file; the volume keeps the z each
+    file states instead, and names the gap (head-first and feet-first stacking)."""
+    hu = phantom_volume(5, size=96, pixel_mm=3.5, noise_sd_hu=5.0, seed=2)
+    paths = write_series(hu, tmp_path / "gap", spacing_mm=(3.5, 3.5, 5.0), origin_mm=(-160.0, -160.0, 100.0),
+                         column_direction=column_direction)
+    z_of = {path: float(pydicom.dcmread(path).ImagePositionPatient[2]) for path in paths}
+    absent = sorted(paths, key=z_of.get)[1]
+    absent.unlink()
+    volume = read_volume(tmp_path / "gap")
+    kept = sorted((z, n) for n, (path, z) in enumerate(z_of.items()) if path != absent)
+    assert list(volume.z_mm()) == [z for z, _ in kept]
+    assert volume.metadata["z_gaps_mm"] == [(sorted(z_of.values())[0], sorted(z_of.values())[2])]
+    expected = np.rint(hu[[n for _, n in kept]])
+    if column_direction[1] < 0:
+        expected = expected[:, ::-1]  # rows run anterior: the axial volume runs posterior
+    np.testing.assert_array_equal(volume.hu, expected)
+    complete = write_series(hu, tmp_path / "full", spacing_mm=(3.5, 3.5, 5.0), origin_mm=(-160.0, -160.0, 100.0))
+    regular = read_volume(complete[0].parent)
+    assert regular.slice_z_mm is None and "z_gaps_mm" not in regular.metadata  # an even series keeps its grid
