@@ -1,9 +1,11 @@
 """The model that ships in Resources/Models: its file, its metadata, its behaviour on real CT slices as the
 dose falls, and the README demo it drives."""
 import csv
+import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from DistilIQALib.datasets import builtin_sources
 from DistilIQALib.interpretation import adequacy_labels, dose_equivalent
 from DistilIQALib.model import score_from_outputs
 from DistilIQALib.preprocessing import prepare_batch
+from DistilIQALib.recipe import RECIPES
 from DistilIQALib.simulation import DoseSimulator
 from DistilIQALib.weights import default_weights_path, load_weights, read_info
 
@@ -29,7 +32,9 @@ def test_shipped_model_is_the_default_small_and_fully_described():
     assert info.preset == "fast" and info.num_outputs == 5 and info.input_size == 512
     assert info.score.name == "ssim" and info.score.higher_is_better
     assert (info.window.width_hu, info.window.level_hu) == (350, 40)
-    assert info.provenance["recipe"] == "default" and info.provenance["purpose"] == "release"
+    assert info.provenance["purpose"] == "release"
+    # Made by what `recipe --size builtin` runs today (it was called "default" then): same parameters.
+    assert info.provenance["recipe_parameters"] == json.loads(json.dumps(asdict(RECIPES["builtin"])))
     bands = info.adequacy["bands"]
     assert [b["name"] for b in bands] == ["good", "borderline", "inadequate"]
     assert bands[0]["min_score"] > bands[1]["min_score"] and "reasoning" in info.adequacy
