@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -259,7 +260,8 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     (``dose`` or ``views``), dose or view count and the source's noise index."""
     import SimpleITK as sitk
 
-    from .simulation import DoseSimulator, _noise_index, dense_reconstruction, matched_kernel_sharpness, sparse_view
+    from .noise import slice_noise_index
+    from .simulation import DoseSimulator, dense_reconstruction, matched_kernel_sharpness, sparse_view
 
     output = Path(output)
     sources = list(sources)
@@ -268,7 +270,7 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     records: Dict[str, Dict] = {}
     for n, source in enumerate(sources):
         hu = source.hu.astype(np.float32)
-        noise_hu = _noise_index(hu, source.pixel_mm)
+        noise_hu = slice_noise_index(hu, source.pixel_mm)
         if relative:
             if not np.isfinite(noise_hu) or noise_hu <= 0:
                 continue
@@ -325,11 +327,12 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
         entries = [(Path(s["folder"]), s["uid"]) for s in list_dicom_series(folder)]
         entries += [(p, None) for p in sorted(folder.rglob("*")) if p.is_file()
                     and p.name.lower().endswith(VOLUME_SUFFIXES + IMAGE_2D_SUFFIXES)]
+    series_per_folder = Counter(path for path, uid in entries if uid is not None)
     for path, uid in entries:
         volume = read_volume(path, series_uid=uid)
         inside = str(path.relative_to(folder)) if path != folder else path.name
         patient = re.sub(r"[^A-Za-z0-9_.-]", "_", inside if inside != "." else path.name)
-        if uid is not None and sum(1 for _, other in entries if other is not None and _ == path) > 1:
+        if uid is not None and series_per_folder[path] > 1:
             patient += "_" + uid.rsplit(".", 1)[-1]  # several series in one folder
         picks = np.unique(np.linspace(0, volume.num_slices - 1, min(slices_per_volume, volume.num_slices)).round())
         for index in picks.astype(int):

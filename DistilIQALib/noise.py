@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +54,12 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     noise = _histogram_mode(smoothed)
     enough = tissue.sum(dim=1) >= MIN_TISSUE_PIXELS
     return torch.where(enough, noise, torch.full_like(noise, float("nan")))
+
+
+def slice_noise_index(hu, pixel_mm: float) -> float:
+    """GNI in HU of one square-pixel 2D slice given as an array (NaN with too little soft tissue)."""
+    image = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None]
+    return float(global_noise_index(image, (pixel_mm, pixel_mm))[0])
 
 
 def _box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:

@@ -128,7 +128,7 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
     info.adequacy = adequacy_from_calibration(info.dose_calibration)
     ensemble = agreement(np.mean([p.scores for p in predictions[1:]], axis=0), split.labels)
     info.provenance.update(recipe=name, recipe_parameters=json.loads(json.dumps(asdict(recipe))), seed=seed,
-                           teacher_ensemble_held_out={k: round(v, 5) for k, v in ensemble.items()},
+                           teacher_ensemble_held_out=_rounded(ensemble),
                            wall_time_s=round(time.monotonic() - started, 1),
                            held_out=[{k: (round(v, 5) if isinstance(v, float) else v) for k, v in m.items()}
                                      for m in metrics])
@@ -230,8 +230,8 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
         preprocess_simulated(slices, data, stage.doses, stage.sparse_views, held_out, seed, progress,
                              relative=True, sparse_every=stage.sparse_every)
     run = output / "run"
-    common = dict(seed=seed, device=device, purpose="release" if name == "default" and not sources else "site"
-                  if sources else "test", init_weights=str(base_weights))
+    purpose = "site" if sources else "release" if name == "default" else "test"
+    common = dict(seed=seed, device=device, purpose=purpose, init_weights=str(base_weights))
     teachers = train_teachers(data, run, TrainingConfig(**common, **stage.teacher), progress=progress)
     student = train_student(data, run, TrainingConfig(**common, **stage.student), teachers, progress=progress)
     split = load_split(data, "test")

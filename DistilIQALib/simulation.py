@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .noise import global_noise_index, slice_noise_index
 from .tomography import fbp, forward_project
 
 MU_WATER_PER_MM = 0.0193
@@ -126,7 +127,7 @@ class DoseSimulator:
         dose: variance ``sigma**2 / d``), which absorbs how anatomy and noise mix in the index."""
         sigma = float(self.reference_noise_hu)
         scale = sigma / tissue_noise_sd(self._quantum, self.hu, self.pixel_mm)
-        quarter = _noise_index(self.hu + np.float32(scale * np.sqrt(3.0)) * self._quantum, self.pixel_mm) / sigma
+        quarter = slice_noise_index(self.hu + np.float32(scale * np.sqrt(3.0)) * self._quantum, self.pixel_mm) / sigma
         if np.isfinite(quarter) and quarter > 1.2:
             scale *= np.sqrt(3.0) / np.sqrt(quarter ** 2 - 1.0)
         return scale
@@ -182,7 +183,6 @@ class DoseSimulator:
 def tissue_noise_sd(noise_hu: np.ndarray, slice_hu: np.ndarray, pixel_mm: float) -> float:
     """SD (HU) of a noise image measured as the global noise index measures a slice: the mode of the
     local SD over the slice's soft tissue (picked on ``slice_hu``)."""
-    from .noise import global_noise_index
 
     noise_hu = np.ascontiguousarray(noise_hu, dtype=np.float32)
     raw_sd = float(np.std(noise_hu)) or 1.0
@@ -193,18 +193,11 @@ def tissue_noise_sd(noise_hu: np.ndarray, slice_hu: np.ndarray, pixel_mm: float)
     return (sd if np.isfinite(sd) else 20.0) / scale
 
 
-def _noise_index(hu: np.ndarray, pixel_mm: float) -> float:
-    from .noise import global_noise_index
-
-    image = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None]
-    return float(global_noise_index(image, (pixel_mm, pixel_mm))[0])
-
-
 def texture_ratio(hu: np.ndarray, pixel_mm: float) -> float:
     """How fine a slice's noise is: its global noise index after 2x2 averaging over the index of the
     slice itself. White noise gives 0.5, smooth (soft-kernel) noise nearer 1. NaN without soft tissue."""
     half = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None], 2)[0, 0].numpy()
-    return _noise_index(half, 2 * pixel_mm) / _noise_index(hu, pixel_mm)
+    return slice_noise_index(half, 2 * pixel_mm) / slice_noise_index(hu, pixel_mm)
 
 
 #: :func:`texture_ratio` of the added noise alone (on a uniform soft-tissue slice) with the two end kernels.

@@ -70,17 +70,18 @@ def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float
     import slicer
 
     from DistilIQALib import mrml
+    from DistilIQALib.noise import slice_noise_index
     from DistilIQALib.outputs import write_plot
     from DistilIQALib.reading import read_volume
     from DistilIQALib.scoring import Scorer
-    from DistilIQALib.simulation import DoseSimulator, _noise_index, matched_kernel_sharpness
+    from DistilIQALib.simulation import DoseSimulator, matched_kernel_sharpness
     from DistilIQALib.volume import CTVolume
 
     volume = read_volume(folder)
     hu = np.asarray(volume.hu, dtype=np.float32).copy()
     pixel_mm = float(volume.spacing_mm[0])
     for k in low_slices:
-        simulator = DoseSimulator(hu[k], pixel_mm, seed=k, reference_noise_hu=_noise_index(hu[k], pixel_mm),
+        simulator = DoseSimulator(hu[k], pixel_mm, seed=k, reference_noise_hu=slice_noise_index(hu[k], pixel_mm),
                                   kernel=matched_kernel_sharpness(hu[k], pixel_mm))
         hu[k] = simulator.at_dose(dose)
     lowered = CTVolume(np.round(hu).astype(np.int16), volume.spacing_mm, volume.origin_mm, volume.direction,

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from DistilIQALib.corpus import CorpusEntry, corpus_sources, load_manifest, sha256_of, verify
 from DistilIQALib.datasets import builtin_sources
 from DistilIQALib.errors import InputError
-from DistilIQALib.noise import global_noise_index
+from DistilIQALib.noise import slice_noise_index
 from DistilIQALib.recipe import default_manifest
 from DistilIQALib.simulation import (
     HANN_TEXTURE_RATIO_NOISE_ONLY,
@@ -23,8 +22,7 @@ from DistilIQALib.simulation import (
 
 
 def _gni(hu, pixel_mm):
-    return float(global_noise_index(torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None],
-                                    (pixel_mm, pixel_mm))[0])
+    return slice_noise_index(hu, pixel_mm)
 
 
 @pytest.fixture(scope="module")
