@@ -294,7 +294,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mean=summary["mean_score"], index=summary["worst_slices"][0]["slice_index"],
             worst=summary["worst_slices"][0]["score"])
         if summary["fraction_inadequate"] is not None:
-            text += " " + _("{percent:.0f}% of slices below the adequacy threshold.").format(
+            text += " " + _("{percent:.0f}% of slices inadequate.").format(
                 percent=100 * summary["fraction_inadequate"])
         for warning in summary["warnings"]:
             text += "\n" + warning

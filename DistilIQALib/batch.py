@@ -227,6 +227,8 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
     record = _record(entry, weights_id, "scored", _joined(notes))
     record.update(_summary_fields(scores), seconds=time.monotonic() - started,
                   worst_thumbnail_png=_thumbnail_png(volume.hu[int(np.argmin(scores.score))]))
+    if record.get("slice_thickness_mm") is None and np.isfinite(scores.thickness_mm):
+        record["slice_thickness_mm"] = scores.thickness_mm  # no SliceThickness: the spacing the scorer used
     store.write_series(record, scores.rows())
     summary.scored += 1
     summary.slices += len(scores.score)
@@ -274,9 +276,13 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
     score = np.array([r["score"] for r in rows], dtype=np.float32)
     spread = np.array([r["score_spread"] or 0.0 for r in rows], dtype=np.float32)
     noise = np.array([np.nan if r["noise_hu"] is None else r["noise_hu"] for r in rows], dtype=np.float32)
+    diameter = np.array([np.nan if r.get("water_diameter_cm") is None else r["water_diameter_cm"] for r in rows],
+                        dtype=np.float32)
     record = series[0] if series else {}
+    thickness = record.get("slice_thickness_mm")
     return SliceScores(slice_index=np.array([r["slice_index"] for r in rows]),
                        z_mm=np.array([r["z_mm"] for r in rows], dtype=np.float64), score=score,
                        outputs=np.stack([score - spread, score + spread], axis=1), noise_hu=noise, info=info,
                        source=record.get("description") or series_uid, device="stored",
-                       elapsed_s=float(record.get("seconds") or 0.0))
+                       elapsed_s=float(record.get("seconds") or 0.0), diameter_cm=diameter,
+                       thickness_mm=float("nan") if thickness is None else float(thickness))

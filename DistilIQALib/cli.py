@@ -404,9 +404,34 @@ def _run_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_calibrate_parser(commands) -> None:
+    parser = commands.add_parser(
+        "calibrate", help="fit the routine full-dose noise reference (dose equivalent, adequacy) on the real-CT "
+                          "corpus and write a copy of a model that uses it")
+    parser.add_argument("weights", type=Path, help="model to calibrate (its network and scores are unchanged)")
+    parser.add_argument("--output", type=Path, required=True, help="weights file to write")
+    parser.add_argument("--manifest", type=Path, help="real-CT corpus manifest (default: corpus/manifest.json)")
+    parser.add_argument("--corpus", type=Path, help="folder holding the corpus files (default: beside the manifest)")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .recipe import calibrate_weights
+    from .weights import read_info as _read_info
+
+    for path in (args.weights, args.manifest):
+        if path is not None and not path.is_file():
+            raise InputError(f"no such file: {path}")
+    written = calibrate_weights(args.weights, args.output, args.manifest, args.corpus)
+    reference = _read_info(written).noise_reference
+    _note(f"model: {written} (noise reference from {reference['patients']} patients, {reference['slices']} "
+          f"slices; residual SD of log variance {reference['residual_sd_log_variance']})")
+    return 0
+
+
 COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser, _add_preprocess_parser,
                             _add_train_teacher_parser, _add_train_student_parser, _add_evaluate_parser,
-                            _add_batch_parser, _add_merge_parser, _add_recipe_parser]
+                            _add_batch_parser, _add_merge_parser, _add_recipe_parser, _add_calibrate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -233,13 +233,14 @@ DEFAULT_SPARSE_VIEWS = (256, 128, 64)
 
 @dataclass
 class SourceSlice:
-    """A full-dose slice to degrade: HU (square), pixel size and the patient it belongs to."""
+    """A full-dose slice to degrade: HU (square), pixel size, slice thickness and the patient it belongs to."""
 
     patient: str
     name: str
     hu: np.ndarray
     pixel_mm: float
     anatomy: str = ""
+    thickness_mm: float = float("nan")
 
 
 def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
@@ -343,7 +344,8 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
                 top, left = (side - hu.shape[0]) // 2, (side - hu.shape[1]) // 2
                 square[top:top + hu.shape[0], left:left + hu.shape[1]] = hu
                 hu = square
-            sources.append(SourceSlice(patient, f"slice{index:04d}", hu, float(volume.spacing_mm[0])))
+            sources.append(SourceSlice(patient, f"slice{index:04d}", hu, float(volume.spacing_mm[0]),
+                                       thickness_mm=volume.slice_thickness_mm))
     if not sources:
         raise InputError(f"no CT found under {folder}")
     return sources

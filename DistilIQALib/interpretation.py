@@ -2,38 +2,79 @@
 
 Both come from the weights file's metadata, so a model trained on another score scale
 brings its own thresholds. Without them the result simply has no verdict.
+
+Two kinds of dose equivalent exist:
+
+* a *noise reference* (``ModelInfo.noise_reference``): the noise a routine full dose leaves in a patient
+  of a given size at a given slice thickness, fitted on real clinical scans. A slice's dose equivalent is
+  that reference variance over its own (quantum noise variance goes as 1 / (dose x thickness)), so a
+  thin-slice scan or a large patient is not mistaken for a low dose;
+* a *score table* (``ModelInfo.dose_calibration``): score -> dose fraction from simulated doses, used by
+  models that carry no noise reference.
+
+Adequacy bands are thresholds on the quantity named by ``adequacy["on"]``: ``"score"`` (the default,
+``min_score`` per band) or ``"dose_equivalent"`` (``min_value`` per band).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+#: Dose equivalents are reported between these ends: below 5% the estimate means little, and a slice
+#: quieter than the routine reference "looks like at least a full dose".
+DOSE_RANGE = (0.05, 1.0)
+#: Label of a slice whose verdict quantity could not be measured (no soft tissue to read noise from).
+UNKNOWN = "unknown"
 
-def adequacy_labels(scores: np.ndarray, adequacy: Optional[Dict[str, Any]]) -> Optional[List[str]]:
-    """Band name for each score; bands are ordered best first, each with ``min_score``
-    (the last band's ``min_score`` may be ``None``: everything below)."""
+
+def adequacy_measure(adequacy: Optional[Dict[str, Any]]) -> str:
+    """``"score"`` or ``"dose_equivalent"``: what the bands threshold."""
+    return (adequacy or {}).get("on", "score")
+
+
+def band_threshold(band: Dict[str, Any]) -> Optional[float]:
+    """A band's lower bound on the adequacy measure (``None``: everything below the previous band)."""
+    value = band.get("min_value", band.get("min_score"))
+    return None if value is None else float(value)
+
+
+def adequacy_labels(values: np.ndarray, adequacy: Optional[Dict[str, Any]]) -> Optional[List[str]]:
+    """Band name for each value of the adequacy measure; bands are ordered best first, each with its lower
+    bound (the last band's may be ``None``: everything below). A value that is not finite gets the last
+    band when the measure is the score (a broken slice) and :data:`UNKNOWN` for a dose equivalent
+    (nothing to measure noise on)."""
     if not adequacy or not adequacy.get("bands"):
         return None
     bands = adequacy["bands"]
+    missing = bands[-1]["name"] if adequacy_measure(adequacy) == "score" else UNKNOWN
     labels = []
-    for score in np.asarray(scores, dtype=np.float64):
-        label = bands[-1]["name"]
-        if np.isfinite(score):
+    for value in np.asarray(values, dtype=np.float64):
+        label = missing
+        if np.isfinite(value):
+            label = bands[-1]["name"]
             for band in bands:
-                threshold = band.get("min_score")
-                if threshold is None or score >= threshold:
+                threshold = band_threshold(band)
+                if threshold is None or value >= threshold:
                     label = band["name"]
                     break
         labels.append(label)
     return labels
 
 
-def lowest_adequate_score(adequacy: Optional[Dict[str, Any]]) -> Optional[float]:
-    """The score below which a slice is in the worst band (``None`` without bands)."""
+def lowest_adequate_value(adequacy: Optional[Dict[str, Any]]) -> Optional[float]:
+    """The value of the adequacy measure below which a slice is in the worst band (``None`` without bands)."""
     if not adequacy or not adequacy.get("bands") or len(adequacy["bands"]) < 2:
         return None
-    return float(adequacy["bands"][-2]["min_score"])
+    return band_threshold(adequacy["bands"][-2])
+
+
+def lowest_adequate_score(adequacy: Optional[Dict[str, Any]]) -> Optional[float]:
+    """The *score* below which a slice is in the worst band; ``None`` without bands or when the bands are
+    on the dose equivalent rather than the score."""
+    if adequacy_measure(adequacy) != "score":
+        return None
+    return lowest_adequate_value(adequacy)
 
 
 def dose_equivalent(scores: np.ndarray, calibration: Optional[Dict[str, List[float]]]) -> Optional[np.ndarray]:
@@ -45,3 +86,68 @@ def dose_equivalent(scores: np.ndarray, calibration: Optional[Dict[str, List[flo
     table_doses = np.asarray(calibration["dose_fraction"], dtype=np.float64)
     order = np.argsort(table_scores)
     return np.interp(np.asarray(scores, dtype=np.float64), table_scores[order], table_doses[order])
+
+
+def reference_variance(diameter_cm: np.ndarray, reference: Dict[str, Any]) -> np.ndarray:
+    """Noise variance x slice thickness (HU^2 mm) a routine full dose leaves at water-equivalent
+    diameter ``diameter_cm``: ``exp(intercept + per_cm * D_w)``."""
+    return np.exp(float(reference["intercept"]) + float(reference["per_cm"]) * np.asarray(diameter_cm, np.float64))
+
+
+def noise_dose_equivalent(noise_hu: np.ndarray, thickness_mm, diameter_cm: np.ndarray,
+                          reference: Optional[Dict[str, Any]]) -> Optional[np.ndarray]:
+    """Fraction of a routine full dose whose noise the slice shows: reference variance over the slice's
+    own, ``V_ref(D_w) / (noise^2 x thickness)``, clipped to :data:`DOSE_RANGE`; NaN where the noise or
+    the size is unknown. ``thickness_mm`` is one value or one per slice. ``None`` without a reference."""
+    if not reference:
+        return None
+    noise = np.asarray(noise_hu, dtype=np.float64)
+    diameter = np.broadcast_to(np.asarray(diameter_cm, dtype=np.float64), noise.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = reference_variance(diameter, reference) / (noise * noise * np.asarray(thickness_mm, np.float64))
+    known = np.isfinite(fraction) & (noise > 0) & np.isfinite(diameter)
+    return np.where(known, np.clip(fraction, *DOSE_RANGE), np.nan)
+
+
+def fit_noise_reference(noise_hu: Sequence[float], thickness_mm: Sequence[float], diameter_cm: Sequence[float],
+                        groups: Sequence[str], per_cm: Optional[float] = None) -> Dict[str, Any]:
+    """Least-squares fit of ``log(noise^2 x thickness) = intercept + per_cm * D_w`` over routine full-dose
+    slices, every group (patient) weighing the same however many slices it gives; slices without a noise
+    figure are left out. With ``per_cm`` given only the intercept is fitted (one patient is enough);
+    otherwise at least 3 patients are needed. Returns the reference with the residual spread and the
+    counts it rests on."""
+    noise, thickness, diameter = (np.asarray(v, dtype=np.float64) for v in (noise_hu, thickness_mm, diameter_cm))
+    groups = np.asarray(groups)
+    keep = np.isfinite(noise) & (noise > 0) & np.isfinite(diameter) & np.isfinite(thickness) & (thickness > 0)
+    noise, thickness, diameter, groups = noise[keep], thickness[keep], diameter[keep], groups[keep]
+    names, counts = np.unique(groups, return_counts=True)
+    if len(names) < (1 if per_cm is not None else 3):
+        raise ValueError(f"a noise reference needs full-dose slices of at least {1 if per_cm is not None else 3} "
+                         f"patient(s) with soft tissue, got {len(names)}")
+    weights = 1.0 / counts[np.searchsorted(names, groups)]
+    target = np.log(noise * noise * thickness)
+    if per_cm is None:
+        design = np.stack([np.ones_like(diameter), diameter], axis=1)
+        root = np.sqrt(weights)[:, None]
+        (intercept, per_cm), *_ = np.linalg.lstsq(design * root, target * root[:, 0], rcond=None)
+    else:
+        intercept = float(np.sum(weights * (target - per_cm * diameter)) / np.sum(weights))
+    residual = target - (intercept + per_cm * diameter)
+    spread = float(np.sqrt(np.sum(weights * residual ** 2) / np.sum(weights)))
+    return {"intercept": round(float(intercept), 5), "per_cm": round(float(per_cm), 5),
+            "residual_sd_log_variance": round(spread, 4), "patients": int(len(names)), "slices": int(len(noise)),
+            "diameter_range_cm": [round(float(diameter.min()), 1), round(float(diameter.max()), 1)],
+            "thickness_range_mm": [round(float(thickness.min()), 2), round(float(thickness.max()), 2)]}
+
+
+def dose_equivalent_adequacy(good_dose: float = 0.5, inadequate_dose: float = 0.2) -> Dict[str, Any]:
+    """Bands on the noise dose equivalent: good from ``good_dose``, inadequate below ``inadequate_dose``."""
+    return {"on": "dose_equivalent",
+            "bands": [{"name": "good", "min_value": good_dose},
+                      {"name": "borderline", "min_value": inadequate_dose},
+                      {"name": "inadequate", "min_value": None}],
+            "reasoning": (f"good: noise no worse than {good_dose:.0%} of a routine full dose would leave in a "
+                          f"patient of this size at this slice thickness (noise at most {good_dose ** -0.5:.1f}x "
+                          f"the routine level); inadequate: below {inadequate_dose:.0%} (noise above "
+                          f"{inadequate_dose ** -0.5:.1f}x), where low-contrast detectability degrades markedly. "
+                          "The routine level is fitted on real clinical full-dose scans.")}

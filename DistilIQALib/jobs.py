@@ -227,4 +227,6 @@ def read_score_results(csv_path, json_path, weights=None):
         noise_hu=np.array([_float_or_nan(r["noise_hu"]) for r in rows], dtype=np.float32), info=info,
         source=summary.get("source", ""), device=summary.get("device", ""),
         elapsed_s=float(summary.get("elapsed_s") or 0.0), matrix=tuple(summary.get("matrix") or ()),
-        spacing_mm=tuple(summary.get("spacing_mm") or ()), warnings=list(summary.get("warnings") or ()))
+        spacing_mm=tuple(summary.get("spacing_mm") or ()), warnings=list(summary.get("warnings") or ()),
+        diameter_cm=np.array([_float_or_nan(r.get("water_diameter_cm", "")) for r in rows], dtype=np.float32),
+        thickness_mm=_float_or_nan(summary.get("slice_thickness_mm")))

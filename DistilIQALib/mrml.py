@@ -26,7 +26,7 @@ import numpy as np
 import slicer
 import vtk
 
-from .interpretation import lowest_adequate_score
+from .interpretation import adequacy_measure, band_threshold, lowest_adequate_value
 from .scoring import SliceScores
 from .volume import CTVolume, to_axial
 
@@ -126,7 +126,9 @@ def _fill_table(table_node, scores: SliceScores, thresholds) -> None:
     rows = scores.rows()
     columns = [("slice_index", vtk.vtkIntArray), ("z_mm", vtk.vtkDoubleArray), ("score", vtk.vtkDoubleArray),
                ("score_spread", vtk.vtkDoubleArray), ("noise_hu", vtk.vtkDoubleArray),
-               ("dose_equivalent", vtk.vtkDoubleArray), ("adequacy", vtk.vtkStringArray)]
+               ("dose_equivalent", vtk.vtkDoubleArray), ("adequacy", vtk.vtkStringArray),
+               ("water_diameter_cm", vtk.vtkDoubleArray)]
+    fixed = len(columns)
     columns += [(name, vtk.vtkDoubleArray) for name, _ in thresholds]
     arrays = {}
     for name, array_class in columns:
@@ -136,7 +138,7 @@ def _fill_table(table_node, scores: SliceScores, thresholds) -> None:
         arrays[name] = array
         table.AddColumn(array)
     for n, row in enumerate(rows):
-        for name, _ in columns[:7]:
+        for name, _ in columns[:fixed]:
             value = row[name]
             if name == "adequacy":
                 arrays[name].SetValue(n, value or "")
@@ -176,8 +178,9 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     info = scores.info
     thresholds = []
     if info.adequacy and info.adequacy.get("bands"):
-        thresholds = [(f"{band['name']}_from", float(band["min_score"])) for band in info.adequacy["bands"]
-                      if band.get("min_score") is not None]
+        thresholds = [(f"{band['name']}_from", band_threshold(band)) for band in info.adequacy["bands"]
+                      if band_threshold(band) is not None]
+    on_dose = adequacy_measure(info.adequacy) == "dose_equivalent"
     table = _find_or_add(scene, "vtkMRMLTableNode", ct_node, "table", f"{name} DistilIQA scores")
     _fill_table(table, scores, thresholds)
     score_series = _series(scene, ct_node, "score series", f"{name} quality score", table, "score", (0.12, 0.3, 0.61))
@@ -192,7 +195,11 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     adequacy_chart = _find_or_add(scene, "vtkMRMLPlotChartNode", ct_node, "adequacy chart",
                                   f"{name} dose adequacy")
     adequacy_chart.RemoveAllPlotSeriesNodeIDs()
-    adequacy_chart.AddAndObservePlotSeriesNodeID(score_series.GetID())
+    measure_series = score_series
+    if on_dose:  # the bands are on the dose equivalent: that is what the adequacy chart shows
+        measure_series = _series(scene, ct_node, "dose series", f"{name} dose equivalent", table, "dose_equivalent",
+                                 (0.12, 0.3, 0.61))
+    adequacy_chart.AddAndObservePlotSeriesNodeID(measure_series.GetID())
     band_colors = [(0.15, 0.6, 0.3), (0.85, 0.6, 0.1), (0.75, 0.2, 0.2)]
     for n, (column, _) in enumerate(thresholds):
         line = _series(scene, ct_node, f"band {column}", f"{name} {column}", table, column,
@@ -200,7 +207,7 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
         adequacy_chart.AddAndObservePlotSeriesNodeID(line.GetID())
     adequacy_chart.SetTitle(f"Dose adequacy: {name}")
     adequacy_chart.SetXAxisTitle("z (mm)")
-    adequacy_chart.SetYAxisTitle(info.score.name)
+    adequacy_chart.SetYAxisTitle("dose equivalent (fraction of a routine dose)" if on_dose else info.score.name)
     quality_map = _quality_map(scene, ct_node, volume, scores)
     _place_in_hierarchy(ct_node, [table, score_chart, adequacy_chart, quality_map])
     return ResultNodes(table, score_chart, adequacy_chart, quality_map)
@@ -220,16 +227,21 @@ def show_stored_results(ct_node, scores: SliceScores) -> ResultNodes:
     aligned = SliceScores(slice_index=np.arange(len(z)), z_mm=z, score=scores.score[order],
                           outputs=scores.outputs[order], noise_hu=scores.noise_hu[order], info=scores.info,
                           source=scores.source, device=scores.device, elapsed_s=scores.elapsed_s,
-                          matrix=scores.matrix, spacing_mm=scores.spacing_mm)
+                          matrix=scores.matrix, spacing_mm=scores.spacing_mm,
+                          diameter_cm=None if scores.diameter_cm is None else scores.diameter_cm[order],
+                          thickness_mm=scores.thickness_mm)
     return show_results(ct_node, aligned, volume)
 
 
 def _quality_map(scene, ct_node, volume: CTVolume, scores: SliceScores):
-    """A volume with the CT's axial slicing and extent, 2x2 voxels per slice, each slice set to its score."""
+    """A volume with the CT's axial slicing and extent, 2x2 voxels per slice, each slice set to the quantity its
+    verdict rests on: the score, or the dose equivalent when the bands are on it (0 where unknown)."""
     node = _find_or_add(scene, "vtkMRMLScalarVolumeNode", ct_node, "quality map",
                         f"{ct_node.GetName()} DistilIQA quality map")
     nz, ny, nx = volume.hu.shape
-    values = np.repeat(scores.score.astype(np.float32)[:, None, None], 2, axis=1).repeat(2, axis=2)
+    on_dose = adequacy_measure(scores.info.adequacy) == "dose_equivalent" and scores.dose_equivalent is not None
+    per_slice = np.nan_to_num(scores.dose_equivalent, nan=0.0) if on_dose else scores.score
+    values = np.repeat(per_slice.astype(np.float32)[:, None, None], 2, axis=1).repeat(2, axis=2)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(values))
     spacing = (nx * volume.spacing_mm[0] / 2.0, ny * volume.spacing_mm[1] / 2.0, volume.spacing_mm[2])
     node.SetIJKToRASMatrix(_ijk_to_ras(volume, spacing))
@@ -238,8 +250,8 @@ def _quality_map(scene, ct_node, volume: CTVolume, scores: SliceScores):
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(quality_color_table(scene).GetID())
     display.AutoWindowLevelOff()
-    low, high = scores.info.score.minimum, scores.info.score.maximum
-    threshold = lowest_adequate_score(scores.info.adequacy)
+    low, high = (0.0, 1.0) if on_dose else (scores.info.score.minimum, scores.info.score.maximum)
+    threshold = lowest_adequate_value(scores.info.adequacy)
     if threshold is not None:
         low = max(low, 2 * threshold - high)  # the threshold sits mid-scale: red below, green above
     display.SetWindowLevelMinMax(low, high)
@@ -262,7 +274,7 @@ def _place_in_hierarchy(ct_node, nodes) -> None:
 
 
 def score_text_at(table_node, z_mm: float) -> str:
-    """``"slice 12: score 0.912 (good)"`` for the scored slice whose centre is nearest to ``z_mm``
+    """``"slice 12: score 0.912, dose 0.85 (good)"`` for the scored slice whose centre is nearest to ``z_mm``
     (the text a slice view's corner shows while the user scrolls); empty when ``z_mm`` is more than
     one slice spacing away from every scored slice."""
     table = table_node.GetTable() if table_node is not None else None
@@ -274,9 +286,11 @@ def score_text_at(table_node, z_mm: float) -> str:
     if abs(z[nearest] - z_mm) > max(spacing, 1e-3):
         return ""
     score = table.GetValue(nearest, 2).ToDouble()
+    dose = table.GetValue(nearest, 5).ToDouble()
     verdict = table.GetValue(nearest, 6).ToString()
     index = table.GetValue(nearest, 0).ToInt()
-    return f"slice {index}: score {score:.3f}" + (f" ({verdict})" if verdict else "")
+    return (f"slice {index}: score {score:.3f}" + (f", dose {dose:.2f}" if np.isfinite(dose) else "")
+            + (f" ({verdict})" if verdict else ""))
 
 
 def show_in_slice_views(scene, ct_node, quality_map=None, opacity: float = 0.35) -> None:

@@ -62,6 +62,16 @@ def slice_noise_index(hu, pixel_mm: float) -> float:
     return float(global_noise_index(image, (pixel_mm, pixel_mm))[0])
 
 
+def water_equivalent_diameter_cm(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+    """Water-equivalent diameter (cm) of each slice of ``hu`` ``(B, H, W)``, after AAPM report 220: the
+    slice's attenuation expressed as the area of water, ``A_w = sum(HU / 1000 + 1) * pixel area`` over the
+    whole slice (air and padding count as nothing), and ``D_w = 2 sqrt(A_w / pi)``. Patient size sets how
+    much noise a routine dose leaves; the table and anything else in the field count too (a few cm^2)."""
+    water = (hu.float() / 1000.0 + 1.0).clamp_(min=0.0).flatten(1).sum(dim=1, dtype=torch.float64)
+    area_cm2 = water * (float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) / 100.0)
+    return (2.0 * torch.sqrt(area_cm2 / np.pi)).float()
+
+
 def _box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     """Mean over every ``kernel``-sized window (valid positions only), from a summed-area table: the
     same as ``avg_pool2d(x, kernel, stride=1)`` at a cost that does not grow with the kernel. The table

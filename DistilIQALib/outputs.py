@@ -1,4 +1,4 @@
-"""Writing results: per-slice CSV, JSON summary and a PNG plot of score and noise against z."""
+"""Writing results: per-slice CSV, JSON summary and a PNG plot of score, noise and dose equivalent against z."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +10,11 @@ from typing import IO, Optional
 
 import numpy as np
 
+from .interpretation import adequacy_measure, band_threshold
 from .scoring import SliceScores
 
-CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "dose_equivalent", "adequacy")
+CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "water_diameter_cm", "dose_equivalent",
+               "adequacy")
 
 
 def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]) -> None:
@@ -30,7 +32,9 @@ def write_json(scores: SliceScores, destination: os.PathLike[str] | str | IO[str
 
 
 def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optional[str] = None) -> None:
-    """Score (left axis) and noise index (right axis) against slice position z (mm)."""
+    """Score against slice position z (mm), with the noise index (HU) on a second axis. When the model's
+    verdicts rest on the dose equivalent, a panel below shows it with the adequacy bands; otherwise the
+    bands are drawn behind the score."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,15 +43,21 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
     info = scores.info
     order = np.argsort(scores.z_mm)
     z = scores.z_mm[order]
-    figure, axis = plt.subplots(figsize=(9, 4.2), dpi=110)
+    dose = scores.dose_equivalent
+    on_dose = adequacy_measure(info.adequacy) == "dose_equivalent" and dose is not None
+    if on_dose:
+        figure, (axis, dose_axis) = plt.subplots(2, 1, figsize=(9, 5.6), dpi=110, sharex=True,
+                                                 gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        figure, axis = plt.subplots(figsize=(9, 4.2), dpi=110)
     try:
-        _draw_bands(axis, info.adequacy, info.score.minimum, info.score.maximum)
+        if not on_dose:
+            _draw_bands(axis, info.adequacy, info.score.minimum, info.score.maximum)
         axis.plot(z, scores.score[order], color="#1f4e9c", marker="o", markersize=2.5, linewidth=1.4,
                   label=f"quality score ({info.score.name})")
         worst = np.argsort(scores.score, kind="stable")[:3]
         axis.scatter(scores.z_mm[worst], scores.score[worst], s=40, facecolors="none", edgecolors="#c0392b",
                      linewidths=1.5, zorder=5, label="worst slices")
-        axis.set_xlabel("slice position z (mm, superior +)")
         axis.set_ylabel(f"score ({'higher' if info.score.higher_is_better else 'lower'} is better)")
         low = min(info.score.minimum, float(np.nanmin(scores.score)))
         high = max(info.score.maximum, float(np.nanmax(scores.score)))
@@ -62,6 +72,16 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
         axis.legend(handles[0] + noise_handles[0], handles[1] + noise_handles[1], loc="lower left", fontsize=8)
         axis.set_title(title or f"DistilIQA per-slice quality: {Path(scores.source).name or scores.source}",
                        fontsize=10)
+        bottom = axis
+        if on_dose:
+            _draw_bands(dose_axis, info.adequacy, 0.0, 1.0)
+            dose_axis.plot(z, dose[order], color="#6c3483", marker="o", markersize=2.0, linewidth=1.2,
+                           label="dose equivalent")
+            dose_axis.set_ylim(0.0, 1.05)
+            dose_axis.set_ylabel("dose equivalent\n(fraction of a routine dose)")
+            dose_axis.legend(loc="lower left", fontsize=8, ncol=4)
+            bottom = dose_axis
+        bottom.set_xlabel("slice position z (mm, superior +)")
         figure.tight_layout()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path)
@@ -72,13 +92,13 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
 _BAND_COLOURS = ("#d5f5e3", "#fcf3cf", "#fadbd8", "#f2f3f4")
 
 
-def _draw_bands(axis, adequacy, score_min: float, score_max: float) -> None:
+def _draw_bands(axis, adequacy, lowest: float, highest: float) -> None:
     if not adequacy or not adequacy.get("bands"):
         return
-    upper = score_max + 1.0
+    upper = highest + 1.0
     for n, band in enumerate(adequacy["bands"]):
-        lower = band.get("min_score")
-        lower = score_min - 1.0 if lower is None else lower
+        lower = band_threshold(band)
+        lower = lowest - 1.0 if lower is None else lower
         axis.axhspan(lower, upper, color=_BAND_COLOURS[min(n, len(_BAND_COLOURS) - 1)], zorder=0,
                      label=f"{band['name']}")
         upper = lower

@@ -44,6 +44,7 @@ DICOM_TAGS = {
     "kernel": "0018|1210",
     "kvp": "0018|0060",
     "exposure_mas": "0018|1152",
+    "slice_thickness": "0018|0050",
     "manufacturer": "0008|0070",
 }
 POSITION_TAG = "0020|0032"

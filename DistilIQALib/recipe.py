@@ -7,9 +7,12 @@
    teaches the network CT noise and streaks (skipped with ``--base-weights``).
 2. *real CT*: the public real-CT corpus of ``corpus/manifest.json``, degraded relative to each scan's own
    noise (:class:`~DistilIQALib.simulation.DoseSimulator` with ``reference_noise_hu``); teachers and
-   student start from stage 1's student and are fine-tuned; the dose-equivalent table and the adequacy
-   bands are fitted on the corpus's *calibration* patients, and the held-out table is measured on its
-   *test* patients, neither ever trained on.
+   student start from stage 1's student and are fine-tuned; the score's dose table is fitted on the
+   corpus's *calibration* patients, and the held-out table is measured on its *test* patients, neither
+   ever trained on.
+3. *noise reference* (:func:`calibrate_weights`, also ``python -m DistilIQALib calibrate``): the noise a
+   routine full dose leaves, by patient size and slice thickness, fitted on the real full-dose scans of
+   every patient that is not a *test* patient; the verdicts (dose equivalent, adequacy bands) rest on it.
 
 ``--sources DIR ...`` runs stage 2 on a site's own full-dose scans instead of the corpus (site
 adaptation), starting from the shipped model. Every step resumes: rerunning after an interruption
@@ -33,7 +36,7 @@ from .errors import InputError
 from .evaluation import predict_split, write_evaluation
 from .metrics import agreement
 from .training import TrainingConfig, train_student, train_teachers
-from .weights import save_weights
+from .weights import read_info, save_weights
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,55 @@ REAL_STAGES: Dict[str, RealStage] = {
 }
 
 
+def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dict:
+    """:func:`~DistilIQALib.interpretation.fit_noise_reference` over full-dose source slices: each slice's
+    global noise index, water-equivalent diameter and its scan's slice thickness, patients weighing alike
+    (``per_cm``: keep that size dependence and fit the level only)."""
+    import torch
+
+    from .interpretation import fit_noise_reference
+    from .noise import slice_noise_index, water_equivalent_diameter_cm
+
+    noise, thickness, diameter, patients = [], [], [], []
+    for source in sources:
+        noise.append(slice_noise_index(source.hu, source.pixel_mm))
+        image = torch.from_numpy(np.ascontiguousarray(source.hu, dtype=np.float32))[None]
+        diameter.append(float(water_equivalent_diameter_cm(image, (source.pixel_mm, source.pixel_mm))[0]))
+        thickness.append(source.thickness_mm)
+        patients.append(source.patient)
+    return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
+
+
+def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str]) -> None:
+    """Make ``info``'s verdicts rest on ``reference``: dose equivalent from noise, size and thickness, and
+    adequacy bands on that dose equivalent."""
+    from .interpretation import dose_equivalent_adequacy
+
+    info.noise_reference = dict(reference, fitted_on=sorted(fitted_on))
+    info.adequacy = dose_equivalent_adequacy()
+    info.adequacy["reasoning"] += (f" Routine level fitted on {reference['patients']} real patients' full-dose "
+                                   "scans, none of them a test patient.")
+
+
+def calibrate_weights(weights: Path | str, output: Path | str, manifest: Optional[Path | str] = None,
+                      corpus_root: Optional[Path | str] = None) -> Path:
+    """A copy of ``weights`` whose verdicts rest on a noise reference fitted on the corpus's non-test
+    patients (the network and its scores are unchanged)."""
+    from .corpus import corpus_sources, load_manifest, sha256_of
+    from .weights import load_weights
+
+    manifest = Path(manifest) if manifest else default_manifest()
+    entries = load_manifest(manifest)
+    root = Path(corpus_root) if corpus_root else manifest.parent / "files"
+    sources = corpus_sources(entries, root, roles=("train", "calibration"))
+    model, info = load_weights(weights)
+    reference = noise_reference_from_sources(sources)
+    apply_noise_reference(info, reference, {s.patient for s in sources})
+    info.provenance["noise_reference"] = {"manifest_sha256": sha256_of(manifest),
+                                          "roles": ["train", "calibration"]}
+    return save_weights(Path(output), model, info, half=True)
+
+
 def default_manifest() -> Path:
     """``corpus/manifest.json`` of the source tree."""
     return Path(__file__).resolve().parent.parent / "corpus" / "manifest.json"
@@ -245,8 +297,14 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     fit = (roles == fit_role) & np.isfinite(doses)
     model, info = predictions[0].model, predictions[0].info
     info.dose_calibration = fit_dose_calibration(predictions[0].scores[fit], doses[fit])
-    info.adequacy = adequacy_from_calibration(info.dose_calibration)
-    info.adequacy["reasoning"] += f" Fitted on the real scans of the {fit_role} patients, never trained on."
+    references = corpus_sources(entries, root, roles=("train", "calibration"),
+                                slices_per_volume=stage.slices_per_volume)
+    fitted_on = {source.patient for source in references}
+    base_reference = read_info(base_weights).noise_reference
+    # Few patients (a small site): keep the base model's size dependence and fit the site's level only.
+    per_cm = (base_reference["per_cm"] if base_reference and len(fitted_on) < 5
+              else None if len(fitted_on) >= 3 else 0.0)
+    apply_noise_reference(info, noise_reference_from_sources(references, per_cm), fitted_on)
     held_out_tables = {}
     for role in ("calibration", "test"):
         mask = roles == role

@@ -18,9 +18,16 @@ import numpy as np
 import torch
 
 from .device import describe_device, resolve_device
-from .interpretation import adequacy_labels, dose_equivalent, lowest_adequate_score
+from .interpretation import (
+    UNKNOWN,
+    adequacy_labels,
+    adequacy_measure,
+    dose_equivalent,
+    lowest_adequate_value,
+    noise_dose_equivalent,
+)
 from .model import score_from_outputs
-from .noise import global_noise_index
+from .noise import global_noise_index, water_equivalent_diameter_cm
 from .preprocessing import hu_to_tensor, prepare_batch
 from .progress import Progress
 from .volume import CTVolume
@@ -54,6 +61,10 @@ class SliceScores:
     matrix: tuple = ()
     spacing_mm: tuple = ()
     warnings: List[str] = field(default_factory=list)
+    #: Water-equivalent diameter of each slice (cm); NaN where unknown.
+    diameter_cm: Optional[np.ndarray] = None
+    #: Reconstructed slice thickness (mm); NaN where unknown.
+    thickness_mm: float = float("nan")
 
     @property
     def score_spread(self) -> np.ndarray:
@@ -64,10 +75,18 @@ class SliceScores:
 
     @property
     def dose_equivalent(self) -> Optional[np.ndarray]:
+        """From the model's noise reference (noise, size and thickness) when it has one, else from its
+        score table."""
+        if self.info.noise_reference:
+            diameter = self.diameter_cm if self.diameter_cm is not None else np.full(len(self.score), np.nan)
+            return noise_dose_equivalent(self.noise_hu, self.thickness_mm, diameter, self.info.noise_reference)
         return dose_equivalent(self.score, self.info.dose_calibration)
 
     @property
     def adequacy(self) -> Optional[List[str]]:
+        if adequacy_measure(self.info.adequacy) == "dose_equivalent":
+            dose = self.dose_equivalent
+            return adequacy_labels(np.full(len(self.score), np.nan) if dose is None else dose, self.info.adequacy)
         return adequacy_labels(self.score, self.info.adequacy)
 
     def rows(self) -> List[Dict[str, Any]]:
@@ -83,7 +102,9 @@ class SliceScores:
                 "score": round(float(self.score[n]), 5),
                 "score_spread": round(float(spread[n]), 5),
                 "noise_hu": None if np.isnan(self.noise_hu[n]) else round(float(self.noise_hu[n]), 1),
-                "dose_equivalent": None if dose is None else round(float(dose[n]), 3),
+                "water_diameter_cm": (round(float(self.diameter_cm[n]), 1) if self.diameter_cm is not None
+                                      and np.isfinite(self.diameter_cm[n]) else None),
+                "dose_equivalent": None if dose is None or not np.isfinite(dose[n]) else round(float(dose[n]), 3),
                 "adequacy": None if adequacy is None else adequacy[n],
             })
         return rows
@@ -93,7 +114,9 @@ class SliceScores:
         worst = [{"slice_index": int(self.slice_index[n]), "z_mm": round(float(self.z_mm[n]), 3),
                   "score": round(float(self.score[n]), 5)} for n in order[:WORST_SLICES]]
         noise = self.noise_hu[np.isfinite(self.noise_hu)]
-        threshold = lowest_adequate_score(self.info.adequacy)
+        labels = self.adequacy
+        worst_band = self.info.adequacy["bands"][-1]["name"] if labels else None
+        known = [label for label in labels or [] if label != UNKNOWN]
         summary = {
             "source": self.source,
             "num_slices": int(len(self.score)),
@@ -109,8 +132,12 @@ class SliceScores:
             "max_score": round(float(self.score.max()), 5),
             "worst_slices": worst,
             "mean_noise_hu": round(float(noise.mean()), 2) if noise.size else None,
-            "fraction_inadequate": None if threshold is None else round(float((self.score < threshold).mean()), 4),
-            "adequacy_threshold": threshold,
+            "fraction_inadequate": (round(sum(label == worst_band for label in known) / len(known), 4)
+                                    if known else None),
+            "adequacy_measure": adequacy_measure(self.info.adequacy) if labels else None,
+            "adequacy_threshold": lowest_adequate_value(self.info.adequacy),
+            "median_dose_equivalent": self._median_dose_equivalent(),
+            "slice_thickness_mm": round(float(self.thickness_mm), 3) if np.isfinite(self.thickness_mm) else None,
             "model_preset": self.info.preset,
             "weights_id": self.info.weights_id,
             "device": self.device,
@@ -118,6 +145,12 @@ class SliceScores:
             "warnings": self.warnings,
         }
         return summary
+
+    def _median_dose_equivalent(self) -> Optional[float]:
+        dose = self.dose_equivalent
+        if dose is None or not np.isfinite(dose).any():
+            return None
+        return round(float(np.nanmedian(dose)), 3)
 
 
 class Scorer:
@@ -154,12 +187,13 @@ class Scorer:
         total = volume.num_slices
         outputs = np.zeros((total, self.info.num_outputs), dtype=np.float32)
         noise = np.zeros(total, dtype=np.float32)
+        diameter = np.zeros(total, dtype=np.float32)
         start = 0
         progress.update(0, total, "scoring")
         while start < total:
             stop = min(start + self.batch_size, total)
             try:
-                outputs[start:stop], noise[start:stop] = self._score_batch(volume, start, stop)
+                outputs[start:stop], noise[start:stop], diameter[start:stop] = self._score_batch(volume, start, stop)
             except torch.OutOfMemoryError:
                 self._shrink_after_out_of_memory()
                 continue
@@ -170,17 +204,18 @@ class Scorer:
             slice_index=np.arange(total), z_mm=volume.z_mm(), score=scores, outputs=outputs, noise_hu=noise,
             info=self.info, source=volume.source, device=self.device_name, elapsed_s=time.monotonic() - started,
             matrix=tuple(volume.hu.shape[:0:-1]), spacing_mm=tuple(volume.spacing_mm),
-            warnings=self._warnings(volume),
+            warnings=self._warnings(volume), diameter_cm=diameter, thickness_mm=volume.slice_thickness_mm,
         )
 
     def _score_batch(self, volume: CTVolume, start: int, stop: int):
         with torch.inference_mode():
             hu = hu_to_tensor(volume.hu[start:stop], self.device)
             noise = global_noise_index(hu, volume.spacing_mm[:2])
+            diameter = water_equivalent_diameter_cm(hu, volume.spacing_mm[:2])
             batch = prepare_batch(hu, self.info.window, self.info.input_size)
             with self._autocast():
                 outputs = self.model(batch).float()
-        return outputs.cpu().numpy(), noise.cpu().numpy()
+        return outputs.cpu().numpy(), noise.cpu().numpy(), diameter.cpu().numpy()
 
     def _autocast(self):
         if self.use_amp and self.device.type == "cuda":

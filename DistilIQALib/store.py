@@ -45,8 +45,9 @@ SERIES_COLUMNS = ("series_uid", "weights_id", "status", "reason", "patient_id", 
                   "seconds", "written_at", "worst_thumbnail_png")
 #: Columns added after the first release, with their type: an older store gains them when opened.
 ADDED_SERIES_COLUMNS = {"slice_thickness_mm": "REAL", "scanner_model": "TEXT"}
+ADDED_SLICE_COLUMNS = {"water_diameter_cm": "REAL"}
 SLICE_COLUMNS = ("series_uid", "weights_id", "slice_index", "z_mm", "score", "score_spread", "noise_hu",
-                 "dose_equivalent", "adequacy")
+                 "water_diameter_cm", "dose_equivalent", "adequacy")
 
 
 def _now() -> str:
@@ -66,11 +67,12 @@ class ResultStore:
         self._add_missing_columns("main")
 
     def _add_missing_columns(self, schema: str) -> None:
-        present = {row[1] for row in self.connection.execute(f"PRAGMA {schema}.table_info(series)")}
         with self.connection:
-            for column, kind in ADDED_SERIES_COLUMNS.items():
-                if column not in present:
-                    self.connection.execute(f"ALTER TABLE {schema}.series ADD COLUMN {column} {kind}")
+            for table, added in (("series", ADDED_SERIES_COLUMNS), ("slices", ADDED_SLICE_COLUMNS)):
+                present = {row[1] for row in self.connection.execute(f"PRAGMA {schema}.table_info({table})")}
+                for column, kind in added.items():
+                    if column not in present:
+                        self.connection.execute(f"ALTER TABLE {schema}.{table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.connection.close()
@@ -144,7 +146,8 @@ class ResultStore:
                 present = {row[1] for row in self.connection.execute("PRAGMA other.table_info(series)")}
                 columns = ", ".join(column for column in SERIES_COLUMNS if column in present)
                 self.connection.execute(f"INSERT OR REPLACE INTO series ({columns}) SELECT {columns} FROM other.series")
-                slice_columns = ", ".join(SLICE_COLUMNS)
+                present = {row[1] for row in self.connection.execute("PRAGMA other.table_info(slices)")}
+                slice_columns = ", ".join(column for column in SLICE_COLUMNS if column in present)
                 self.connection.execute(f"INSERT OR REPLACE INTO slices ({slice_columns}) "
                                         f"SELECT {slice_columns} FROM other.slices")
                 self.connection.execute("INSERT INTO problems SELECT * FROM other.problems WHERE (path, series_uid, "

@@ -36,6 +36,16 @@ class CTVolume:
     slice_z_mm: Optional[np.ndarray] = None
 
     @property
+    def slice_thickness_mm(self) -> float:
+        """Reconstructed slice thickness: the DICOM SliceThickness when the files state a positive one,
+        else the slice spacing (what NIfTI and NRRD record)."""
+        try:
+            stated = float(str(self.metadata.get("slice_thickness", "")).split("\\")[0])
+        except ValueError:
+            stated = 0.0
+        return stated if np.isfinite(stated) and stated > 0 else float(self.spacing_mm[2])
+
+    @property
     def num_slices(self) -> int:
         return int(self.hu.shape[0])
 

@@ -22,7 +22,9 @@ from .errors import NoDefaultModelError, WeightsError
 from .model import PRESETS, Architecture, QualityViT, build_model
 from .preprocessing import DEFAULT_WINDOW, Window
 
-FORMAT_VERSION = 1
+#: 2: adequacy bands may be on the dose equivalent, and a noise reference may be present (a reader of
+#: version 1 would misread both).
+FORMAT_VERSION = 2
 METADATA_KEY = "distiliqa"
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL_NAME = "distiliqa_student" + WEIGHTS_SUFFIX
@@ -54,6 +56,9 @@ class ModelInfo:
     adequacy: Optional[Dict[str, Any]] = None
     #: ``{"score": [...], "dose_fraction": [...]}``: monotone table, interpolated linearly.
     dose_calibration: Optional[Dict[str, List[float]]] = None
+    #: Routine full-dose noise by patient size and slice thickness (``interpretation.noise_dose_equivalent``);
+    #: when present it gives the dose equivalent instead of ``dose_calibration``.
+    noise_reference: Optional[Dict[str, Any]] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     #: Short hash of the file the model was loaded from (set on load).
@@ -65,7 +70,7 @@ class ModelInfo:
 
     def to_json(self) -> str:
         record = {
-            "format_version": self.format_version,
+            "format_version": FORMAT_VERSION,
             "preset": self.preset,
             "architecture": self.architecture.to_dict(),
             "num_outputs": self.num_outputs,
@@ -74,6 +79,7 @@ class ModelInfo:
             "input_size": self.input_size,
             "adequacy": self.adequacy,
             "dose_calibration": self.dose_calibration,
+            "noise_reference": self.noise_reference,
             "provenance": self.provenance,
         }
         return json.dumps(record, sort_keys=True)
@@ -106,6 +112,7 @@ class ModelInfo:
             window=Window(float(window.get("width_hu", 350.0)), float(window.get("level_hu", 40.0))),
             adequacy=record.get("adequacy"),
             dose_calibration=record.get("dose_calibration"),
+            noise_reference=record.get("noise_reference"),
             provenance=record.get("provenance") or {},
             format_version=version,
         )

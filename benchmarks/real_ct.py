@@ -18,6 +18,7 @@ Printed, per source (corpus patient) and per anatomy, then for all:
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import tempfile
 from collections import defaultdict
@@ -33,20 +34,39 @@ from DistilIQALib.corpus import corpus_sources, load_manifest  # noqa: E402
 from DistilIQALib.datasets import LabelledImages, image_records, load_split, preprocess_simulated  # noqa: E402
 from DistilIQALib.device import resolve_device  # noqa: E402
 from DistilIQALib.evaluation import predict_split  # noqa: E402
-from DistilIQALib.interpretation import adequacy_labels, dose_equivalent  # noqa: E402
+from DistilIQALib.interpretation import (  # noqa
+    adequacy_labels,
+    adequacy_measure,
+    band_threshold,
+    dose_equivalent,
+    noise_dose_equivalent,
+)
 from DistilIQALib.metrics import agreement  # noqa: E402
-from DistilIQALib.noise import global_noise_index  # noqa: E402
+from DistilIQALib.noise import global_noise_index, water_equivalent_diameter_cm  # noqa: E402
 from DistilIQALib.reading import read_volume  # noqa: E402
 from DistilIQALib.weights import read_info  # noqa: E402
 
 
-def noise_indices(split) -> np.ndarray:
-    values = []
+def noise_and_size(split):
+    """Global noise index (HU) and water-equivalent diameter (cm) of each image, as the scorer measures them."""
+    noise, diameter = [], []
     for relative in split.paths:
         volume = read_volume(split.root / relative, force=True)
-        values.append(float(global_noise_index(torch.from_numpy(np.asarray(volume.hu[:1], np.float32)),
-                                               volume.spacing_mm[:2])[0]))
-    return np.array(values)
+        hu = torch.from_numpy(np.asarray(volume.hu[:1], np.float32))
+        noise.append(float(global_noise_index(hu, volume.spacing_mm[:2])[0]))
+        diameter.append(float(water_equivalent_diameter_cm(hu, volume.spacing_mm[:2])[0]))
+    return np.array(noise), np.array(diameter)
+
+
+def thickness_of(entry) -> float:
+    """The source scan's slice thickness (mm) as its manifest entry records it (else its slice spacing)."""
+    series = (entry.details.get("series") or [{}])[0]
+    for key in ("slice_thickness_mm", "slice_spacing_mm"):
+        try:
+            return float(str(series.get(key, "")).split("\\")[0])
+        except ValueError:
+            continue
+    return float("nan")
 
 
 def _metrics(values: np.ndarray, labels: np.ndarray) -> str:
@@ -102,6 +122,8 @@ def main() -> None:
                         help="corpus manifest: each patient's anatomy, and test patients added after the run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dump", type=Path, help="also write one CSV row per image (patient, kind, value, label, "
+                        "model, ensemble, GNI) for further analysis")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = args.weights or args.run / "distiliqa_student.safetensors"
@@ -119,9 +141,19 @@ def main() -> None:
                 splits.append((extra, image_records(folder)))
         columns = [_columns(part, records, weights, teachers, args.device) for part, records in splits]
     data = {key: np.concatenate([c[key] for c in columns]) for key in columns[0]}
-    anatomy_of = {e.patient: e.anatomy for e in load_manifest(args.manifest)} if args.manifest.is_file() else {}
+    entries = load_manifest(args.manifest) if args.manifest.is_file() else []
+    anatomy_of = {e.patient: e.anatomy for e in entries}
+    thickness = {e.patient: thickness_of(e) for e in entries}
     data["anatomy"] = np.array([anatomy_of.get(p, a) for p, a in zip(data["patients"], data["anatomy"])])
+    data["thickness"] = np.array([thickness.get(p, np.nan) for p in data["patients"]])
     report(weights, info, args.role, data)
+    if args.dump:
+        keys = ("patients", "anatomy", "sources", "kinds", "values", "labels", "student", "ensemble", "gni",
+                "diameter", "thickness")
+        with open(args.dump, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(keys)
+            writer.writerows(zip(*(data[k] for k in keys)))
 
 
 def _subset(split, keep):
@@ -131,8 +163,9 @@ def _subset(split, keep):
 
 def _columns(split, records, weights, teachers, device):
     predictions = predict_split([weights, *teachers], split, resolve_device(device))
+    noise, diameter = noise_and_size(split)
     return {"student": predictions[0].scores, "ensemble": np.mean([p.scores for p in predictions[1:]], axis=0),
-            "gni": noise_indices(split), "labels": split.labels,
+            "gni": noise, "diameter": diameter, "labels": split.labels,
             "kinds": np.array([records[p]["kind"] for p in split.paths]),
             "values": np.array([float(records[p]["value"]) for p in split.paths]),
             "anatomy": np.array([records[p]["anatomy"] or "-" for p in split.paths]),
@@ -144,8 +177,12 @@ def report(weights, info, role, data) -> None:
     student, ensemble, gni, labels = data["student"], data["ensemble"], data["gni"], data["labels"]
     kinds, values, anatomy, sources, patients = (data[k] for k in ("kinds", "values", "anatomy", "sources",
                                                                    "patients"))
-    bands = np.array(adequacy_labels(student, info.adequacy))
-    dose_eq = dose_equivalent(student, info.dose_calibration)
+    if info.noise_reference:  # as SliceScores does: noise, size and the source scan's thickness
+        dose_eq = noise_dose_equivalent(gni, data["thickness"], data["diameter"], info.noise_reference)
+    else:
+        dose_eq = dose_equivalent(student, info.dose_calibration)
+    on_dose = adequacy_measure(info.adequacy) == "dose_equivalent"
+    bands = np.array(adequacy_labels(dose_eq if on_dose else student, info.adequacy))
     groups = [(f"patient {p}", patients == p) for p in sorted(set(patients))]
     groups += [(f"anatomy {a}", anatomy == a) for a in sorted(set(anatomy))]
     groups += [("all", np.ones(len(labels), dtype=bool))]
@@ -169,7 +206,8 @@ def report(weights, info, role, data) -> None:
         by_dose[values[n]].append(student[n])
     print("\nMedian score per simulated dose: " + ", ".join(
         f"{level:g}: {np.median(by_dose[level]):.3f}" for level in sorted(by_dose, reverse=True)))
-    print(f"adequacy bands: {[(b['name'], b['min_score']) for b in info.adequacy['bands']]}")
+    print(f"adequacy bands on the {adequacy_measure(info.adequacy)}: "
+          f"{[(b['name'], band_threshold(b)) for b in info.adequacy['bands']]}")
 
 
 if __name__ == "__main__":

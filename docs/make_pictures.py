@@ -117,7 +117,7 @@ def compose_screenshot(folder: Path) -> Path:
 
     views = [("axial_full_dose.png", "Red", "#f34a33", "axial, full dose"),
              ("axial_low_dose.png", "Yellow", "#edd54c", "axial, in the dose dip"),
-             ("coronal_quality_map.png", "Green", "#6eb04b", "coronal: the dip is a red band")]
+             ("coronal_quality_map.png", "Green", "#6eb04b", "coronal: the dip is the orange band")]
     figure = plt.figure(figsize=(11, 8), dpi=100, facecolor="#2b2b2b")
     grid = figure.add_gridspec(2, 3, height_ratios=(1.0, 1.15), hspace=0.12, wspace=0.04, left=0.02, right=0.98,
                                top=0.9, bottom=0.01)

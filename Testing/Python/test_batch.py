@@ -324,14 +324,24 @@ def test_store_of_an_older_version_is_upgraded_and_merged(single_run, tmp_path):
     connection = sqlite3.connect(old)
     connection.execute("ALTER TABLE series DROP COLUMN scanner_model")
     connection.execute("ALTER TABLE series DROP COLUMN slice_thickness_mm")
+    connection.execute("ALTER TABLE slices DROP COLUMN water_diameter_cm")
     connection.commit()
     connection.close()
     merged = tmp_path / "merged.sqlite"
     with ResultStore(merged) as store:
         assert store.merge_from(old) == SCORED + 7
+        scored = [row for row in store.series_rows() if row["status"] == "scored"][0]
+        uid, weights_id = scored["series_uid"], scored["weights_id"]
+        merged_slices = store.slice_rows(uid, weights_id)
     assert _series(merged) == _series(single_run[0])
+    assert merged_slices and all(row["water_diameter_cm"] is None for row in merged_slices)
+    with ResultStore(single_run[0]) as store:  # what the current version stores: each slice's size
+        current = store.slice_rows(uid, weights_id)
+    assert [row["score"] for row in current] == [row["score"] for row in merged_slices]
+    assert all(row["water_diameter_cm"] > 5 for row in current)
     with ResultStore(old) as store:  # opening an old store adds the new columns
         assert all(row["scanner_model"] is None for row in store.series_rows())
+        assert "water_diameter_cm" in store.slice_rows(uid, weights_id)[0]
 
 
 def test_shards_merged_equal_a_single_run(archive, single_run, tiny_weights, tmp_path):

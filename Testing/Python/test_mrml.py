@@ -97,8 +97,11 @@ def test_results_table_charts_map_and_rerun(scene, axial_hu, tiny_weights, tmp_p
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(ct))
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(nodes.table)) == parent
+    table_doses = np.interp(scores.score[3], sorted(scores.info.dose_calibration["score"]),
+                            [d for _, d in sorted(zip(scores.info.dose_calibration["score"],
+                                                      scores.info.dose_calibration["dose_fraction"]))])
     assert mrml.score_text_at(nodes.table, float(volume.z_mm()[3]) + 0.4).startswith(
-        f"slice 3: score {scores.score[3]:.3f} (")
+        f"slice 3: score {scores.score[3]:.3f}, dose {table_doses:.2f} (")
     assert mrml.score_text_at(nodes.table, float(volume.z_mm()[-1]) + 50.0) == ""
     counts = {c: _count(scene, c) for c in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode",
                                            "vtkMRMLScalarVolumeNode", "vtkMRMLColorTableNode")}
@@ -249,3 +252,35 @@ def test_plot_click_moves_only_for_a_series_of_the_results_table(scene, axial_hu
     assert mrml.selected_z(scene, nodes.table, [other.GetID(), score_series.GetID()], [[2], [6]]) == pytest.approx(
         z[6], abs=1e-3)
     assert mrml.selected_z(scene, nodes.table, [score_series.GetID()], [[]]) is None
+
+
+def test_dose_equivalent_verdicts_drive_the_adequacy_chart_and_map(scene, axial_hu, tiny_weights):
+    from DistilIQALib.interpretation import dose_equivalent_adequacy
+    from DistilIQALib.weights import read_info
+
+    ct = _coronal_node(scene, axial_hu)
+    volume = mrml.volume_from_node(ct)
+    info = read_info(tiny_weights)
+    info.noise_reference = {"intercept": float(np.log(1000.0)), "per_cm": 0.0}  # 1000 HU^2 mm at any size
+    info.adequacy = dose_equivalent_adequacy(0.5, 0.2)
+    noise = np.array([10.0, 14.0, 20.0, 28.0, 40.0, np.nan, 12.0, 30.0], dtype=np.float32)
+    scores = SliceScores(slice_index=np.arange(8), z_mm=volume.z_mm(), score=np.linspace(0.9, 0.5, 8),
+                         outputs=np.zeros((8, 3), np.float32), noise_hu=noise, info=info,
+                         diameter_cm=np.full(8, 25.0, np.float32), thickness_mm=5.0)
+    expected = np.clip(1000.0 / (noise.astype(np.float64) ** 2 * 5.0), 0.05, 1.0)  # NaN stays NaN
+    nodes = mrml.show_results(ct, scores, volume)
+    table = nodes.table.GetTable()
+    column = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
+    dose = np.array([table.GetValue(r, column["dose_equivalent"]).ToDouble() for r in range(8)])
+    np.testing.assert_allclose(dose, expected, atol=5e-4)  # the table keeps 3 decimals
+    assert [table.GetValue(r, column["adequacy"]).ToString() for r in range(8)] == [
+        "good", "good", "good", "borderline", "inadequate", "unknown", "good", "borderline"]  # 0.5 is good
+    assert [table.GetValue(0, column[name]).ToDouble() for name in ("good_from", "borderline_from")] == [0.5, 0.2]
+    assert table.GetValue(0, column["water_diameter_cm"]).ToDouble() == 25.0
+    chart = nodes.adequacy_chart
+    assert chart.GetNumberOfPlotSeriesNodes() == 3 and chart.GetYAxisTitle().startswith("dose equivalent")
+    assert chart.GetNthPlotSeriesNode(0).GetYColumnName() == "dose_equivalent"
+    values = slicer.util.arrayFromVolume(nodes.quality_map)[:, 0, 0]
+    np.testing.assert_allclose(values, np.nan_to_num(expected, nan=0.0), rtol=1e-6)
+    assert mrml.score_text_at(nodes.table, float(volume.z_mm()[3])) == (
+        f"slice 3: score {scores.score[3]:.3f}, dose 0.26 (borderline)")

@@ -1,0 +1,226 @@
+"""Verdicts from a routine-dose noise reference: water-equivalent diameter, slice thickness, the dose
+equivalent and its bands, the fit, the weights field, the ``calibrate`` command and every output path."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from DistilIQALib.dicom_writing import write_series
+from DistilIQALib.interpretation import (
+    adequacy_labels,
+    dose_equivalent_adequacy,
+    fit_noise_reference,
+    lowest_adequate_score,
+    noise_dose_equivalent,
+)
+from DistilIQALib.noise import water_equivalent_diameter_cm
+from DistilIQALib.reading import read_volume
+from DistilIQALib.scoring import Scorer
+from DistilIQALib.volume import CTVolume
+from DistilIQALib.weights import FORMAT_VERSION, load_weights, read_info, save_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+#: V_ref = 1000 HU^2 mm at D_w = 30 cm, 5% more variance per cm.
+REFERENCE = {"intercept": math.log(1000.0) - 0.05 * 30.0, "per_cm": 0.05}
+
+
+def _disc(radius_mm: float, pixel_mm: float, hu_inside: float, size: int = 512) -> np.ndarray:
+    centre = (np.arange(size) - (size - 1) / 2.0) * pixel_mm
+    inside = centre[None, :] ** 2 + centre[:, None] ** 2 <= radius_mm ** 2
+    return np.where(inside, hu_inside, -1000.0).astype(np.float32)
+
+
+def test_water_equivalent_diameter_of_discs():
+    water = _disc(100.0, 0.5, 0.0)
+    half_dense = _disc(100.0, 0.5, -500.0)
+    padded = water.copy()
+    padded[:20] = -3024.0  # outside-the-field padding counts as nothing, like air
+    diameters = water_equivalent_diameter_cm(torch.from_numpy(np.stack([water, half_dense, padded])), (0.5, 0.5))
+    np.testing.assert_allclose(diameters.numpy(), [20.0, 20.0 / math.sqrt(2.0), 20.0], rtol=5e-3)
+
+
+def test_noise_dose_equivalent_by_hand():
+    noise = np.array([20.0, 20.0 * math.sqrt(2.0), 40.0, 200.0, 5.0, np.nan, 40.0])
+    diameter = np.array([30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 40.0])
+    dose = noise_dose_equivalent(noise, 2.5, diameter, REFERENCE)
+    # 1000 / (noise^2 * 2.5), clipped to [0.05, 1]; at 40 cm the reference is 1000 e^0.5
+    expected = [1.0, 0.5, 0.25, 0.05, 1.0, np.nan, 1000.0 * math.exp(0.5) / (1600.0 * 2.5)]
+    np.testing.assert_allclose(dose, expected, rtol=1e-9)
+    # thinner slices are expected to be noisier: 20 HU at 1.25 mm is half the variance-thickness of 2.5 mm
+    np.testing.assert_allclose(noise_dose_equivalent(np.array([20.0]), 1.25, np.array([30.0]), REFERENCE), [1.0])
+    np.testing.assert_allclose(noise_dose_equivalent(np.array([40.0]), 1.25, np.array([30.0]), REFERENCE), [0.5])
+    assert noise_dose_equivalent(noise, 2.5, diameter, None) is None
+
+
+def test_bands_on_the_dose_equivalent_at_their_boundaries():
+    adequacy = dose_equivalent_adequacy(0.5, 0.2)
+    labels = adequacy_labels(np.array([1.0, 0.5, 0.4999, 0.2, 0.1999, 0.05, np.nan]), adequacy)
+    assert labels == ["good", "good", "borderline", "borderline", "inadequate", "inadequate", "unknown"]
+    assert lowest_adequate_score(adequacy) is None  # the bands are not on the score
+    score_bands = {"bands": [{"name": "good", "min_score": 0.8}, {"name": "bad", "min_score": None}]}
+    assert adequacy_labels(np.array([0.8, 0.7999, np.nan]), score_bands) == ["good", "bad", "bad"]
+    assert lowest_adequate_score(score_bands) == 0.8
+
+
+def _exact_reference_data(intercept: float, per_cm: float):
+    rng = np.random.default_rng(1)
+    noise, thickness, diameter, groups = [], [], [], []
+    for patient in range(6):
+        for _ in range(3 + patient):
+            d, t = rng.uniform(20.0, 40.0), rng.choice([1.25, 2.5, 5.0])
+            noise.append(math.sqrt(math.exp(intercept + per_cm * d) / t))
+            thickness.append(t)
+            diameter.append(d)
+            groups.append(f"p{patient}")
+    return noise, thickness, diameter, groups
+
+
+def test_fit_recovers_a_known_reference_and_weighs_patients_alike():
+    noise, thickness, diameter, groups = _exact_reference_data(5.0, 0.06)
+    fitted = fit_noise_reference(noise, thickness, diameter, groups)
+    assert fitted["intercept"] == pytest.approx(5.0, abs=1e-4) and fitted["per_cm"] == pytest.approx(0.06, abs=1e-5)
+    assert fitted["residual_sd_log_variance"] == pytest.approx(0.0, abs=1e-3)
+    assert fitted["patients"] == 6 and fitted["slices"] == len(noise)
+    # one patient twice as noisy (log variance + log 4) weighs one patient's worth however many slices it
+    # gives: repeating all its slices 50 times leaves the fit as it was, and the level at 30 cm moves by
+    # about a sixth of log 4
+    noisy = [n * (2.0 if g == "p5" else 1.0) for n, g in zip(noise, groups)]
+    once = fit_noise_reference(noisy, thickness, diameter, groups)
+    extra = [k for k, g in enumerate(groups) if g == "p5"] * 50
+    many = fit_noise_reference(noisy + [noisy[k] for k in extra], thickness + [thickness[k] for k in extra],
+                               diameter + [diameter[k] for k in extra], groups + ["p5"] * len(extra))
+    assert many["intercept"] == pytest.approx(once["intercept"], abs=2e-4)
+    assert many["per_cm"] == pytest.approx(once["per_cm"], abs=2e-5)
+    level_shift = (once["intercept"] + 30 * once["per_cm"]) - (5.0 + 30 * 0.06)
+    assert 0.5 * math.log(4.0) / 6 < level_shift < 2.0 * math.log(4.0) / 6
+    # the level alone with a given size dependence: the weighted mean of log(var t) - per_cm D
+    level = fit_noise_reference(noise[:3], thickness[:3], diameter[:3], groups[:3], per_cm=0.06)
+    assert level["intercept"] == pytest.approx(5.0, abs=1e-4) and level["per_cm"] == 0.06
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_noise_reference(noise[:7], thickness[:7], diameter[:7], groups[:7])  # patients p0 and p1 only
+
+
+def test_slice_thickness_from_the_header_else_the_spacing(tmp_path):
+    hu = np.zeros((3, 16, 16), np.float32)
+    assert CTVolume(hu, (1.0, 1.0, 3.0), metadata={"slice_thickness": "1.25"}).slice_thickness_mm == 1.25
+    assert CTVolume(hu, (1.0, 1.0, 3.0), metadata={"slice_thickness": "0"}).slice_thickness_mm == 3.0
+    assert CTVolume(hu, (1.0, 1.0, 3.0), metadata={"slice_thickness": "n/a"}).slice_thickness_mm == 3.0
+    assert CTVolume(hu, (1.0, 1.0, 3.0)).slice_thickness_mm == 3.0
+    volume_hu = np.stack([_disc(80.0, 1.0, 40.0, 256)] * 3)
+    write_series(volume_hu, tmp_path / "dicom", spacing_mm=(1.0, 1.0, 5.0), extra={"SliceThickness": "2.5"})
+    assert read_volume(tmp_path / "dicom").slice_thickness_mm == 2.5
+    image = sitk.GetImageFromArray(volume_hu)
+    image.SetSpacing((1.0, 1.0, 4.0))
+    sitk.WriteImage(image, str(tmp_path / "volume.nrrd"))
+    assert read_volume(tmp_path / "volume.nrrd").slice_thickness_mm == 4.0
+
+
+@pytest.fixture(scope="module")
+def referenced_weights(tmp_path_factory, tiny_weights) -> Path:
+    model, info = load_weights(tiny_weights)
+    info.noise_reference = dict(REFERENCE)
+    info.adequacy = dose_equivalent_adequacy(0.5, 0.2)
+    return save_weights(tmp_path_factory.mktemp("referenced") / "referenced.safetensors", model, info)
+
+
+def test_weights_keep_the_reference_and_a_version_one_file_still_loads(referenced_weights, tiny_weights):
+    info = read_info(referenced_weights)
+    assert info.noise_reference == REFERENCE and info.adequacy["on"] == "dose_equivalent"
+    assert FORMAT_VERSION == 2 and info.format_version == 2
+    assert read_info(tiny_weights).noise_reference is None
+
+
+def _water_volume(noise_sd: float, seed: int, slices: int = 4) -> np.ndarray:
+    """A 20 cm water-like disc (40 HU) with white noise of ``noise_sd`` HU."""
+    rng = np.random.default_rng(seed)
+    disc = _disc(100.0, 0.5, 40.0)
+    return disc[None] + np.where(disc > -1000.0, rng.normal(0.0, noise_sd, (slices,) + disc.shape), 0.0)
+
+
+def test_scorer_verdicts_rest_on_noise_size_and_thickness(referenced_weights):
+    scorer = Scorer(str(referenced_weights), device="cpu")
+    quiet = CTVolume(_water_volume(15.0, 0).astype(np.float32), (0.5, 0.5, 2.5))
+    noisy = CTVolume(_water_volume(60.0, 1).astype(np.float32), (0.5, 0.5, 2.5))
+    for volume in (quiet, noisy):
+        scores = scorer.score_volume(volume)
+        np.testing.assert_allclose(scores.diameter_cm, 20.0 * math.sqrt(1.04), rtol=0.01)  # 40 HU: 4% denser
+        assert scores.thickness_mm == 2.5
+        expected = np.clip(np.exp(REFERENCE["intercept"] + REFERENCE["per_cm"] * scores.diameter_cm)
+                           / (scores.noise_hu.astype(np.float64) ** 2 * 2.5), 0.05, 1.0)
+        np.testing.assert_allclose(scores.dose_equivalent, expected, rtol=1e-5)
+    # V_ref at 20.4 cm is about 1000 e^-0.48 = 619 HU^2 mm: 15 HU at 2.5 mm is 562 -> "good";
+    # 60 HU is 9000 -> dose equivalent about 0.07 -> "inadequate"
+    quiet_scores, noisy_scores = scorer.score_volume(quiet), scorer.score_volume(noisy)
+    assert set(quiet_scores.adequacy) == {"good"} and set(noisy_scores.adequacy) == {"inadequate"}
+    summary = noisy_scores.summary()
+    assert summary["adequacy_measure"] == "dose_equivalent" and summary["adequacy_threshold"] == 0.2
+    assert summary["fraction_inadequate"] == 1.0 and summary["slice_thickness_mm"] == 2.5
+    assert summary["median_dose_equivalent"] == pytest.approx(float(np.median(noisy_scores.dose_equivalent)),
+                                                              abs=1e-3)
+    rows = quiet_scores.rows()
+    assert rows[0]["water_diameter_cm"] == pytest.approx(20.4, abs=0.1) and rows[0]["adequacy"] == "good"
+
+
+def test_slices_without_soft_tissue_have_no_verdict_and_do_not_count(referenced_weights):
+    scorer = Scorer(str(referenced_weights), device="cpu")
+    hu = _water_volume(15.0, 2, slices=4).astype(np.float32)
+    hu[0] = -1000.0  # a slice of air: no soft tissue to measure noise on
+    scores = scorer.score_volume(CTVolume(hu, (0.5, 0.5, 2.5)))
+    assert np.isnan(scores.dose_equivalent[0]) and scores.adequacy[0] == "unknown"
+    assert scores.rows()[0]["dose_equivalent"] is None
+    assert scores.summary()["fraction_inadequate"] == 0.0  # 3 measurable slices, none inadequate
+
+
+def _noise_manifest(tmp_path: Path, per_cm: float, intercept: float) -> Path:
+    """A corpus of 4 'patients' (NRRD volumes of water discs) whose noise follows the given reference."""
+    files, entries = tmp_path / "files", []
+    for n, (radius_mm, thickness) in enumerate([(80.0, 5.0), (100.0, 2.5), (120.0, 1.25), (140.0, 2.5)]):
+        disc = _disc(radius_mm, 0.6, 40.0)
+        diameter = float(water_equivalent_diameter_cm(torch.from_numpy(disc)[None], (0.6, 0.6))[0])
+        sd = math.sqrt(math.exp(intercept + per_cm * diameter) / thickness)
+        rng = np.random.default_rng(n)
+        hu = disc[None] + np.where(disc > -1000.0, rng.normal(0.0, sd, (3,) + disc.shape), 0.0)
+        image = sitk.GetImageFromArray(hu.astype(np.float32))
+        image.SetSpacing((0.6, 0.6, thickness))
+        path = files / f"p{n}" / "ct.nrrd"
+        path.parent.mkdir(parents=True)
+        sitk.WriteImage(image, str(path))
+        from DistilIQALib.corpus import sha256_of
+
+        entries.append({"id": f"p{n}", "patient": f"P{n}", "role": "train" if n < 3 else "calibration",
+                        "anatomy": "water", "path": f"p{n}", "slices_used": 3,
+                        "files": {f"p{n}/ct.nrrd": sha256_of(path)}})
+    entries.append({"id": "t", "patient": "T", "role": "test", "anatomy": "water", "path": "absent",
+                    "slices_used": 1, "files": {}})  # a test patient is never read
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"entries": entries}))
+    return manifest
+
+
+def test_calibrate_command_fits_the_corpus_and_keeps_the_network(tmp_path, tiny_weights):
+    manifest = _noise_manifest(tmp_path, per_cm=0.06, intercept=5.0)
+    output = tmp_path / "calibrated.safetensors"
+    done = subprocess.run([sys.executable, "-m", "DistilIQALib", "calibrate", str(tiny_weights), "--output",
+                           str(output), "--manifest", str(manifest)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    info = read_info(output)
+    # the global noise index of white noise reads a little low (the mode of local SDs); the size dependence
+    # and the fitted patients are what matter
+    assert info.noise_reference["per_cm"] == pytest.approx(0.06, abs=0.01)
+    assert info.noise_reference["fitted_on"] == ["P0", "P1", "P2", "P3"] and info.noise_reference["patients"] == 4
+    assert info.adequacy["on"] == "dose_equivalent"
+    original, _ = load_weights(tiny_weights)
+    calibrated, _ = load_weights(output)
+    for (name, a), (_, b) in zip(original.state_dict().items(), calibrated.state_dict().items()):
+        torch.testing.assert_close(a.half().float(), b.float(), msg=name)
+    missing = subprocess.run([sys.executable, "-m", "DistilIQALib", "calibrate", str(tmp_path / "none.safetensors"),
+                              "--output", str(output)], capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr
