@@ -140,6 +140,16 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"{path}\n  id {info.weights_id}, format {info.format_version}\n  preset {info.preset}, "
           f"{info.num_outputs} output(s), input {info.input_size}x{info.input_size}, window W{info.window.width_hu:g}/"
           f"L{info.window.level_hu:g}\n  score {info.score.name}: {info.score.description}")
+    if info.adequacy and info.adequacy.get("bands"):
+        from .interpretation import adequacy_measure, band_threshold
+
+        bands = ", ".join(f"{band['name']}" + (f" >= {band_threshold(band):g}" if band_threshold(band) is not None
+                                               else "") for band in info.adequacy["bands"])
+        print(f"  adequacy on the {adequacy_measure(info.adequacy).replace('_', ' ')}: {bands}")
+    if info.noise_reference:
+        reference = info.noise_reference
+        print(f"  dose equivalent: exp({reference['intercept']:g} + {reference['per_cm']:g} D_w) / (noise^2 x "
+              f"thickness), fitted on {reference.get('patients', '?')} patients")
     for key, value in sorted(info.provenance.items()):
         print(f"  {key}: {value}")
     return 0

@@ -221,6 +221,10 @@ def test_calibrate_command_fits_the_corpus_and_keeps_the_network(tmp_path, tiny_
     calibrated, _ = load_weights(output)
     for (name, a), (_, b) in zip(original.state_dict().items(), calibrated.state_dict().items()):
         torch.testing.assert_close(a.half().float(), b.float(), msg=name)
+    described = subprocess.run([sys.executable, "-m", "DistilIQALib", "info", str(output)], capture_output=True,
+                               text=True, cwd=ROOT)
+    assert "adequacy on the dose equivalent: good >= 0.5, borderline >= 0.2, inadequate" in described.stdout
+    assert f"{info.noise_reference['per_cm']:g} D_w) / (noise^2 x thickness), fitted on 4 patients" in described.stdout
     missing = subprocess.run([sys.executable, "-m", "DistilIQALib", "calibrate", str(tmp_path / "none.safetensors"),
                               "--output", str(output)], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr

@@ -88,7 +88,8 @@ def test_site_adaptation_from_the_command_line(tmp_path, capsys):
     # the verdicts rest on the site's own routine noise, fitted on its 4 non-test patients
     test_patient = [entry["patient"] for entry in provenance["corpus"] if entry["role"] == "test"]
     assert info.adequacy["on"] == "dose_equivalent"
-    assert len(info.noise_reference["fitted_on"]) == 4 and not set(test_patient) & set(info.noise_reference["fitted_on"])
+    fitted_on = set(info.noise_reference["fitted_on"])
+    assert len(fitted_on) == 4 and not set(test_patient) & fitted_on
     assert _tensors(adapted)["head.weight"].shape[0] == read_info(base).num_outputs
     before, after = _tensors(base), _tensors(adapted)
     assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)  # it was fine-tuned

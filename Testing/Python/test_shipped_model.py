@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from DistilIQALib.corpus import load_manifest, sha256_of
 from DistilIQALib.datasets import builtin_sources
 from DistilIQALib.interpretation import adequacy_labels, dose_equivalent
 from DistilIQALib.model import score_from_outputs
 from DistilIQALib.preprocessing import prepare_batch
-from DistilIQALib.corpus import load_manifest, sha256_of
 from DistilIQALib.recipe import REAL_STAGES
 from DistilIQALib.simulation import DoseSimulator
 from DistilIQALib.weights import default_weights_path, load_weights, read_info
