@@ -176,3 +176,23 @@ def test_a_store_of_the_first_release_gains_the_new_columns(tmp_path):
     assert rows["old"]["scanner_model"] is None
     with ResultStore(path) as again:  # opening twice adds nothing twice
         assert len(again.series_rows()) == 2
+
+
+def test_merging_something_that_is_not_a_store_is_refused_with_the_reason(tmp_path):
+    from DistilIQALib.errors import InputError
+
+    (tmp_path / "notes.txt").write_text("not a database at all, just some text that is long enough" * 20)
+    other = sqlite3.connect(tmp_path / "other.sqlite")
+    other.execute("CREATE TABLE series (series_uid TEXT)")
+    other.commit()
+    other.close()
+    with ResultStore(tmp_path / "main.sqlite") as store:
+        store.write_series(_record("A"), _slices(1))
+        with pytest.raises(InputError, match="notes.txt is not a DistilIQA results store \\(not an SQLite file\\)"):
+            store.merge_from(tmp_path / "notes.txt")
+        with pytest.raises(InputError, match="other.sqlite is not a DistilIQA results store \\(no problems, slices "
+                                             "table\\)"):
+            store.merge_from(tmp_path / "other.sqlite")
+        assert [row["series_uid"] for row in store.series_rows()] == ["A"]  # unchanged, and still usable
+        store.write_series(_record("B"))
+        assert len(store.series_rows()) == 2
