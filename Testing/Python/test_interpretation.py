@@ -100,6 +100,16 @@ def test_rows_hold_each_slices_verdict_dose_and_spread():
     assert plain["dose_equivalent"] is None and plain["adequacy"] is None and plain["score_spread"] == 0.0
 
 
+def test_rows_are_rounded_to_the_documented_places():
+    # z to 0.001 mm, score and spread to 5 places, noise to 0.1 HU, dose to 3 places.
+    scores = _scores([0.123456789], outputs=[[0.1, 0.14691358]], noise=[11.44])
+    scores.z_mm = np.array([3.14159265])
+    row = scores.rows()[0]
+    assert row["z_mm"] == 3.142 and row["score"] == 0.12346 and row["noise_hu"] == 11.4
+    assert row["score_spread"] == 0.02346  # half the difference of the two outputs: 0.02345679
+    assert row["dose_equivalent"] == 0.05  # below the table: its first dose
+
+
 def test_summary_reports_the_worst_slices_in_order_and_the_mean_noise():
     scores = _scores([0.9, 0.3, 0.7, 0.3, 0.95, 0.1, 0.8], noise=[10, 20, np.nan, 30, 10, 10, 10])
     summary = scores.summary()
@@ -107,11 +117,31 @@ def test_summary_reports_the_worst_slices_in_order_and_the_mean_noise():
     assert [w["slice_index"] for w in summary["worst_slices"]] == [5, 1, 3, 2, 6]
     assert summary["worst_slices"][0] == {"slice_index": 5, "z_mm": 2.5, "score": 0.1}
     assert summary["mean_noise_hu"] == pytest.approx(90 / 6)  # the NaN slice is left out
-    assert summary["mean_score"] == pytest.approx(4.05 / 7, abs=1e-5)
+    assert summary["mean_score"] == 0.57857  # 4.05 / 7 = 0.5785714
     assert summary["median_score"] == pytest.approx(0.7) and summary["max_score"] == pytest.approx(0.95)
     assert summary["min_score"] == pytest.approx(0.1) and summary["num_slices"] == 7
     assert summary["matrix"] == [512, 512] and summary["spacing_mm"] == [0.7, 0.7, 2.5]
     assert summary["elapsed_s"] == 1.235 and summary["score_name"] == "ssim" and summary["higher_is_better"]
     assert summary["score_range"] == [0.0, 1.0] and summary["source"] == "test"
+    assert summary["score_description"].startswith("predicted SSIM to a full-dose image")
+    assert summary["model_preset"] == "tiny" and summary["device"] == "cpu" and summary["warnings"] == []
+    assert summary["weights_id"] == ""
     no_noise = _scores([0.5, 0.6], noise=[np.nan, np.nan]).summary()
     assert no_noise["mean_noise_hu"] is None
+
+
+def test_summary_numbers_are_rounded_to_the_documented_places():
+    scores = _scores([0.123456789, 0.5], noise=[10.123, 20.4567])
+    scores.z_mm = np.array([1.23456, 2.0])
+    scores.spacing_mm = (0.70001234, 0.7, 2.5)
+    summary = scores.summary()
+    assert summary["mean_noise_hu"] == 15.29  # 15.28985
+    assert summary["spacing_mm"] == [0.7, 0.7, 2.5]
+    assert summary["worst_slices"][0] == {"slice_index": 0, "z_mm": 1.235, "score": 0.12346}
+    assert summary["mean_score"] == 0.31173 and summary["min_score"] == 0.12346  # mean 0.3117284
+
+
+def test_the_worst_slices_of_a_long_scan_keep_ties_in_slice_order():
+    score = np.tile([0.5, 0.2, 0.9, 0.2], 60)  # 240 slices, the worst score on every second one of four
+    worst = _scores(score).summary()["worst_slices"]
+    assert [w["slice_index"] for w in worst] == [1, 3, 5, 7, 9]

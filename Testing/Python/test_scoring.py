@@ -191,12 +191,14 @@ def test_out_of_memory_retries_with_smaller_batches(weights, dicom_series, caplo
         f"out of memory on {scorer.device_name}: retrying with batch size 2"]
 
 
-def test_out_of_memory_with_one_slice_on_the_cpu_is_a_clear_error(weights, dicom_series):
+def test_out_of_memory_with_one_slice_on_the_cpu_is_a_clear_error(weights, dicom_series, monkeypatch):
+    cache_emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: cache_emptied.append(True))
     scorer = Scorer(str(weights), device="cpu", batch_size=1)
     scorer.model = _SmallMemoryModel(scorer.model, room=0)
     with pytest.raises(MemoryError, match="^not enough memory to score even one slice on the CPU$"):
         scorer.score_volume(read_volume(dicom_series))
-    assert scorer.model.batch_sizes == [1]
+    assert scorer.model.batch_sizes == [1] and cache_emptied == []  # no GPU to give memory back to
 
 
 def test_gpu_out_of_memory_at_batch_size_one_continues_on_the_cpu(weights, dicom_series, monkeypatch, caplog):
@@ -215,12 +217,15 @@ def test_gpu_out_of_memory_at_batch_size_one_continues_on_the_cpu(weights, dicom
 
     monkeypatch.setattr(scoring, "hu_to_tensor", to_device)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Simulated GPU")
+    cache_emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: cache_emptied.append(True))
     scorer = Scorer(str(weights), device="cpu", batch_size=2)
     scorer.device = torch.device("cuda", 0)
     with caplog.at_level(logging.WARNING, logger="DistilIQALib.scoring"):
         scores = scorer.score_volume(volume)
     assert scorer.device == torch.device("cpu") and scores.device.startswith("cpu (")
     assert moved[:3] == [("cuda", 2), ("cuda", 1), ("cpu", 1)] and scorer.batch_size == 1
+    assert len(cache_emptied) == 2  # the GPU's cache is given back after each out-of-memory error
     np.testing.assert_allclose(scores.score, reference.score, atol=1e-6)
     assert [r.getMessage() for r in caplog.records] == [
         "out of memory on cuda:0 (Simulated GPU): retrying with batch size 1",
