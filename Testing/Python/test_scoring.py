@@ -7,6 +7,7 @@ trained one.
 """
 import logging
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -247,3 +248,18 @@ def test_default_batch_size_depends_on_the_device(weights):
     assert Scorer(str(weights), device="cpu", batch_size=1).batch_size == 1
     with pytest.raises(ValueError, match="at least 1"):
         Scorer(str(weights), device="cpu", batch_size=0)
+
+
+def test_mixed_precision_is_used_on_gpus_only(weights):
+    """float16 autocast on a CUDA device when allowed, never on the CPU (the device is set by hand: no GPU here)."""
+    scorer = Scorer(str(weights), device="cpu", use_amp=True)
+    assert scorer._autocast().__class__.__name__ == "nullcontext"
+    scorer.device = torch.device("cuda", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # without a GPU torch warns that CUDA is missing
+        context = scorer._autocast()
+    assert isinstance(context, torch.autocast) and context.device == "cuda" and context.fast_dtype == torch.float16
+    assert Scorer(str(weights), device="cpu").use_amp is True
+    no_amp = Scorer(str(weights), device="cpu", use_amp=False)
+    no_amp.device = torch.device("cuda", 0)
+    assert no_amp._autocast().__class__.__name__ == "nullcontext"
