@@ -202,6 +202,21 @@ def test_out_of_memory_with_one_slice_on_the_cpu_is_a_clear_error(weights, dicom
     assert scorer.model.batch_sizes == [1] and cache_emptied == []  # no GPU to give memory back to
 
 
+class _MoveRecordingModel(torch.nn.Module):
+    """The model, noting where it is asked to move (it is on the CPU already: the GPU here is faked)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.moves = model, []
+
+    def to(self, *args, **kwargs):
+        self.moves.append(args[0] if args else kwargs.get("device"))
+        return super().to(*args, **kwargs)
+
+    def forward(self, x):
+        return self.model(x)
+
+
 def test_gpu_out_of_memory_at_batch_size_one_continues_on_the_cpu(weights, dicom_series, monkeypatch, caplog):
     """Without a GPU here, the GPU is faked at the device boundary: moving a batch of more than one slice to
     'cuda' raises torch's out-of-memory error; one slice 'fits' but its forward pass runs out of memory too."""
@@ -222,9 +237,11 @@ def test_gpu_out_of_memory_at_batch_size_one_continues_on_the_cpu(weights, dicom
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: cache_emptied.append(True))
     scorer = Scorer(str(weights), device="cpu", batch_size=2)
     scorer.device = torch.device("cuda", 0)
+    scorer.model = _MoveRecordingModel(scorer.model)
     with caplog.at_level(logging.WARNING, logger="DistilIQALib.scoring"):
         scores = scorer.score_volume(volume)
     assert scorer.device == torch.device("cpu") and scores.device.startswith("cpu (")
+    assert scorer.model.moves == [torch.device("cpu")]  # the model follows the slices to the CPU
     assert moved[:3] == [("cuda", 2), ("cuda", 1), ("cpu", 1)] and scorer.batch_size == 1
     assert len(cache_emptied) == 2  # the GPU's cache is given back after each out-of-memory error
     np.testing.assert_allclose(scores.score, reference.score, atol=1e-6)
