@@ -55,6 +55,10 @@ MODULES = {
 DESELECT = {
     "scoring": ["test_scoring.py::test_memory_stays_bounded_for_long_int16_volume"],
 }
+#: Wall-clock limit of one test (pytest-timeout) in each module's run: an endless loop fails the test. Well
+#: above the slowest mapped test on a busy 2-core machine.
+TEST_TIMEOUT_S = {"training": 300, "store": 120, "batch": 120, "scoring": 120}
+DEFAULT_TEST_TIMEOUT_S = 60
 #: Modules mutated only in some functions: training's resume path (the rest of training is checked by the
 #: slower end-to-end tests in ``test_training.py``).
 FUNCTIONS = {
@@ -86,6 +90,7 @@ def prepare(module: str, workdir: Path) -> Path:
     shutil.copytree(ROOT / TESTS, project / TESTS, ignore=ignore)
     tests = ", ".join(f'"{TESTS}/{name}"' for name in MODULES[module])
     deselect = "".join(f', "--deselect", "{TESTS}/{name}"' for name in DESELECT.get(module, []))
+    timeout = TEST_TIMEOUT_S.get(module, DEFAULT_TEST_TIMEOUT_S)
     (project / "pyproject.toml").write_text(f"""[tool.pytest.ini_options]
 testpaths = ["{TESTS}"]
 timeout = 900
@@ -94,7 +99,7 @@ timeout = 900
 source_paths = ["DistilIQALib/"]
 only_mutate = ["DistilIQALib/{module}.py"]
 also_copy = ["Testing/"]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore", "--timeout", "120"{deselect}]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore", "--timeout", "{timeout}"{deselect}]
 pytest_add_cli_args_test_selection = [{tests}]
 process_isolation = "forkserver"
 use_git_change_detection = false
@@ -106,8 +111,12 @@ timeout_constant = 10.0
     return project
 
 
-def run_module(module: str, workdir: Path) -> tuple:
-    project = prepare(module, workdir)
+def run_module(module: str, workdir: Path, resume: bool = False, report_only: bool = False) -> tuple:
+    project = workdir / module
+    if report_only:
+        return project, read_statuses(project, module), 0.0
+    if not (resume and (project / "mutants").is_dir()):
+        project = prepare(module, workdir)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     environment.pop("PYTHONPATH", None)
     started = time.monotonic()
@@ -118,15 +127,22 @@ def run_module(module: str, workdir: Path) -> tuple:
         code = subprocess.call([*mutmut, "run", "--max-children", "1", *names], cwd=project, env=environment,
                                stdout=stream, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - started
-    meta = project / "mutants" / "DistilIQALib" / f"{module}.py.meta"
-    if code != 0 or not meta.is_file():
+    if code != 0:
         sys.exit(f"mutmut failed for {module} (exit {code}); see {log}")
+    return project, read_statuses(project, module), seconds
+
+
+def read_statuses(project: Path, module: str) -> dict:
+    """``mutant name -> status`` as mutmut recorded them (``not checked`` for those not run yet)."""
     from mutmut.stats import status_by_exit_code
 
-    statuses = {name: status_by_exit_code[exit_code]
-                for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items()
-                if not names or any(fnmatch.fnmatch(name, pattern) for pattern in names)}
-    return project, statuses, seconds
+    meta = project / "mutants" / "DistilIQALib" / f"{module}.py.meta"
+    if not meta.is_file():
+        sys.exit(f"no mutation results for {module} in {project}")
+    names = [f"DistilIQALib.{module}.x_{function}__mutmut_*" for function in FUNCTIONS.get(module, [])]
+    return {name: status_by_exit_code[exit_code]
+            for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items()
+            if not names or any(fnmatch.fnmatch(name, pattern) for pattern in names)}
 
 
 def show(project: Path, name: str) -> str:
@@ -139,6 +155,9 @@ def main() -> int:
     parser.add_argument("--module", action="append", choices=sorted(MODULES), help="module(s) to mutate (default all)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "distiliqa-mutation")
     parser.add_argument("--show", action="store_true", help="print the diff of every surviving mutant")
+    parser.add_argument("--report-only", action="store_true", help="print the results in --workdir, run nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with an interrupted run in --workdir (the mutants not checked yet)")
     args = parser.parse_args()
     try:
         import mutmut  # noqa: F401
@@ -147,26 +166,30 @@ def main() -> int:
     equivalent = read_equivalent()
     table = []
     for module in args.module or list(MODULES):
-        project, statuses, seconds = run_module(module, args.workdir)
+        project, statuses, seconds = run_module(module, args.workdir, args.resume, args.report_only)
+        unchecked = [name for name, status in statuses.items() if status == "not checked"]
+        statuses = {name: status for name, status in statuses.items() if status != "not checked"}
         killed = [name for name, status in statuses.items() if status in KILLED]
         alive = sorted(name for name in statuses if name not in killed)
         judged = [name for name in alive if name in equivalent]
         survived = [name for name in alive if name not in equivalent]
         counted = len(statuses) - len(judged)
         score = 100.0 * len(killed) / counted if counted else 100.0
-        table.append((module, len(statuses), len(killed), len(judged), len(survived), score, seconds))
+        table.append((module, len(statuses), len(killed), len(judged), len(survived), score, seconds,
+                      len(unchecked)))
         print(f"\n== {module}: {len(statuses)} mutants, {len(killed)} killed, {len(judged)} equivalent, "
-              f"{len(survived)} survived ({score:.1f}% of non-equivalent killed, {seconds:.0f} s)", flush=True)
+              f"{len(survived)} survived ({score:.1f}% of non-equivalent killed, {seconds:.0f} s)"
+              + (f"; {len(unchecked)} not checked (run interrupted)" if unchecked else ""), flush=True)
         for name in judged:
             print(f"   equivalent {name}: {equivalent[name]}")
         for name in survived:
             print(f"   SURVIVED   {name} ({statuses[name]})")
             if args.show:
                 print(show(project, name))
-    print("\n| module | mutants | killed | equivalent | survived | killed of non-equivalent | seconds |")
+    print("\n| module | mutants | killed | equivalent | survived | killed of non-equivalent | not checked |")
     print("|---|---|---|---|---|---|---|")
-    for module, total, killed, judged, survived, score, seconds in table:
-        print(f"| {module} | {total} | {killed} | {judged} | {survived} | {score:.1f}% | {seconds:.0f} |")
+    for module, total, killed, judged, survived, score, _seconds, unchecked in table:
+        print(f"| {module} | {total} | {killed} | {judged} | {survived} | {score:.1f}% | {unchecked} |")
     return 0
 
 
