@@ -131,15 +131,15 @@ def test_summary_reports_the_worst_slices_in_order_and_the_mean_noise():
 
 
 def test_summary_numbers_are_rounded_to_the_documented_places():
-    scores = _scores([0.123456789, 0.5, 0.987654321], noise=[10.1234, 20.4518, np.nan])
+    scores = _scores([0.123456789, 0.51234567, 0.987654321], noise=[10.1234, 20.4518, np.nan])
     scores.z_mm = np.array([1.23456, 2.0, 3.0])
     scores.spacing_mm = (0.70001234, 0.7, 2.5)
     summary = scores.summary()
     assert summary["mean_noise_hu"] == 15.29  # 15.2876
-    assert summary["median_score"] == 0.5 and summary["max_score"] == 0.98765
+    assert summary["median_score"] == 0.51235 and summary["max_score"] == 0.98765
     assert summary["spacing_mm"] == [0.7, 0.7, 2.5]
     assert summary["worst_slices"][0] == {"slice_index": 0, "z_mm": 1.235, "score": 0.12346}
-    assert summary["mean_score"] == 0.53704 and summary["min_score"] == 0.12346  # mean 0.5370370
+    assert summary["mean_score"] == 0.54115 and summary["min_score"] == 0.12346  # mean 0.5411523
 
 
 def test_the_worst_slices_of_a_long_scan_keep_ties_in_slice_order():
