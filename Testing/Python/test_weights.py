@@ -110,7 +110,8 @@ def test_wrong_preset_newer_format_and_unknown_preset(tmp_path):
     def claim_fast(record):
         record["preset"] = "fast"
         record["architecture"] = PRESETS["fast"].to_dict()
-    with pytest.raises(WeightsError, match="do not fit preset 'fast'"):
+    with pytest.raises(WeightsError, match=r"do not fit preset 'fast' \(Error\(s\) in loading state_dict for "
+                                           r"QualityViT:\)$"):
         load_weights(_rewrite_metadata(good, tmp_path / "wrong.safetensors", claim_fast))
     with pytest.raises(WeightsError, match="newer DistilIQA"):
         read_info(_rewrite_metadata(good, tmp_path / "new.safetensors",
@@ -121,7 +122,9 @@ def test_wrong_preset_newer_format_and_unknown_preset(tmp_path):
 
 def test_missing_default_model_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILIQA_WEIGHTS", str(tmp_path / "none.safetensors"))
-    with pytest.raises(NoDefaultModelError, match="no trained DistilIQA model"):
+    with pytest.raises(NoDefaultModelError, match=f"^no trained DistilIQA model is installed at "
+                                                  f"{tmp_path / 'none.safetensors'}; pass a weights file with "
+                                                  f"--weights$"):
         resolve_weights(None)
 
 
@@ -221,9 +224,11 @@ def test_files_that_are_not_safetensors_are_refused_unread(tmp_path):
 
 @pytest.mark.parametrize("start, pickle_like", [(b"\x80\x02", True), (b"\x80\x05", True), (b"PK\x03\x04", True),
                                                 (b"\x80\x01", False), (b"\x80\x06", False), (b"PK\x05\x06", False)])
-def test_pickles_and_zip_checkpoints_are_named_as_such(tmp_path, start, pickle_like):
+@pytest.mark.parametrize("tail", [b"", b"\xff" * 30])
+def test_pickles_and_zip_checkpoints_are_named_as_such(tmp_path, start, pickle_like, tail):
+    """Even cut to its first bytes, a pickle is named as one."""
     path = tmp_path / "m.safetensors"
-    path.write_bytes(start + b"\xff" * 30)
+    path.write_bytes(start + tail)
     message = "pickle/PyTorch checkpoint, which can run code" if pickle_like else "not a DistilIQA weights file"
     with pytest.raises(WeightsError, match=message):
         read_info(path)
@@ -254,3 +259,10 @@ def test_default_model_location_and_override(tmp_path, monkeypatch):
     (tmp_path / "mine.safetensors").write_bytes(b"x")
     assert resolve_weights(None) == tmp_path / "mine.safetensors"
     assert resolve_weights(str(tmp_path / "given.safetensors")) == tmp_path / "given.safetensors"
+
+
+def test_the_model_is_put_on_the_device_asked_for(tmp_path):
+    path = save_weights(tmp_path / "m.safetensors", build_model(PRESETS["tiny"], 1), _info(num_outputs=1))
+    model, _ = load_weights(path, torch.device("meta"))  # a device without data: no GPU needed to see the move
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {p.device.type for p in load_weights(path)[0].parameters()} == {"cpu"}
