@@ -182,9 +182,11 @@ def test_unreadable_model_descriptions_are_refused_with_the_reason(tmp_path):
                                                       r"parameters: wings\)"),
         (lambda r: r.pop("architecture"), "invalid architecture description"),
     ]
+    cases.append((lambda r: r.pop("preset"), r"unknown model preset '' \(known: paper, fast, tiny\)$"))
     for n, (change, message) in enumerate(cases):
-        with pytest.raises(WeightsError, match=message):
-            read_info(_rewrite_metadata(good, tmp_path / f"case{n}.safetensors", change))
+        path = tmp_path / f"case{n}.safetensors"
+        with pytest.raises(WeightsError, match=f"^{path}: {message}"):
+            read_info(_rewrite_metadata(good, path, change))
     tensors = {"x": torch.zeros(2)}
     save_file(tensors, str(tmp_path / "text.safetensors"), metadata={"distiliqa": "{not json"})
     with pytest.raises(WeightsError, match="the model description in the weights file is not valid JSON"):
@@ -214,9 +216,11 @@ def test_files_that_are_not_safetensors_are_refused_unread(tmp_path):
         "list.safetensors": (2, b"[]"),  # JSON, but not an object
         "binary.safetensors": (4, b"\xff\xfe\x00\x01"),
     }
+    cases["past_end.safetensors"] = (12, b'{"a": 1}')  # 4 bytes longer than the file holds
     for name, (length, body) in cases.items():
-        with pytest.raises(WeightsError, match=not_weights):
-            read_info(_header_file(tmp_path / name, length, body))
+        path = _header_file(tmp_path / name, length, body)
+        with pytest.raises(WeightsError, match=f"^{path} {not_weights}$"):
+            read_info(path)
     exact = _header_file(tmp_path / "exact.safetensors", 2, b"{}")  # a valid header that fills the file
     with pytest.raises(WeightsError, match="not a DistilIQA model"):
         read_info(exact)
@@ -266,3 +270,17 @@ def test_the_model_is_put_on_the_device_asked_for(tmp_path):
     model, _ = load_weights(path, torch.device("meta"))  # a device without data: no GPU needed to see the move
     assert {p.device.type for p in model.parameters()} == {"meta"}
     assert {p.device.type for p in load_weights(path)[0].parameters()} == {"cpu"}
+
+
+def test_the_file_states_its_input_size_for_other_readers(tmp_path):
+    from safetensors import safe_open
+
+    from DistilIQALib.model import architecture_from_preset
+
+    architecture = architecture_from_preset("tiny", input_size=128)
+    path = save_weights(tmp_path / "m.safetensors", build_model(architecture, 1),
+                        _info(architecture=architecture, num_outputs=1))
+    with safe_open(str(path), "pt") as handle:
+        record = json.loads(handle.metadata()["distiliqa"])
+    assert record["input_size"] == 128 and record["window"] == {"width_hu": 350.0, "level_hu": 40.0}
+    assert record["format_version"] == FORMAT_VERSION and record["num_outputs"] == 1
