@@ -161,11 +161,8 @@ class ResultStore:
 
 
 def _check_is_store(connection: sqlite3.Connection, attached: os.PathLike[str] | str) -> None:
-    """The database attached as ``other`` must be a results store (any version): not another file or database."""
-    try:
-        tables = {name for (name,) in connection.execute("SELECT name FROM other.sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError:
-        raise InputError(f"{attached} is not a DistilIQA results store (not an SQLite file)") from None
+    """The database attached as ``other`` must be a results store (any version), not another database."""
+    tables = {name for (name,) in connection.execute("SELECT name FROM other.sqlite_master WHERE type = 'table'")}
     missing = sorted({"series", "slices", "problems"} - tables)
     if missing:
         raise InputError(f"{attached} is not a DistilIQA results store (no {', '.join(missing)} table)")

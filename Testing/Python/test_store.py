@@ -117,13 +117,14 @@ def test_done_means_scored_or_skipped_with_the_same_weights(tmp_path):
 
 def test_series_rows_put_the_worst_scored_series_first(tmp_path):
     with ResultStore(tmp_path / "s.sqlite") as store:
-        store.write_series(_record("skip", status="skipped"))
+        store.write_series(_record("a skipped", status="skipped"))
         store.write_series(_record("fail", status="failed"))
         store.write_series(_record("good", fraction_inadequate=0.0, mean_score=0.9))
         store.write_series(_record("bad", fraction_inadequate=0.5, mean_score=0.6))
         store.write_series(_record("fair", fraction_inadequate=0.0, mean_score=0.7))
         store.write_series(_record("elsewhere", weights="w2", fraction_inadequate=0.9))
-        assert [r["series_uid"] for r in store.series_rows("w1")] == ["bad", "fair", "good", "fail", "skip"]
+        # scored (most inadequate first, then lowest mean), then failed, then skipped
+        assert [r["series_uid"] for r in store.series_rows("w1")] == ["bad", "fair", "good", "fail", "a skipped"]
         assert [r["series_uid"] for r in store.series_rows()][0] == "elsewhere"
         assert len(store.series_rows()) == 6
 
@@ -196,3 +197,31 @@ def test_merging_something_that_is_not_a_store_is_refused_with_the_reason(tmp_pa
         assert [row["series_uid"] for row in store.series_rows()] == ["A"]  # unchanged, and still usable
         store.write_series(_record("B"))
         assert len(store.series_rows()) == 2
+
+
+def test_a_store_in_a_new_folder_is_created_with_its_folders(tmp_path):
+    with ResultStore(tmp_path / "new" / "nested" / "s.sqlite") as store:
+        store.write_series(_record("A"))
+    assert _count(tmp_path / "new" / "nested" / "s.sqlite", "SELECT COUNT(*) FROM series") == 1
+
+
+def test_a_writer_waits_for_another_process_holding_the_store(tmp_path):
+    """Processes that share one store (shards) take turns: a write waits while another holds the lock, well past
+    SQLite's default 5 s wait."""
+    import threading
+
+    path = tmp_path / "shared.sqlite"
+    ResultStore(path).close()
+    other = sqlite3.connect(path, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the other process is writing
+    release = threading.Timer(6.0, other.commit)
+    release.start()
+    started = time.monotonic()
+    try:
+        with ResultStore(path) as store:
+            store.write_series(_record("A"), _slices(2))
+    finally:
+        release.join()
+        other.close()
+    assert time.monotonic() - started >= 5.5
+    assert _count(path, "SELECT COUNT(*) FROM slices") == 2
