@@ -66,6 +66,8 @@ def test_scores_are_the_mean_output_of_the_model_on_slices_in_the_weights_window
     np.testing.assert_array_equal(scores.slice_index, np.arange(5))
     np.testing.assert_allclose(scores.z_mm, -20.0 + 3.0 * np.arange(5))
     assert scores.warnings == [] and scores.device.startswith("cpu (")
+    # Results stay float32 like the model's outputs: a long scan's arrays take half the memory of float64.
+    assert scores.score.dtype == scores.outputs.dtype == scores.noise_hu.dtype == np.float32
 
 
 def test_a_smaller_matrix_is_fitted_to_the_input_size_the_weights_state(tmp_path):
