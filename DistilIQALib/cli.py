@@ -22,6 +22,13 @@ BATCH_SIZE_HELP = (f"slices per forward pass (default {DEFAULT_BATCH_SIZE} on a 
 PROGRESS_LINES_HELP = "print machine-readable DISTILIQA-PROGRESS lines on standard output (for Slicer)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class TerminalProgress:
     """A one-line progress bar with ETA on stderr, drawn only on a terminal."""
 
@@ -238,8 +245,12 @@ def _training_config(args: argparse.Namespace, **extra):
 
     if args.progress_lines:
         os.environ["DISTILIQA_PROGRESS_LINES"] = "1"
+    from .model import PRESETS
+
     if args.epochs < 1 or args.batch_size < 1:
         raise DistilIQAError("--epochs and --batch-size must be at least 1")
+    if args.preset not in PRESETS:
+        raise DistilIQAError(f"unknown model preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     return TrainingConfig(preset=args.preset, input_size=args.input_size, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, optimizer=args.optimizer,
                           folds=args.folds, seed=args.seed, device=args.device, augment=not args.no_augment,
@@ -445,7 +456,7 @@ COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROGRAM, description="DistilIQA: no-reference quality of CT slices.")
+    parser = _Parser(prog=PROGRAM, description="DistilIQA: no-reference quality of CT slices.")
     parser.add_argument("--version", action="version", version=f"{PROGRAM} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -215,14 +215,27 @@ def preprocess_list(list_file: Path | str, output: Path | str, test_fraction: fl
     return write_dataset_files(output, labels, patients, test, {"type": "list", "score": score or SSIM_SCORE})
 
 
+LIST_FORMATS = "a CSV with the columns path,score[,patient] or a JSON {path: score} or [{path, score, patient}]"
+
+
 def _read_list(path: Path) -> List[Tuple[str, float, str]]:
-    if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            return [(name, float(value), "") for name, value in data.items()]
-        return [(r["path"], float(r["score"]), str(r.get("patient", ""))) for r in data]
-    with path.open(newline="") as stream:
-        return [(r["path"], float(r["score"]), r.get("patient", "") or "") for r in csv.DictReader(stream)]
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                records = [(name, float(value), "") for name, value in data.items()]
+            else:
+                records = [(r["path"], float(r["score"]), str(r.get("patient", ""))) for r in data]
+        else:
+            with path.open(newline="") as stream:
+                records = [(r["path"], float(r["score"]), r.get("patient", "") or "") for r in csv.DictReader(stream)]
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
+        # json.JSONDecodeError is a ValueError; a missing column is a KeyError, a bad score a ValueError.
+        raise InputError(f"cannot read the image list {path.name} ({type(error).__name__}: {error}); expected "
+                         f"{LIST_FORMATS}") from None
+    if not records:
+        raise InputError(f"the image list {path.name} lists no images; expected {LIST_FORMATS}")
+    return records
 
 
 # --- simulated doses of full-dose CT --------------------------------------------------------------

@@ -13,6 +13,8 @@ import sqlite3
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
+from .errors import InputError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT NOT NULL,
@@ -136,8 +138,12 @@ class ResultStore:
 
     def merge_from(self, other: os.PathLike[str] | str) -> int:
         """Copy every row of another store into this one (its series replace ours); returns its series count."""
-        self.connection.execute("ATTACH DATABASE ? AS other", (str(other),))
         try:
+            self.connection.execute("ATTACH DATABASE ? AS other", (str(other),))
+        except sqlite3.DatabaseError:
+            raise InputError(f"{other} is not a DistilIQA results store (not an SQLite file)") from None
+        try:
+            _check_is_store(self.connection, other)
             with self.connection:
                 count = self.connection.execute("SELECT COUNT(*) FROM other.series").fetchone()[0]
                 self.connection.execute("DELETE FROM slices WHERE (series_uid, weights_id) IN "
@@ -155,3 +161,11 @@ class ResultStore:
         finally:
             self.connection.execute("DETACH DATABASE other")
         return count
+
+
+def _check_is_store(connection: sqlite3.Connection, attached: os.PathLike[str] | str) -> None:
+    """The database attached as ``other`` must be a results store (any version), not another database."""
+    tables = {name for (name,) in connection.execute("SELECT name FROM other.sqlite_master WHERE type = 'table'")}
+    missing = sorted({"series", "slices", "problems"} - tables)
+    if missing:
+        raise InputError(f"{attached} is not a DistilIQA results store (no {', '.join(missing)} table)")

@@ -11,7 +11,7 @@ import torch
 from DistilIQALib.dicom_writing import write_series
 from DistilIQALib.model import architecture_from_preset, build_model
 from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.preprocessing import prepare_batch
+from DistilIQALib.preprocessing import Window, prepare_batch
 from DistilIQALib.weights import ModelInfo, save_weights
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -60,6 +60,24 @@ def tiny_weights(tmp_path_factory, tiny_training) -> Path:
         provenance={"purpose": "test", "steps": len(losses)},
     )
     return save_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", model, info)
+
+
+#: Bands and calibration used by the untrained test models (as a trained model would carry them).
+TEST_BANDS = {"bands": [{"name": "good", "min_score": 0.8}, {"name": "borderline", "min_score": 0.5},
+                        {"name": "inadequate", "min_score": None}], "reasoning": "test thresholds"}
+TEST_CALIBRATION = {"score": [0.2, 0.5, 0.8, 1.0], "dose_fraction": [0.05, 0.25, 0.6, 1.0]}
+
+
+def write_untrained_weights(path: Path, num_outputs: int = 2, input_size: int = 64, window: Window = Window(),
+                            seed: int = 0, **info) -> Path:
+    """A randomly initialised ``tiny`` model (made in milliseconds) saved with the given metadata: for
+    checks of what the scorer does with a weights file, where what the model learned does not matter."""
+    torch.manual_seed(seed)
+    model = build_model(architecture_from_preset("tiny", input_size=input_size), num_outputs).eval()
+    values = dict(preset="tiny", architecture=model.arch, num_outputs=num_outputs, window=window,
+                  provenance={"purpose": "test"})
+    values.update(info)
+    return save_weights(path, model, ModelInfo(**values))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,10 @@ from PIL import Image
 from DistilIQALib.cli import main
 from DistilIQALib.dicom_writing import write_series
 from DistilIQALib.phantoms import phantom_volume
+from DistilIQALib.reading import read_volume
+from DistilIQALib.scoring import Scorer
+
+from .conftest import write_untrained_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +43,11 @@ def test_score_end_to_end_in_a_real_process(tmp_path, tiny_weights, dicom_series
 def test_csv_goes_to_stdout_without_out(tmp_path, tiny_weights, dicom_series, capsys):
     assert main(["score", str(dicom_series), "--weights", str(tiny_weights), "--device", "cpu"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == 6 and all(0.0 <= float(r["score"]) <= 2.0 for r in rows)
+    direct = Scorer(str(tiny_weights), device="cpu").score_volume(read_volume(dicom_series))
+    assert [float(r["score"]) for r in rows] == [round(float(s), 5) for s in direct.score]
+    assert [r["adequacy"] for r in rows] == ["good" if s >= 0.8 else "borderline" if s >= 0.5 else "inadequate"
+                                             for s in direct.score]
+    assert [int(r["slice_index"]) for r in rows] == list(range(6))
 
 
 def test_info_describes_weights(tiny_weights, capsys):
@@ -112,8 +120,14 @@ def test_every_bad_input_gives_one_line_and_nonzero_exit(tmp_path, tiny_weights,
 def test_force_scores_non_ct_and_non_hu(tmp_path, tiny_weights, capsys):
     hu = phantom_volume(2, size=96, pixel_mm=3.0, noise_sd_hu=10)
     write_series(hu, tmp_path / "mr", modality="MR", spacing_mm=(3.0, 3.0, 3.0))
-    assert main(["score", str(tmp_path / "mr"), "--weights", str(tiny_weights), "--force"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 96, 96), 40, dtype=np.int16)), str(tmp_path / "nohu.nrrd"))
+    for source, slices, refusal in ((tmp_path / "mr", 2, "modality MR, not CT"),
+                                    (tmp_path / "nohu.nrrd", 3, "does not look like CT in Hounsfield units")):
+        arguments = ["score", str(source), "--weights", str(tiny_weights), "--device", "cpu"]
+        assert main(arguments) == 2 and refusal in capsys.readouterr().err
+        assert main(arguments + ["--force"]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert [int(row["slice_index"]) for row in rows] == list(range(slices))
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
@@ -121,3 +135,126 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file or folder" in result.stderr
+
+
+def _run(arguments, capsys):
+    """Exit code and output of the command line run in this process (argument errors exit inside argparse)."""
+    try:
+        code = main(arguments)
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr()
+
+
+def _dataset(folder, patients, images_per_patient=1, split="train"):
+    """A dataset folder with ``<split>.json`` over real 64x64 images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels, owners = {}, {}
+    for p in range(patients):
+        for n in range(images_per_patient):
+            name = f"p{p}_{n}.nrrd"
+            image = sitk.GetImageFromArray(phantom_volume(1, size=64, pixel_mm=5.6, seed=p))
+            sitk.WriteImage(image, str(folder / name))
+            labels[name], owners[name] = 0.5 + 0.1 * n, f"P{p}"
+    (folder / f"{split}.json").write_text(json.dumps(labels))
+    (folder / "patients.json").write_text(json.dumps(owners))
+    return folder
+
+
+def _other_commands_bad_inputs(tmp, weights):
+    """(name, arguments, text expected in the one-line error) for every command but ``score``'s input."""
+    write_series(phantom_volume(3, size=64, pixel_mm=5.6), tmp / "series", series_uid="1.2.3.4",
+                 spacing_mm=(5.6, 5.6, 5.0))
+    (tmp / "empty").mkdir()
+    (tmp / "notes.txt").write_text("some text\n")
+    torch.save({"weights": torch.zeros(2)}, tmp / "model.pt")
+    import sqlite3
+
+    sqlite3.connect(tmp / "other.sqlite").execute("CREATE TABLE t (a)").connection.commit()
+    one_patient = _dataset(tmp / "one_patient", patients=1, images_per_patient=3)
+    test_split = _dataset(tmp / "test_split", patients=2, split="test")
+    single_test = _dataset(tmp / "single_test", patients=1, split="test")
+    (tmp / "columns.csv").write_text("file,label\na.png,0.5\n")
+    (tmp / "score.csv").write_text("path,score\np0_0.nrrd,good\n")
+    (tmp / "absent.csv").write_text("path,score\nmissing.nrrd,0.5\n")
+    (tmp / "broken.json").write_text("{not json")
+    cpu = ["--device", "cpu"]
+    train = ["--output", str(tmp / "run"), *cpu]
+    return [
+        ("batch: missing root", ["batch", str(tmp / "nowhere"), "--db", str(tmp / "r.sqlite")], "no such folder"),
+        ("batch: shard text", ["batch", str(tmp / "empty"), "--db", str(tmp / "r.sqlite"), "--shard", "half"],
+         "--shard must look like k/n (e.g. 2/4), not 'half'"),
+        ("batch: shard 0", ["batch", str(tmp / "empty"), "--db", str(tmp / "r.sqlite"), "--shard", "0/3"],
+         "--shard 0/3: k must be between 1 and n"),
+        ("batch: shard beyond n", ["batch", str(tmp / "empty"), "--db", str(tmp / "r.sqlite"), "--shard", "4/3"],
+         "--shard 4/3: k must be between 1 and n"),
+        ("batch: missing weights", ["batch", str(tmp / "empty"), "--db", str(tmp / "r.sqlite"), "--weights",
+                                    str(tmp / "none.safetensors"), *cpu], "weights file not found"),
+        ("batch: no --db", ["batch", str(tmp / "empty")], "the following arguments are required: --db"),
+        ("merge: missing store", ["merge", str(tmp / "m.sqlite"), str(tmp / "none.sqlite")], "no such store"),
+        ("merge: text file", ["merge", str(tmp / "m.sqlite"), str(tmp / "notes.txt")],
+         "notes.txt is not a DistilIQA results store (not an SQLite file)"),
+        ("merge: other database", ["merge", str(tmp / "m.sqlite"), str(tmp / "other.sqlite")],
+         "other.sqlite is not a DistilIQA results store (no problems, series, slices table)"),
+        ("info: missing", ["info", str(tmp / "none.safetensors")], "weights file not found"),
+        ("info: pickle", ["info", str(tmp / "model.pt")], "can run code"),
+        ("info: text", ["info", str(tmp / "notes.txt")], "is not a DistilIQA weights file or is corrupt"),
+        ("score: --series absent", ["score", str(tmp / "series"), "--series", "9.9", "--weights", str(weights)],
+         "no DICOM series with SeriesInstanceUID 9.9"),
+        ("score: batch size text", ["score", str(tmp / "series"), "--batch-size", "many"],
+         "argument --batch-size: invalid int value: 'many'"),
+        ("score: --progress-lines to stdout", ["score", str(tmp / "series"), "--weights", str(weights),
+                                               "--progress-lines", *cpu], "--progress-lines needs --out"),
+        ("preprocess: missing input", ["preprocess", str(tmp / "nowhere"), "--type", "tcia"], "no such file or folder"),
+        ("preprocess: unknown type", ["preprocess", str(tmp / "empty"), "--type", "jpeg"],
+         "argument --type: invalid choice: 'jpeg'"),
+        ("preprocess: no TCIA cases", ["preprocess", str(tmp / "empty"), "--type", "tcia"],
+         "no paired 'Full Dose' / 'Low Dose' DICOM slices"),
+        ("preprocess: no challenge scores", ["preprocess", str(tmp / "empty"), "--type", "ldctiqac"],
+         "no train.json with the radiologists' scores"),
+        ("preprocess: no CT to simulate", ["preprocess", str(tmp / "empty"), "--type", "simulated"],
+         "no CT under"),
+        ("preprocess: list of nothing", ["preprocess", str(tmp / "notes.txt"), "--type", "list"],
+         "the image list notes.txt lists no images"),
+        ("preprocess: list columns", ["preprocess", str(tmp / "columns.csv"), "--type", "list"],
+         "cannot read the image list columns.csv (KeyError: 'path')"),
+        ("preprocess: list score", ["preprocess", str(tmp / "score.csv"), "--type", "list"],
+         "cannot read the image list score.csv (ValueError"),
+        ("preprocess: list JSON", ["preprocess", str(tmp / "broken.json"), "--type", "list"],
+         "cannot read the image list broken.json (JSONDecodeError"),
+        ("preprocess: listed image absent", ["preprocess", str(tmp / "absent.csv"), "--type", "list"],
+         "image listed in absent.csv not found: missing.nrrd"),
+        ("train-teacher: no dataset", ["train-teacher", str(tmp / "empty"), *train],
+         "no train.json in"),
+        ("train-teacher: zero epochs", ["train-teacher", str(one_patient), *train, "--epochs", "0"],
+         "--epochs and --batch-size must be at least 1"),
+        ("train-teacher: unknown preset", ["train-teacher", str(one_patient), *train, "--preset", "huge"],
+         "unknown model preset 'huge'; choose one of paper, fast, tiny"),
+        ("train-teacher: too few patients", ["train-teacher", str(one_patient), *train, "--preset", "tiny",
+                                             "--folds", "2"], "2 folds need at least 2 patients; the data have 1"),
+        ("train-teacher: no --output", ["train-teacher", str(one_patient)],
+         "the following arguments are required: --output"),
+        ("train-student: no teachers", ["train-student", str(one_patient), *train, "--preset", "tiny"],
+         "no teachers in"),
+        ("train-student: zero batch", ["train-student", str(one_patient), *train, "--batch-size", "0"],
+         "--epochs and --batch-size must be at least 1"),
+        ("evaluate: no split", ["evaluate", str(tmp / "empty"), "--weights", str(weights), "--output",
+                                str(tmp / "ev"), *cpu], "no test.json in"),
+        ("evaluate: one image", ["evaluate", str(single_test), "--weights", str(weights), "--output", str(tmp / "ev"),
+                                 *cpu], "the test split of"),
+        ("evaluate: missing weights", ["evaluate", str(test_split), "--weights", str(tmp / "none.safetensors"),
+                                       "--output", str(tmp / "ev"), *cpu], "weights file not found"),
+        ("evaluate: pickle weights", ["evaluate", str(test_split), "--weights", str(tmp / "model.pt"),
+                                      "--output", str(tmp / "ev"), *cpu], "can run code"),
+    ]
+
+
+def test_every_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    weights = write_untrained_weights(tmp_path / "untrained.safetensors")
+    for name, arguments, expected in _other_commands_bad_inputs(tmp_path, weights):
+        code, captured = _run(arguments, capsys)
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert code == 2, (name, code, captured.err)
+        assert len(lines) == 1, (name, captured.err)
+        assert lines[0].startswith("distiliqa") and ": error: " in lines[0] and expected in lines[0], (name, lines)
+        assert "Traceback" not in captured.err and captured.out == "", name

@@ -84,7 +84,9 @@ def test_results_table_charts_map_and_rerun(scene, axial_hu, tiny_weights, tmp_p
                                                           "noise_hu", "dose_equivalent", "adequacy"]
     np.testing.assert_allclose([table.GetValue(r, 2).ToDouble() for r in range(8)], scores.score, atol=1e-5)
     np.testing.assert_allclose([table.GetValue(r, 1).ToDouble() for r in range(8)], volume.z_mm(), atol=1e-3)
-    assert {table.GetValue(r, 6).ToString() for r in range(8)} <= {"good", "borderline", "inadequate"}
+    # tiny_weights' bands: good from 0.8, borderline from 0.5
+    assert [table.GetValue(r, 6).ToString() for r in range(8)] == [
+        "good" if s >= 0.8 else "borderline" if s >= 0.5 else "inadequate" for s in scores.score]
     assert nodes.score_chart.GetNumberOfPlotSeriesNodes() == 1
     assert nodes.adequacy_chart.GetNumberOfPlotSeriesNodes() == 3  # score + 2 thresholds
     # quality map: slice k holds the score of slice k, at the same S coordinate
@@ -110,10 +112,29 @@ def test_results_table_charts_map_and_rerun(scene, axial_hu, tiny_weights, tmp_p
     assert again.table.GetID() == nodes.table.GetID()
 
 
-def test_scene_save_and_reload_keeps_results(scene, axial_hu, tiny_weights, tmp_path):
+#: Per-slice scores of the 8-slice phantom, chosen by hand to fall in every band (0.8 and 0.6 bounds).
+HAND_SCORES = np.array([0.95, 0.85, 0.8, 0.7, 0.6, 0.59, 0.3, 0.9], dtype=np.float32)
+
+
+def _hand_scores(volume):
+    info = ModelInfo(preset="tiny", architecture=PRESETS["tiny"], adequacy=BANDS,
+                     dose_calibration={"score": [0.0, 1.0], "dose_fraction": [0.0, 1.0]})
+    return SliceScores(slice_index=np.arange(8), z_mm=volume.z_mm(), score=HAND_SCORES,
+                       outputs=HAND_SCORES[:, None], noise_hu=np.full(8, 12.5, dtype=np.float32), info=info)
+
+
+def _column(table, name):
+    array = table.GetColumnByName(name)
+    return [array.GetValue(r) for r in range(table.GetNumberOfRows())]
+
+
+def test_scene_save_and_reload_keeps_results(scene, axial_hu, tmp_path):
+    """Saved and loaded back, the scene shows the same numbers, threshold lines and quality-map colours."""
     ct = _coronal_node(scene, axial_hu)
-    nodes = mrml.show_results(ct, _scores_for(mrml.volume_from_node(ct), tiny_weights))
-    for node in (ct, nodes.table, nodes.quality_map):
+    volume = mrml.volume_from_node(ct)
+    nodes = mrml.show_results(ct, _hand_scores(volume), volume)
+    colors = mrml.quality_color_table(scene)
+    for node in (ct, nodes.table, nodes.quality_map, colors):
         node.AddDefaultStorageNode()
         storage = node.GetStorageNode()
         file_name = f"{node.GetName().replace(' ', '_')}.{storage.GetDefaultWriteFileExtension()}"
@@ -124,10 +145,42 @@ def test_scene_save_and_reload_keeps_results(scene, axial_hu, tiny_weights, tmp_
     reloaded = slicer.vtkMRMLScene()
     reloaded.SetURL(str(tmp_path / "scene.mrml"))
     assert reloaded.Import()
+
     tables = reloaded.GetNodesByClassByName("vtkMRMLTableNode", nodes.table.GetName())
     assert tables.GetNumberOfItems() == 1
-    assert tables.GetItemAsObject(0).GetTable().GetNumberOfRows() == 8
-    assert reloaded.GetNodesByClassByName("vtkMRMLPlotChartNode", nodes.adequacy_chart.GetName()).GetNumberOfItems()
+    table = tables.GetItemAsObject(0).GetTable()
+    np.testing.assert_allclose([float(v) for v in _column(table, "score")], HAND_SCORES, atol=1e-5)
+    np.testing.assert_allclose([float(v) for v in _column(table, "z_mm")], volume.z_mm(), atol=1e-3)
+    np.testing.assert_allclose([float(v) for v in _column(table, "dose_equivalent")], HAND_SCORES, atol=6e-4)
+    assert [str(v) for v in _column(table, "adequacy")] == ["good", "good", "good", "borderline", "borderline",
+                                                           "inadequate", "inadequate", "good"]
+    assert [float(v) for v in _column(table, "good_from")] == [0.8] * 8
+    assert [float(v) for v in _column(table, "borderline_from")] == [0.6] * 8
+
+    charts = reloaded.GetNodesByClassByName("vtkMRMLPlotChartNode", nodes.adequacy_chart.GetName())
+    chart = charts.GetItemAsObject(0)
+    lines = [chart.GetNthPlotSeriesNode(n) for n in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert [line.GetYColumnName() for line in lines] == ["score", "good_from", "borderline_from"]
+    assert all(line.GetXColumnName() == "z_mm" for line in lines)
+    assert [line.GetLineStyle() == line.LineStyleDash for line in lines] == [False, True, True]
+    np.testing.assert_allclose([line.GetColor() for line in lines[1:]], [(0.15, 0.6, 0.3), (0.85, 0.6, 0.1)])
+
+    maps = reloaded.GetNodesByClassByName("vtkMRMLScalarVolumeNode", nodes.quality_map.GetName())
+    quality_map = maps.GetItemAsObject(0)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(quality_map)[:, 0, 0], HAND_SCORES, atol=1e-6)
+    display = quality_map.GetDisplayNode()
+    # Score range 0..1 with the inadequate threshold 0.6 mid-scale: shown from 2 * 0.6 - 1 = 0.2 to 1.
+    assert display.GetWindowLevelMin() == pytest.approx(0.2) and display.GetWindowLevelMax() == pytest.approx(1.0)
+    color_node = display.GetColorNode()
+    assert color_node.GetName() == colors.GetName() and color_node.GetNumberOfColors() == 256
+    rgba = [0.0] * 4
+    # Red (low) -> yellow -> green (high): index i of 255 is at t = i / 255; green rises as 2t up to 0.8 in the
+    # lower half, red falls as 0.9 * 2 (1 - t) in the upper half. The file keeps 8 bits per channel.
+    expected = {0: (0.9, 0.0, 0.1), 64: (0.9, 128 / 255, 0.1), 192: (0.9 * 2 * (1 - 192 / 255), 0.8, 0.1),
+                255: (0.0, 0.8, 0.1)}
+    for index, colour in expected.items():
+        assert color_node.GetColor(index, rgba)
+        np.testing.assert_allclose(rgba[:3], colour, atol=0.5 / 255 + 1e-9)
 
 
 def test_slice_views_show_the_bad_slab_in_red(scene, tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 from DistilIQALib.dicom_writing import write_series
 from DistilIQALib.errors import InputError
 from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.reading import read_volume
+from DistilIQALib.reading import read_dicom_files, read_volume, z_gaps
 
 from .shipped_ct import shipped_ct_file, shipped_ct_files
 
@@ -32,17 +32,25 @@ def test_series_sorted_by_position_not_by_name(dicom_series, phantom_hu):
     np.testing.assert_array_equal(volume.hu[0], np.rint(phantom_hu[0]))
 
 
-def test_rescale_slope_and_intercept_applied(tmp_path, phantom_hu):
+@pytest.mark.parametrize("slope, intercept", [(1.0, -2048.0), (0.5, -2048.0), (2.5, -1500.0), (0.25, -2000.5)])
+def test_rescale_slope_and_intercept_applied(tmp_path, phantom_hu, slope, intercept):
+    """Stored values become HU = stored * RescaleSlope + RescaleIntercept (computed here in numpy)."""
     paths = write_series(phantom_hu[:2], tmp_path, spacing_mm=(2.8, 2.8, 2.5))
+    stored_by_z = {}
     for path in paths:
         ds = pydicom.dcmread(path)
-        stored = ds.pixel_array.astype(np.int32) + 2048
+        stored = np.rint((ds.pixel_array.astype(np.float64) - intercept) / slope).astype(np.uint16)
         ds.PixelRepresentation = 0
-        ds.RescaleIntercept = "-2048"
-        ds.PixelData = stored.astype(np.uint16).tobytes()
+        ds.RescaleSlope = f"{slope:g}"
+        ds.RescaleIntercept = f"{intercept:g}"
+        ds.PixelData = stored.tobytes()
         ds.save_as(path)
+        stored_by_z[float(ds.ImagePositionPatient[2])] = stored
     volume = read_volume(tmp_path)
-    np.testing.assert_array_equal(np.sort(volume.hu.ravel()), np.sort(np.rint(phantom_hu[:2]).ravel()))
+    expected = np.stack([stored_by_z[z] for z in sorted(stored_by_z)]).astype(np.float64) * slope + intercept
+    np.testing.assert_allclose(volume.hu, expected, atol=1e-3)
+    if slope != 1.0:
+        assert np.abs(expected - np.rint(phantom_hu[:2])).max() <= slope / 2 + 1e-6  # still the phantom's HU
 
 
 def test_coronal_acquisition_becomes_axial(tmp_path, phantom_hu):
@@ -162,3 +170,56 @@ def test_series_with_an_absent_slice_keeps_each_slice_z(tmp_path, column_directi
     complete = write_series(hu, tmp_path / "full", spacing_mm=(3.5, 3.5, 5.0), origin_mm=(-160.0, -160.0, 100.0))
     regular = read_volume(complete[0].parent)
     assert regular.slice_z_mm is None and "z_gaps_mm" not in regular.metadata  # an even series keeps its grid
+
+
+def _nrrd(path, hu, spacing=(2.0, 2.0, 2.0)):
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_force_reads_what_does_not_look_like_ct(tmp_path, phantom_hu):
+    no_air = _nrrd(tmp_path / "no_air.nrrd", np.full((2, 64, 64), 40, dtype=np.int16))
+    with pytest.raises(InputError, match="does not look like CT in Hounsfield units \\(lowest value 40, no air "
+                                         "below -500 HU\\); pass --force to score it anyway"):
+        read_volume(no_air)
+    np.testing.assert_array_equal(read_volume(no_air, force=True).hu, np.full((2, 64, 64), 40))
+    write_series(phantom_hu[:3], tmp_path / "mr", modality="MR", spacing_mm=(2.8, 2.8, 2.5))
+    with pytest.raises(InputError, match="is modality MR, not CT; pass --force to score it anyway"):
+        read_volume(tmp_path / "mr")
+    assert read_volume(tmp_path / "mr", force=True).metadata["modality"] == "MR"
+    files = sorted(str(path) for path in (tmp_path / "mr").iterdir())
+    with pytest.raises(InputError, match="not CT"):
+        read_dicom_files(files, "mr series")
+    assert read_dicom_files(files, "mr series", force=True).num_slices == 3
+
+
+def test_air_threshold_and_smallest_matrix_are_boundaries(tmp_path):
+    at_threshold = np.full((1, 64, 64), 0, dtype=np.int16)
+    at_threshold[0, 0, 0] = -500  # air at exactly -500 HU is enough
+    assert read_volume(_nrrd(tmp_path / "at.nrrd", at_threshold)).hu.min() == -500
+    above = at_threshold.copy()
+    above[0, 0, 0] = -499
+    with pytest.raises(InputError, match="lowest value -499"):
+        read_volume(_nrrd(tmp_path / "above.nrrd", above))
+    with pytest.raises(InputError, match="is 64x63 pixels; DistilIQA needs slices of at least 64x64"):
+        read_volume(_nrrd(tmp_path / "small.nrrd", np.full((1, 63, 64), -1000, dtype=np.int16)))
+    nan = np.full((2, 64, 64), -1000.0, dtype=np.float32)
+    nan[1, 5, 5] = np.nan
+    with pytest.raises(InputError, match="contains 1 NaN or infinite voxel values"):
+        read_volume(_nrrd(tmp_path / "nan.nrrd", nan), force=True)
+
+
+def test_z_gaps_are_steps_larger_than_one_and_a_half_typical_steps():
+    assert z_gaps(np.array([0.0, 2.5, 5.0, 10.0, 12.5])) == [(5.0, 10.0)]
+    assert z_gaps(np.array([12.5, 0.0, 10.0, 2.5, 5.0])) == [(5.0, 10.0)]  # any order
+    assert z_gaps(np.array([0.0, 2.0, 4.0, 7.0, 9.0])) == []  # a step of exactly 1.5 typical steps is no gap
+    assert z_gaps(np.array([0.0, 2.0, 4.0, 7.01, 9.01])) == [(4.0, 7.01)]
+    assert z_gaps(np.array([0.0, 10.0])) == [] and z_gaps(np.array([1.0, 1.0, 1.0, 5.0])) == []
+
+
+def test_a_series_uid_that_is_not_there_is_named(tmp_path, phantom_hu):
+    write_series(phantom_hu[:3], tmp_path / "a", series_uid="1.2.3.4", spacing_mm=(2.8, 2.8, 2.5))
+    with pytest.raises(InputError, match=f"no DICOM series with SeriesInstanceUID 9.9 in {tmp_path}$"):
+        read_volume(tmp_path, series_uid="9.9")

@@ -1,0 +1,123 @@
+"""Training that is interrupted and run again ends with the same weights as a run that never stopped.
+
+On the CPU training is deterministic, so the comparison is exact: the model, the optimiser's momentum, the
+learning-rate schedule and the best snapshot must all be restored from ``last.pt`` for the tensors to match.
+"""
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from safetensors.torch import load_file
+
+from DistilIQALib.phantoms import phantom_volume
+from DistilIQALib.training import TrainingConfig, train_teachers
+
+EPOCHS = 4
+CONFIG = dict(preset="tiny", input_size=64, epochs=EPOCHS, batch_size=3, lr=0.01, min_lr=1e-4, momentum=0.9,
+              optimizer="sgd", folds=2, seed=0, device="cpu", augment=True, amp=False, purpose="test")
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """12 labelled 64x64 slices of 6 patients, noisier slices with lower labels."""
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(5)
+    clean = phantom_volume(12, size=64, pixel_mm=5.6, noise_sd_hu=2.0, seed=5)
+    labels, patients = {}, {}
+    for n in range(12):
+        sd = float(rng.uniform(0, 80))
+        image = sitk.GetImageFromArray((clean[n] + rng.standard_normal((64, 64)) * sd).astype(np.float32))
+        image.SetSpacing((5.6, 5.6))
+        name = f"images/slice{n:02d}.nrrd"
+        (folder / "images").mkdir(exist_ok=True)
+        sitk.WriteImage(image, str(folder / name))
+        labels[name] = round(1.0 / (1.0 + (sd / 30.0) ** 2), 4)
+        patients[name] = f"P{n // 2}"
+    (folder / "train.json").write_text(json.dumps(labels))
+    (folder / "patients.json").write_text(json.dumps(patients))
+    return folder
+
+
+def _stop_after(epochs):
+    def progress(done, total, name):
+        if done == epochs:
+            raise Interrupted(name)
+    return progress
+
+
+def _log_rows(path):
+    """The training log without its timing column."""
+    with path.open(newline="") as stream:
+        return [row[:-1] for row in csv.reader(stream)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("straight")
+    train_teachers(dataset, output, TrainingConfig(**CONFIG), folds=[0])
+    return output
+
+
+def _assert_same_run(output, reference):
+    for name in ("teachers/teacher_0.safetensors", "snapshots_fold_0/best.safetensors"):
+        resumed, straight = load_file(output / name), load_file(reference / name)
+        assert resumed.keys() == straight.keys()
+        for key in straight:
+            assert torch.equal(resumed[key], straight[key]), (name, key)
+    last = torch.load(output / "snapshots_fold_0" / "last.pt", weights_only=True)
+    expected = torch.load(reference / "snapshots_fold_0" / "last.pt", weights_only=True)
+    assert last["epoch"] == EPOCHS and last["scheduler"] == expected["scheduler"]
+    assert {key: last[key] for key in ("best_overall", "best_loss", "best_epoch")} == \
+        {key: expected[key] for key in ("best_overall", "best_loss", "best_epoch")}
+    momentum = [state["momentum_buffer"] for state in last["optimizer"]["state"].values()]
+    expected_momentum = [state["momentum_buffer"] for state in expected["optimizer"]["state"].values()]
+    assert len(momentum) == len(expected_momentum) > 0
+    assert all(torch.equal(a, b) for a, b in zip(momentum, expected_momentum))
+    assert _log_rows(output / "train_info_fold_0.csv") == _log_rows(reference / "train_info_fold_0.csv")
+
+
+def test_the_straight_run_learns_something_to_compare(uninterrupted):
+    rows = list(csv.DictReader((uninterrupted / "train_info_fold_0.csv").open()))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    # The cosine schedule from 0.01 towards 1e-4 over 4 epochs: the lr of epoch k is
+    # 1e-4 + (0.01 - 1e-4) * (1 + cos(pi * (k - 1) / 4)) / 2.
+    expected_lr = [1e-4 + (0.01 - 1e-4) * (1 + np.cos(np.pi * k / 4)) / 2 for k in range(4)]
+    np.testing.assert_allclose([float(row["lr"]) for row in rows], expected_lr, rtol=1e-3)
+    weights = load_file(uninterrupted / "teachers" / "teacher_0.safetensors")
+    assert all(torch.isfinite(tensor.float()).all() for tensor in weights.values())
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_a_run_interrupted_after_two_epochs_ends_with_the_weights_of_an_uninterrupted_run(
+        dataset, uninterrupted, tmp_path):
+    with pytest.raises(Interrupted):
+        train_teachers(dataset, tmp_path, TrainingConfig(**CONFIG), folds=[0], progress=_stop_after(2))
+    assert torch.load(tmp_path / "snapshots_fold_0" / "last.pt", weights_only=True)["epoch"] == 2
+    assert not (tmp_path / "teachers" / "teacher_0.safetensors").exists()
+    # A log row the killed run wrote for an epoch it did not checkpoint is dropped on resuming.
+    with (tmp_path / "train_info_fold_0.csv").open("a", newline="") as stream:
+        csv.writer(stream).writerow([3, "1e-2", "0.5", "0.5", "0", "0", "0", "0", "1.0"])
+    seen = []
+    train_teachers(dataset, tmp_path, TrainingConfig(**CONFIG), folds=[0],
+                   progress=lambda done, total, name: seen.append((done, total)))
+    assert seen == [(3, EPOCHS), (4, EPOCHS)]  # only the epochs left were trained
+    _assert_same_run(tmp_path, uninterrupted)
+
+
+def test_a_finished_run_is_not_trained_again(dataset, uninterrupted, tmp_path):
+    import shutil
+
+    shutil.copytree(uninterrupted, tmp_path / "copy")
+    (tmp_path / "copy" / "teachers" / "teacher_0.safetensors").unlink()
+    seen = []
+    train_teachers(dataset, tmp_path / "copy", TrainingConfig(**CONFIG), folds=[0],
+                   progress=lambda done, total, name: seen.append(done))
+    assert seen == []
+    _assert_same_run(tmp_path / "copy", uninterrupted)
