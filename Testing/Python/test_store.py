@@ -20,7 +20,8 @@ def _record(uid, status="scored", weights="w1", **values):
 
 def _slices(count, start=0):
     return [{"slice_index": n, "z_mm": 2.5 * n, "score": 0.5 + n / 100, "score_spread": 0.01, "noise_hu": 10.0,
-             "dose_equivalent": 0.3, "adequacy": "borderline"} for n in range(start, start + count)]
+             "water_diameter_cm": 30.0 + n, "dose_equivalent": 0.3, "adequacy": "borderline"}
+            for n in range(start, start + count)]
 
 
 def _count(path, sql, *parameters):
@@ -43,8 +44,8 @@ def test_rewriting_a_series_replaces_its_row_and_its_slices(tmp_path):
         assert [row["slice_index"] for row in store.slice_rows("A", "w1")] == [5, 6]
         assert store.slice_rows("A", "w1")[1] == {"series_uid": "A", "weights_id": "w1", "slice_index": 6,
                                                   "z_mm": 15.0, "score": 0.56, "score_spread": 0.01,
-                                                  "noise_hu": 10.0, "dose_equivalent": 0.3,
-                                                  "adequacy": "borderline"}
+                                                  "noise_hu": 10.0, "water_diameter_cm": 36.0,
+                                                  "dose_equivalent": 0.3, "adequacy": "borderline"}
         assert len(store.slice_rows("B", "w1")) == 2 and store.slice_rows("B", "w2") == []
 
 
