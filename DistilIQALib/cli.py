@@ -438,13 +438,13 @@ def _add_calibrate_parser(commands) -> None:
 
 def _run_calibrate(args: argparse.Namespace) -> int:
     from .recipe import calibrate_weights
-    from .weights import read_info as _read_info
+    from .weights import read_info
 
     for path in (args.weights, args.manifest):
         if path is not None and not path.is_file():
             raise InputError(f"no such file: {path}")
     written = calibrate_weights(args.weights, args.output, args.manifest, args.corpus)
-    reference = _read_info(written).noise_reference
+    reference = read_info(written).noise_reference
     _note(f"model: {written} (noise reference from {reference['patients']} patients, {reference['slices']} "
           f"slices; residual SD of log variance {reference['residual_sd_log_variance']})")
     return 0

@@ -186,7 +186,19 @@ def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dic
         diameter.append(float(water_equivalent_diameter_cm(image, (source.pixel_mm, source.pixel_mm))[0]))
         thickness.append(source.thickness_mm)
         patients.append(source.patient)
-    return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
+    try:
+        return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
+    except ValueError as error:  # too few patients with soft tissue: the user's data, not a bug
+        raise InputError(str(error)) from None
+
+
+def size_dependence_to_keep(base_reference: Optional[Dict], patients: int) -> Optional[float]:
+    """The ``per_cm`` to hold fixed when refitting a noise reference on ``patients`` patients: ``None`` (fit it)
+    with 5 or more, or with 3-4 when the base model has no reference; the base model's with fewer than 5 when
+    it has one; 0 (no size dependence, the level only) with fewer than 3 and no base reference."""
+    if base_reference and patients < 5:
+        return float(base_reference["per_cm"])
+    return None if patients >= 3 else 0.0
 
 
 def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str]) -> None:
@@ -300,10 +312,7 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     references = corpus_sources(entries, root, roles=("train", "calibration"),
                                 slices_per_volume=stage.slices_per_volume)
     fitted_on = {source.patient for source in references}
-    base_reference = read_info(base_weights).noise_reference
-    # Few patients (a small site): keep the base model's size dependence and fit the site's level only.
-    per_cm = (base_reference["per_cm"] if base_reference and len(fitted_on) < 5
-              else None if len(fitted_on) >= 3 else 0.0)
+    per_cm = size_dependence_to_keep(read_info(base_weights).noise_reference, len(fitted_on))
     apply_noise_reference(info, noise_reference_from_sources(references, per_cm), fitted_on)
     held_out_tables = {}
     for role in ("calibration", "test"):

@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from DistilIQALib.corpus import sha256_of
 from DistilIQALib.dicom_writing import write_series
 from DistilIQALib.interpretation import (
     adequacy_labels,
@@ -193,8 +194,6 @@ def _noise_manifest(tmp_path: Path, per_cm: float, intercept: float) -> Path:
         path = files / f"p{n}" / "ct.nrrd"
         path.parent.mkdir(parents=True)
         sitk.WriteImage(image, str(path))
-        from DistilIQALib.corpus import sha256_of
-
         entries.append({"id": f"p{n}", "patient": f"P{n}", "role": "train" if n < 3 else "calibration",
                         "anatomy": "water", "path": f"p{n}", "slices_used": 3,
                         "files": {f"p{n}/ct.nrrd": sha256_of(path)}})
@@ -228,3 +227,19 @@ def test_calibrate_command_fits_the_corpus_and_keeps_the_network(tmp_path, tiny_
     missing = subprocess.run([sys.executable, "-m", "DistilIQALib", "calibrate", str(tmp_path / "none.safetensors"),
                               "--output", str(output)], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr
+
+
+def test_which_size_dependence_a_small_site_keeps():
+    from DistilIQALib.errors import InputError
+    from DistilIQALib.recipe import noise_reference_from_sources, size_dependence_to_keep
+
+    base = {"intercept": 5.0, "per_cm": 0.07}
+    assert [size_dependence_to_keep(base, n) for n in (1, 2, 4, 5)] == [0.07, 0.07, 0.07, None]
+    assert [size_dependence_to_keep(None, n) for n in (1, 2, 3, 5)] == [0.0, 0.0, None, None]
+    from DistilIQALib.datasets import SourceSlice
+
+    two = [SourceSlice(f"P{n}", "s", _water_volume(15.0, n, slices=1)[0].astype(np.float32), 0.5, thickness_mm=2.5)
+           for n in range(2)]
+    with pytest.raises(InputError, match="at least 3 patient"):
+        noise_reference_from_sources(two)
+    assert noise_reference_from_sources(two, per_cm=0.05)["patients"] == 2
