@@ -58,7 +58,7 @@ def test_window_of_numpy_gives_float32_and_of_torch_keeps_the_device_dtype():
     assert hu.tolist() == [-2000, -135, 40, 5000]  # the input is left as it was
 
 
-@pytest.mark.parametrize("height, width, top, left", [(5, 8, 1, 0), (8, 5, 0, 1), (6, 8, 1, 0), (3, 8, 2, 0)])
+@pytest.mark.parametrize("height, width, top, left", [(5, 8, 1, 0), (8, 5, 0, 1), (6, 8, 1, 0), (3, 8, 2, 0), (8, 2, 0, 3)])
 def test_non_square_slices_are_centred_in_air_with_odd_margins_below_and_right(height, width, top, left):
     unit = torch.arange(1, height * width + 1, dtype=torch.float32).reshape(1, 1, height, width)
     fitted = fit_to_input(unit, 8)
@@ -91,3 +91,13 @@ def test_prepare_batch_takes_a_single_slice_and_moves_it_to_the_device():
     wide = prepare_batch(torch.full((2, 32, 64), -600.0), Window(1500.0, -600.0), input_size=64)
     assert wide.shape == (2, 1, 64, 64)
     assert torch.all(wide[:, :, 16:48] == 0.5) and torch.all(wide[:, :, :16] == 0) and torch.all(wide[:, :, 48:] == 0)
+
+
+def test_slices_go_to_the_device_asked_for_and_a_tensor_already_on_one_stays_there():
+    """Numpy slices are copied to the device the scorer asks for; a tensor already on a device is used where it
+    is, never through the host. torch's 'meta' device stands in for a GPU (shapes and dtypes, no data)."""
+    meta = torch.device("meta")
+    batch = prepare_batch(np.zeros((2, 30, 40), np.int16), input_size=64, device=meta)
+    assert batch.device == meta and batch.shape == (2, 1, 64, 64) and batch.dtype == torch.float32
+    already_there = torch.zeros((1, 64, 64), dtype=torch.int16, device=meta)
+    assert prepare_batch(already_there, input_size=64).device == meta
