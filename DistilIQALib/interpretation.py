@@ -17,6 +17,7 @@ Adequacy bands are thresholds on the quantity named by ``adequacy["on"]``: ``"sc
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -134,10 +135,52 @@ def fit_noise_reference(noise_hu: Sequence[float], thickness_mm: Sequence[float]
         intercept = float(np.sum(weights * (target - per_cm * diameter)) / np.sum(weights))
     residual = target - (intercept + per_cm * diameter)
     spread = float(np.sqrt(np.sum(weights * residual ** 2) / np.sum(weights)))
-    return {"intercept": round(float(intercept), 5), "per_cm": round(float(per_cm), 5),
-            "residual_sd_log_variance": round(spread, 4), "patients": int(len(names)), "slices": int(len(noise)),
-            "diameter_range_cm": [round(float(diameter.min()), 1), round(float(diameter.max()), 1)],
-            "thickness_range_mm": [round(float(thickness.min()), 2), round(float(thickness.max()), 2)]}
+    reference = {"intercept": round(float(intercept), 5), "per_cm": round(float(per_cm), 5),
+                 "residual_sd_log_variance": round(spread, 4), "patients": int(len(names)), "slices": int(len(noise)),
+                 "diameter_range_cm": [round(float(diameter.min()), 1), round(float(diameter.max()), 1)],
+                 "thickness_range_mm": [round(float(thickness.min()), 2), round(float(thickness.max()), 2)]}
+    if len(names) >= MIN_PATIENTS_FOR_RANGE:
+        # a routine slice's own dose equivalent (unclipped) is exp(-residual)
+        reference["routine_range"] = [round(weighted_quantile(np.exp(-residual), weights, q), 4)
+                                      for q in ROUTINE_RANGE_QUANTILES]
+    return reference
+
+
+#: The part of routine full-dose scans the bands are set around: the 5th to 95th percentile of their dose
+#: equivalents (patients weighing alike), measured when the reference rests on this many patients or more.
+ROUTINE_RANGE_QUANTILES = (0.05, 0.95)
+MIN_PATIENTS_FOR_RANGE = 5
+#: The dose, as a fraction of a routine scan's, that must read as inadequate.
+INADEQUATE_AT = 0.1
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The smallest of ``values`` whose cumulative share of ``weights`` (in ascending order of value)
+    reaches ``q``."""
+    order = np.argsort(values, kind="stable")
+    shares = np.cumsum(np.asarray(weights, np.float64)[order]) / np.sum(weights)
+    return float(np.asarray(values, np.float64)[order][min(int(np.searchsorted(shares, q - 1e-12)), len(order) - 1)])
+
+
+def adequacy_from_reference(reference: Dict[str, Any]) -> Dict[str, Any]:
+    """Bands on the dose equivalent set by how routine scans spread around the reference (its
+    ``routine_range``, 5th and 95th percentile): *good* down to the 5th percentile (a slice as quiet as 95% of
+    routine full-dose scans), *inadequate* below a tenth (:data:`INADEQUATE_AT`) of the 95th percentile (a
+    tenth of the dose of all but the quietest 5% of routine scans), rounded outwards to 0.01; without a range
+    (too few patients), good from 0.5 and inadequate below 0.2."""
+    if not reference.get("routine_range"):
+        return dose_equivalent_adequacy()
+    low, high = (float(v) for v in reference["routine_range"])
+    good = min(1.0, math.floor(low * 100.0 + 1e-9) / 100.0)
+    inadequate = min(good, math.ceil(high * INADEQUATE_AT * 100.0 - 1e-9) / 100.0)
+    adequacy = dose_equivalent_adequacy(good, inadequate)
+    adequacy["reasoning"] = (
+        f"good: noise no worse than {good:.0%} of a routine full dose would leave in a patient of this size at this "
+        f"slice thickness, as quiet as 95% of routine full-dose scans (noise at most {good ** -0.5:.1f}x the routine "
+        f"level); inadequate: below {inadequate:.0%}, what a tenth of the dose gives all but the quietest 5% of "
+        f"routine scans (noise above {inadequate ** -0.5:.1f}x the routine level). The routine level and its "
+        "spread are fitted on real clinical full-dose scans.")
+    return adequacy
 
 
 def dose_equivalent_adequacy(good_dose: float = 0.5, inadequate_dose: float = 0.2) -> Dict[str, Any]:

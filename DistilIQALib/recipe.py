@@ -201,13 +201,17 @@ def size_dependence_to_keep(base_reference: Optional[Dict], patients: int) -> Op
     return None if patients >= 3 else 0.0
 
 
-def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str]) -> None:
+def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str], base_reference: Optional[Dict] = None) -> None:
     """Make ``info``'s verdicts rest on ``reference``: dose equivalent from noise, size and thickness, and
-    adequacy bands on that dose equivalent."""
-    from .interpretation import dose_equivalent_adequacy
+    adequacy bands on that dose equivalent, set by the spread of routine scans around it. A reference on too
+    few patients to measure that spread keeps ``base_reference``'s (the model it was refitted from)."""
+    from .interpretation import adequacy_from_reference
 
-    info.noise_reference = dict(reference, fitted_on=sorted(fitted_on))
-    info.adequacy = dose_equivalent_adequacy()
+    reference = dict(reference, fitted_on=sorted(fitted_on))
+    if "routine_range" not in reference and base_reference and base_reference.get("routine_range"):
+        reference["routine_range"] = list(base_reference["routine_range"])
+    info.noise_reference = reference
+    info.adequacy = adequacy_from_reference(reference)
     info.adequacy["reasoning"] += (f" Routine level fitted on {reference['patients']} real patients' full-dose "
                                    "scans, none of them a test patient.")
 
@@ -225,7 +229,7 @@ def calibrate_weights(weights: Path | str, output: Path | str, manifest: Optiona
     sources = corpus_sources(entries, root, roles=("train", "calibration"))
     model, info = load_weights(weights)
     reference = noise_reference_from_sources(sources)
-    apply_noise_reference(info, reference, {s.patient for s in sources})
+    apply_noise_reference(info, reference, {s.patient for s in sources}, info.noise_reference)
     info.provenance["noise_reference"] = {"manifest_sha256": sha256_of(manifest),
                                           "roles": ["train", "calibration"]}
     return save_weights(Path(output), model, info, half=True)
@@ -312,8 +316,9 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     references = corpus_sources(entries, root, roles=("train", "calibration"),
                                 slices_per_volume=stage.slices_per_volume)
     fitted_on = {source.patient for source in references}
-    per_cm = size_dependence_to_keep(read_info(base_weights).noise_reference, len(fitted_on))
-    apply_noise_reference(info, noise_reference_from_sources(references, per_cm), fitted_on)
+    base_reference = read_info(base_weights).noise_reference
+    per_cm = size_dependence_to_keep(base_reference, len(fitted_on))
+    apply_noise_reference(info, noise_reference_from_sources(references, per_cm), fitted_on, base_reference)
     held_out_tables = {}
     for role in ("calibration", "test"):
         mask = roles == role

@@ -16,11 +16,13 @@ import torch
 from DistilIQALib.corpus import sha256_of
 from DistilIQALib.dicom_writing import write_series
 from DistilIQALib.interpretation import (
+    adequacy_from_reference,
     adequacy_labels,
     dose_equivalent_adequacy,
     fit_noise_reference,
     lowest_adequate_score,
     noise_dose_equivalent,
+    weighted_quantile,
 )
 from DistilIQALib.noise import water_equivalent_diameter_cm
 from DistilIQALib.reading import read_volume
@@ -107,6 +109,69 @@ def test_fit_recovers_a_known_reference_and_weighs_patients_alike():
     assert level["intercept"] == pytest.approx(5.0, abs=1e-4) and level["per_cm"] == 0.06
     with pytest.raises(ValueError, match="at least 3"):
         fit_noise_reference(noise[:7], thickness[:7], diameter[:7], groups[:7])  # patients p0 and p1 only
+
+
+def test_weighted_quantile_counts_each_patient_once():
+    values = np.array([5.0, 1.0, 3.0, 2.0, 4.0])
+    even = np.ones(5)
+    assert [weighted_quantile(values, even, q) for q in (0.05, 0.2, 0.21, 0.6, 0.95, 1.0)] == [1, 1, 2, 3, 5, 5]
+    # the value 1 stands for a patient with four slices (each weighing a quarter) among four one-slice patients
+    values = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    shares = np.array([0.25] * 4 + [1.0] * 4)
+    assert [weighted_quantile(values, shares, q) for q in (0.2, 0.21, 0.4, 0.95)] == [1, 2, 2, 5]
+
+
+def _symmetric_routine_patients():
+    """20 one-slice patients in pairs at one size each, one k-th pair's noise variance exp(+-0.1 k) times the
+    reference's: the pairs cancel in the fit, so each slice's own dose equivalent is exp(-+0.1 k)."""
+    noise, thickness, diameter, groups = [], [], [], []
+    for k in range(1, 11):
+        d = 18.0 + 2.0 * k
+        for sign in (1.0, -1.0):
+            variance = math.exp(REFERENCE["intercept"] + REFERENCE["per_cm"] * d + sign * 0.1 * k)
+            noise.append(math.sqrt(variance / 2.5))
+            thickness.append(2.5)
+            diameter.append(d)
+            groups.append(f"p{k}{'+' if sign > 0 else '-'}")
+    return noise, thickness, diameter, groups
+
+
+def test_bands_are_set_by_the_spread_of_routine_scans():
+    fitted = fit_noise_reference(*_symmetric_routine_patients())
+    assert fitted["intercept"] == pytest.approx(REFERENCE["intercept"], abs=1e-4)
+    assert fitted["per_cm"] == pytest.approx(REFERENCE["per_cm"], abs=1e-5)
+    # own dose equivalents exp(-1.0) .. exp(1.0) in steps of 0.1 (0 left out): the 5th percentile of 20 equal
+    # patients is the lowest, the 95th the 19th
+    assert fitted["routine_range"] == pytest.approx([math.exp(-1.0), math.exp(0.9)], abs=1e-4)
+    adequacy = adequacy_from_reference(fitted)
+    # good from 0.3679 rounded down, inadequate below a tenth of 2.4596 rounded up
+    assert [band["min_value"] for band in adequacy["bands"]] == [0.36, 0.25, None]
+    assert "95% of routine full-dose scans" in adequacy["reasoning"]
+    assert adequacy_labels(np.array([0.36, 0.3599, 0.25, 0.2499]), adequacy) == [
+        "good", "borderline", "borderline", "inadequate"]
+    # routine scans spread over more than a tenfold dose: no borderline band left, never inadequate above good
+    wide = adequacy_from_reference({"routine_range": [0.3, 5.0]})
+    assert [band["min_value"] for band in wide["bands"]] == [0.3, 0.3, None]
+    # no spread measured under 5 patients: the fixed bands
+    few = fit_noise_reference(*(values[:8] for values in _symmetric_routine_patients()))
+    assert few["patients"] == 8 and "routine_range" in few
+    four = fit_noise_reference(*(values[:4] for values in _symmetric_routine_patients()))
+    assert "routine_range" not in four
+    assert [band["min_value"] for band in adequacy_from_reference(four)["bands"]] == [0.5, 0.2, None]
+
+
+def test_a_small_site_keeps_the_spread_of_the_model_it_adapts():
+    from types import SimpleNamespace
+
+    from DistilIQALib.recipe import apply_noise_reference
+
+    four = fit_noise_reference(*(values[:4] for values in _symmetric_routine_patients()))
+    info = SimpleNamespace(noise_reference=None, adequacy=None)
+    apply_noise_reference(info, four, ["p1+", "p1-", "p2+", "p2-"], {"routine_range": [0.42, 1.9]})
+    assert info.noise_reference["routine_range"] == [0.42, 1.9]
+    assert [band["min_value"] for band in info.adequacy["bands"]] == [0.42, 0.19, None]
+    apply_noise_reference(info, four, ["p1+", "p1-", "p2+", "p2-"], None)
+    assert [band["min_value"] for band in info.adequacy["bands"]] == [0.5, 0.2, None]
 
 
 def test_slice_thickness_from_the_header_else_the_spacing(tmp_path):
