@@ -155,8 +155,9 @@ def _run_info(args: argparse.Namespace) -> int:
         print(f"  adequacy on the {adequacy_measure(info.adequacy).replace('_', ' ')}: {bands}")
     if info.noise_reference:
         reference = info.noise_reference
-        print(f"  dose equivalent: exp({reference['intercept']:g} + {reference['per_cm']:g} D_w) / (noise^2 x "
-              f"thickness), fitted on {reference.get('patients', '?')} patients")
+        size = str(reference.get("size", "water_equivalent_diameter")).replace("_", "-", 1).replace("_", " ")
+        print(f"  dose equivalent: exp({reference['intercept']:g} + {reference['per_cm']:g} D) / (noise^2 x "
+              f"thickness), D the {size} in cm, fitted on {reference.get('patients', '?')} patients")
     for key, value in sorted(info.provenance.items()):
         print(f"  {key}: {value}")
     return 0

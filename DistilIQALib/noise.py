@@ -7,6 +7,7 @@ slice's noise. Runs on whichever device holds the batch.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -70,6 +71,67 @@ def water_equivalent_diameter_cm(hu: torch.Tensor, pixel_spacing_mm: Sequence[fl
     water = (hu.float() / 1000.0 + 1.0).clamp_(min=0.0).flatten(1).sum(dim=1, dtype=torch.float64)
     area_cm2 = water * (float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) / 100.0)
     return (2.0 * torch.sqrt(area_cm2 / np.pi)).float()
+
+
+#: Linear attenuation of water at the mean energy of a CT beam (about 65 keV), per cm.
+MU_WATER_PER_CM = 0.2
+#: Rays of :func:`noise_equivalent_diameter_cm`: this many view angles over 180 degrees, each with rays at these
+#: offsets (mm) from the slice's attenuation centroid, sampled this many times along the ray.
+NOISE_DIAMETER_VIEWS = 24
+NOISE_DIAMETER_OFFSETS_MM = (-15.0, 0.0, 15.0)
+NOISE_DIAMETER_SAMPLES = 256
+#: Size measures a noise reference can be fitted on (``noise_reference["size"]``); a reference without one is
+#: on the water-equivalent diameter.
+SIZE_MEASURES = ("water_equivalent_diameter", "noise_equivalent_diameter")
+
+
+def noise_equivalent_diameter_cm(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+    """Diameter (cm) of the water cylinder whose centre a reconstruction leaves as noisy as the centre of each
+    slice of ``hu`` ``(B, H, W)``. Quantum noise variance at a point of a filtered back-projection goes as the
+    mean over views of ``exp(mu p)``, ``p`` the water-equivalent length of the ray through that point
+    (``mu`` = :data:`MU_WATER_PER_CM`); that mean over rays near the slice's attenuation centroid, put back as
+    the length of one ray through water, is the diameter. For a round patient it is the water-equivalent diameter
+    of AAPM report 220; a patient wider than deep (shoulders, arms at the sides) gets more, as the noise does,
+    because the long lateral rays dominate the mean."""
+    water = (hu.float() / 1000.0 + 1.0).clamp_(min=0.0)
+    batch, height, width = water.shape
+    spacing_x, spacing_y = float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])
+    half_length = 0.5 * math.hypot(width * spacing_x, height * spacing_y) * 2.0
+    step = 2.0 * half_length / NOISE_DIAMETER_SAMPLES
+    # pool to about the sampling step so that each sample averages the pixels it stands for
+    pool = max(1, int(round(step / max(spacing_x, spacing_y))))
+    if pool > 1:
+        water = F.avg_pool2d(water[:, None], pool, ceil_mode=True)[:, 0]
+    grid_h, grid_w = water.shape[-2:]
+    cell_x, cell_y = width * spacing_x / grid_w, height * spacing_y / grid_h
+    ys = (torch.arange(grid_h, device=water.device, dtype=torch.float32) + 0.5) * cell_y
+    xs = (torch.arange(grid_w, device=water.device, dtype=torch.float32) + 0.5) * cell_x
+    mass = water.sum(dim=(1, 2)).clamp(min=1e-6)
+    centre_x = (water.sum(dim=1) * xs).sum(dim=1) / mass
+    centre_y = (water.sum(dim=2) * ys).sum(dim=1) / mass
+    angles = torch.arange(NOISE_DIAMETER_VIEWS, device=water.device, dtype=torch.float32) * (math.pi / NOISE_DIAMETER_VIEWS)
+    offsets = torch.tensor(NOISE_DIAMETER_OFFSETS_MM, device=water.device, dtype=torch.float32)
+    along = (torch.arange(NOISE_DIAMETER_SAMPLES, device=water.device, dtype=torch.float32) + 0.5) * step - half_length
+    cos, sin = torch.cos(angles)[:, None, None], torch.sin(angles)[:, None, None]
+    offset, t = offsets[None, :, None], along[None, None, :]
+    # (views, offsets, samples) points relative to the centroid: along the ray plus across it
+    x = t * cos - offset * sin
+    y = t * sin + offset * cos
+    x = x[None] + centre_x[:, None, None, None]
+    y = y[None] + centre_y[:, None, None, None]
+    grid = torch.stack([x / (grid_w * cell_x) * 2.0 - 1.0, y / (grid_h * cell_y) * 2.0 - 1.0], dim=-1)
+    grid = grid.reshape(batch, -1, NOISE_DIAMETER_SAMPLES, 2)
+    samples = F.grid_sample(water[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    length_cm = samples[:, 0].sum(dim=-1).double() * (step / 10.0)
+    mean = torch.logsumexp(MU_WATER_PER_CM * length_cm, dim=1) - math.log(length_cm.shape[1])
+    return (mean / MU_WATER_PER_CM).float()
+
+
+def size_for_reference(hu: torch.Tensor, pixel_spacing_mm: Sequence[float], reference: Optional[dict]) -> torch.Tensor:
+    """The patient-size measure (cm) that ``reference`` (``noise_reference`` of a weights file) was fitted on."""
+    if (reference or {}).get("size") == "noise_equivalent_diameter":
+        return noise_equivalent_diameter_cm(hu, pixel_spacing_mm)
+    return water_equivalent_diameter_cm(hu, pixel_spacing_mm)
 
 
 def _box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:

@@ -172,31 +172,33 @@ REAL_STAGES: Dict[str, RealStage] = {
 
 def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dict:
     """:func:`~DistilIQALib.interpretation.fit_noise_reference` over full-dose source slices: each slice's
-    global noise index, water-equivalent diameter and its scan's slice thickness, patients weighing alike
-    (``per_cm``: keep that size dependence and fit the level only)."""
+    global noise index, noise-equivalent diameter (:func:`~DistilIQALib.noise.noise_equivalent_diameter_cm`)
+    and its scan's slice thickness, patients weighing alike (``per_cm``: keep that size dependence and fit
+    the level only)."""
     import torch
 
     from .interpretation import fit_noise_reference
-    from .noise import slice_noise_index, water_equivalent_diameter_cm
+    from .noise import noise_equivalent_diameter_cm, slice_noise_index
 
     noise, thickness, diameter, patients = [], [], [], []
     for source in sources:
         noise.append(slice_noise_index(source.hu, source.pixel_mm))
         image = torch.from_numpy(np.ascontiguousarray(source.hu, dtype=np.float32))[None]
-        diameter.append(float(water_equivalent_diameter_cm(image, (source.pixel_mm, source.pixel_mm))[0]))
+        diameter.append(float(noise_equivalent_diameter_cm(image, (source.pixel_mm, source.pixel_mm))[0]))
         thickness.append(source.thickness_mm)
         patients.append(source.patient)
     try:
-        return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
+        reference = fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
     except ValueError as error:  # too few patients with soft tissue: the user's data, not a bug
         raise InputError(str(error)) from None
+    return dict(reference, size="noise_equivalent_diameter")
 
 
 def size_dependence_to_keep(base_reference: Optional[Dict], patients: int) -> Optional[float]:
     """The ``per_cm`` to hold fixed when refitting a noise reference on ``patients`` patients: ``None`` (fit it)
-    with 5 or more, or with 3-4 when the base model has no reference; the base model's with fewer than 5 when
-    it has one; 0 (no size dependence, the level only) with fewer than 3 and no base reference."""
-    if base_reference and patients < 5:
+    with 5 or more, or with 3-4 when the base model has no reference on the same size measure; the base
+    model's with fewer than 5 when it has one; 0 (no size dependence, the level only) with fewer than 3 and no base reference."""
+    if base_reference and base_reference.get("size") == "noise_equivalent_diameter" and patients < 5:
         return float(base_reference["per_cm"])
     return None if patients >= 3 else 0.0
 

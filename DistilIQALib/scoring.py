@@ -27,7 +27,7 @@ from .interpretation import (
     noise_dose_equivalent,
 )
 from .model import score_from_outputs
-from .noise import global_noise_index, water_equivalent_diameter_cm
+from .noise import global_noise_index, size_for_reference
 from .preprocessing import hu_to_tensor, prepare_batch
 from .progress import Progress
 from .volume import CTVolume
@@ -61,7 +61,8 @@ class SliceScores:
     matrix: tuple = ()
     spacing_mm: tuple = ()
     warnings: List[str] = field(default_factory=list)
-    #: Water-equivalent diameter of each slice (cm); NaN where unknown.
+    #: Patient size at each slice (cm; the measure the noise reference names, water-equivalent diameter by
+    #: default); NaN where unknown.
     diameter_cm: Optional[np.ndarray] = None
     #: Reconstructed slice thickness (mm); NaN where unknown.
     thickness_mm: float = float("nan")
@@ -211,7 +212,7 @@ class Scorer:
         with torch.inference_mode():
             hu = hu_to_tensor(volume.hu[start:stop], self.device)
             noise = global_noise_index(hu, volume.spacing_mm[:2])
-            diameter = water_equivalent_diameter_cm(hu, volume.spacing_mm[:2])
+            diameter = size_for_reference(hu, volume.spacing_mm[:2], self.info.noise_reference)
             batch = prepare_batch(hu, self.info.window, self.info.input_size)
             with self._autocast():
                 outputs = self.model(batch).float()

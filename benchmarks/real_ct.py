@@ -42,19 +42,20 @@ from DistilIQALib.interpretation import (  # noqa
     noise_dose_equivalent,
 )
 from DistilIQALib.metrics import agreement  # noqa: E402
-from DistilIQALib.noise import global_noise_index, water_equivalent_diameter_cm  # noqa: E402
+from DistilIQALib.noise import global_noise_index, size_for_reference  # noqa: E402
 from DistilIQALib.reading import read_volume  # noqa: E402
 from DistilIQALib.weights import read_info  # noqa: E402
 
 
-def noise_and_size(split):
-    """Global noise index (HU) and water-equivalent diameter (cm) of each image, as the scorer measures them."""
+def noise_and_size(split, reference):
+    """Global noise index (HU) and patient size (cm, the measure the noise reference was fitted on) of each image,
+    as the scorer measures them."""
     noise, diameter = [], []
     for relative in split.paths:
         volume = read_volume(split.root / relative, force=True)
         hu = torch.from_numpy(np.asarray(volume.hu[:1], np.float32))
         noise.append(float(global_noise_index(hu, volume.spacing_mm[:2])[0]))
-        diameter.append(float(water_equivalent_diameter_cm(hu, volume.spacing_mm[:2])[0]))
+        diameter.append(float(size_for_reference(hu, volume.spacing_mm[:2], reference)[0]))
     return np.array(noise), np.array(diameter)
 
 
@@ -163,7 +164,7 @@ def _subset(split, keep):
 
 def _columns(split, records, weights, teachers, device):
     predictions = predict_split([weights, *teachers], split, resolve_device(device))
-    noise, diameter = noise_and_size(split)
+    noise, diameter = noise_and_size(split, read_info(weights).noise_reference)
     return {"student": predictions[0].scores, "ensemble": np.mean([p.scores for p in predictions[1:]], axis=0),
             "gni": noise, "diameter": diameter, "labels": split.labels,
             "kinds": np.array([records[p]["kind"] for p in split.paths]),

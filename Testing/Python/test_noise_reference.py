@@ -24,7 +24,7 @@ from DistilIQALib.interpretation import (
     noise_dose_equivalent,
     weighted_quantile,
 )
-from DistilIQALib.noise import water_equivalent_diameter_cm
+from DistilIQALib.noise import noise_equivalent_diameter_cm, water_equivalent_diameter_cm
 from DistilIQALib.reading import read_volume
 from DistilIQALib.scoring import Scorer
 from DistilIQALib.volume import CTVolume
@@ -48,6 +48,32 @@ def test_water_equivalent_diameter_of_discs():
     padded[:20] = -3024.0  # outside-the-field padding counts as nothing, like air
     diameters = water_equivalent_diameter_cm(torch.from_numpy(np.stack([water, half_dense, padded])), (0.5, 0.5))
     np.testing.assert_allclose(diameters.numpy(), [20.0, 20.0 / math.sqrt(2.0), 20.0], rtol=5e-3)
+
+
+def _ellipse(half_width_cm: float, half_depth_cm: float, pixel_mm: float, size: int = 512) -> np.ndarray:
+    centre = (np.arange(size) - (size - 1) / 2.0) * pixel_mm / 10.0
+    inside = (centre[None, :] / half_width_cm) ** 2 + (centre[:, None] / half_depth_cm) ** 2 <= 1.0
+    return np.where(inside, 0.0, -1000.0).astype(np.float32)
+
+
+def test_noise_equivalent_diameter_follows_the_long_rays_of_a_wide_patient():
+    """A round water patient: its diameter, like the water-equivalent diameter. A 40 x 20 cm water ellipse
+    (shoulders): the central rays of length L(theta) = 2ab / sqrt(b^2 cos^2 + a^2 sin^2) give
+    log(mean exp(0.2 L)) / 0.2 = 32.1 cm, above its water-equivalent diameter 2 sqrt(ab) = 28.3 cm."""
+    theta = np.linspace(0.0, np.pi, 3600, endpoint=False)
+    length = 2 * 20.0 * 10.0 / np.sqrt((10.0 * np.cos(theta)) ** 2 + (20.0 * np.sin(theta)) ** 2)
+    expected_wide = float(np.log(np.mean(np.exp(0.2 * length))) / 0.2)
+    assert expected_wide == pytest.approx(32.15, abs=0.01)
+    slices = torch.from_numpy(np.stack([_ellipse(10.0, 10.0, 0.8), _ellipse(15.0, 15.0, 0.8), _ellipse(20.0, 10.0, 1.0)]))
+    round_20, round_30 = noise_equivalent_diameter_cm(slices[:2], (0.8, 0.8)).tolist()
+    wide = float(noise_equivalent_diameter_cm(slices[2:], (1.0, 1.0))[0])
+    # rays up to 1.5 cm off the centre are a little shorter than the central one
+    assert round_20 == pytest.approx(20.0, abs=0.5) and round_30 == pytest.approx(30.0, abs=0.5)
+    assert wide == pytest.approx(expected_wide, abs=0.8)
+    assert float(water_equivalent_diameter_cm(slices[2:], (1.0, 1.0))[0]) == pytest.approx(28.28, abs=0.1)
+    # the ellipse turned by 90 degrees and moved off the centre of the field gives the same
+    turned = torch.roll(slices[2:].transpose(1, 2), shifts=(40, -30), dims=(1, 2))
+    assert float(noise_equivalent_diameter_cm(turned, (1.0, 1.0))[0]) == pytest.approx(wide, abs=0.3)
 
 
 def test_noise_dose_equivalent_by_hand():
@@ -235,6 +261,19 @@ def test_scorer_verdicts_rest_on_noise_size_and_thickness(referenced_weights):
     assert rows[0]["water_diameter_cm"] == pytest.approx(20.4, abs=0.1) and rows[0]["adequacy"] == "good"
 
 
+def test_scorer_measures_the_size_the_reference_was_fitted_on(tmp_path, tiny_weights):
+    model, info = load_weights(tiny_weights)
+    info.noise_reference = dict(REFERENCE, size="noise_equivalent_diameter")
+    info.adequacy = dose_equivalent_adequacy(0.5, 0.2)
+    weights = save_weights(tmp_path / "noise_size.safetensors", model, info)
+    hu = np.stack([_ellipse(20.0, 10.0, 1.0)] * 2)
+    scores = Scorer(str(weights), device="cpu").score_volume(CTVolume(hu, (1.0, 1.0, 2.5)))
+    # the wide ellipse's noise-equivalent diameter (about 32 cm), not its water-equivalent one (28.3 cm)
+    np.testing.assert_allclose(scores.diameter_cm, noise_equivalent_diameter_cm(torch.from_numpy(hu), (1.0, 1.0)),
+                               rtol=1e-5)
+    assert scores.diameter_cm.min() > 31.0
+
+
 def test_slices_without_soft_tissue_have_no_verdict_and_do_not_count(referenced_weights):
     scorer = Scorer(str(referenced_weights), device="cpu")
     hu = _water_volume(15.0, 2, slices=4).astype(np.float32)
@@ -288,7 +327,8 @@ def test_calibrate_command_fits_the_corpus_and_keeps_the_network(tmp_path, tiny_
     described = subprocess.run([sys.executable, "-m", "DistilIQALib", "info", str(output)], capture_output=True,
                                text=True, cwd=ROOT)
     assert "adequacy on the dose equivalent: good >= 0.5, borderline >= 0.2, inadequate" in described.stdout
-    assert f"{info.noise_reference['per_cm']:g} D_w) / (noise^2 x thickness), fitted on 4 patients" in described.stdout
+    assert (f"{info.noise_reference['per_cm']:g} D) / (noise^2 x thickness), D the noise-equivalent diameter in cm, "
+            "fitted on 4 patients") in described.stdout
     missing = subprocess.run([sys.executable, "-m", "DistilIQALib", "calibrate", str(tmp_path / "none.safetensors"),
                               "--output", str(output)], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr
@@ -298,8 +338,11 @@ def test_which_size_dependence_a_small_site_keeps():
     from DistilIQALib.errors import InputError
     from DistilIQALib.recipe import noise_reference_from_sources, size_dependence_to_keep
 
-    base = {"intercept": 5.0, "per_cm": 0.07}
+    base = {"intercept": 5.0, "per_cm": 0.07, "size": "noise_equivalent_diameter"}
     assert [size_dependence_to_keep(base, n) for n in (1, 2, 4, 5)] == [0.07, 0.07, 0.07, None]
+    # a base model fitted on another size measure has no size dependence to lend
+    older = {"intercept": 5.0, "per_cm": 0.07}
+    assert [size_dependence_to_keep(older, n) for n in (1, 2, 3, 5)] == [0.0, 0.0, None, None]
     assert [size_dependence_to_keep(None, n) for n in (1, 2, 3, 5)] == [0.0, 0.0, None, None]
     from DistilIQALib.datasets import SourceSlice
 
