@@ -46,7 +46,13 @@ def test_shipped_model_is_the_default_small_and_fully_described():
     assert set(info.provenance["held_out_real"]["test"]["patients"]) <= test_patients
     bands = info.adequacy["bands"]
     assert info.adequacy["on"] == "dose_equivalent" and "reasoning" in info.adequacy
-    assert [(b["name"], b["min_value"]) for b in bands] == [("good", 0.5), ("borderline", 0.2), ("inadequate", None)]
+    # bands from the spread of the routine scans: good down to their 5th percentile, inadequate below a tenth of
+    # their 95th, rounded outwards to 0.01
+    assert reference["size"] == "noise_equivalent_diameter"
+    low, high = reference["routine_range"]
+    assert 0.0 < low < 1.0 < high
+    expected = [("good", math.floor(low * 100) / 100), ("borderline", math.ceil(high * 10) / 100), ("inadequate", None)]
+    assert [(b["name"], b["min_value"]) for b in bands] == expected
     calibration = info.dose_calibration
     assert np.all(np.diff(calibration["dose_fraction"]) > 0) and np.all(np.diff(calibration["score"]) >= 0)
     assert min(calibration["dose_fraction"]) <= 0.05 and max(calibration["dose_fraction"]) == 1.0
