@@ -227,8 +227,9 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
     record = _record(entry, weights_id, "scored", _joined(notes))
     record.update(_summary_fields(scores), seconds=time.monotonic() - started,
                   worst_thumbnail_png=_thumbnail_png(volume.hu[int(np.argmin(scores.score))]))
-    if record.get("slice_thickness_mm") is None and np.isfinite(scores.thickness_mm):
-        record["slice_thickness_mm"] = scores.thickness_mm  # no SliceThickness: the spacing the scorer used
+    if np.isfinite(scores.thickness_mm):
+        # the thickness the verdicts rest on: the header's when it states a positive one, else the slice spacing
+        record["slice_thickness_mm"] = scores.thickness_mm
     store.write_series(record, scores.rows())
     summary.scored += 1
     summary.slices += len(scores.score)

@@ -356,6 +356,20 @@ def test_a_series_row_keeps_the_header_facts_and_the_time_it_took(tmp_path, weig
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(row["worst_thumbnail_png"]))), expected)
 
 
+def test_a_header_thickness_of_zero_is_stored_as_the_spacing_the_scorer_used(tmp_path, weights):
+    """Verdicts read back from the store rest on the stored thickness: it must be the one the scorer used (the
+    5 mm slice spacing when the header states 0), never the meaningless 0."""
+    root = tmp_path / "archive"
+    uid = "1.2.826.0.1.3680043.8.498.225"
+    for path in _slices(root, "chest", 3, uid, 23, study_uid=uid + ".1"):
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness = "0"
+        ds.save_as(path)
+    store = tmp_path / "results.sqlite"
+    run_batch(root, store, Scorer(str(weights), device="cpu"), workers=1)
+    assert _rows(store)[uid]["slice_thickness_mm"] == 5.0
+
+
 def test_stored_scores_read_back_what_the_store_holds_for_that_model(weights, tmp_path):
     weights_id = read_info(weights).weights_id
     uid, older = "1.2.826.0.1.3680043.8.498.231", "1.2.826.0.1.3680043.8.498.232"
