@@ -40,7 +40,7 @@ TESTS = "Testing/Python"
 #: Module -> the test files that exercise it (kept few and fast: every mutant reruns the tests that reach it).
 #: Any test file elsewhere may also notice a mutant; these are the ones run here.
 MODULES = {
-    "interpretation": ["test_interpretation.py", "test_scoring.py"],
+    "interpretation": ["test_interpretation.py", "test_scoring.py", "test_noise_reference.py"],
     "scoring": ["test_scoring.py", "test_interpretation.py"],
     "preprocessing": ["test_preprocessing.py", "test_scoring.py"],
     "weights": ["test_weights.py"],
@@ -54,10 +54,11 @@ MODULES = {
 #: makes would be caught by them alone.
 DESELECT = {
     "scoring": ["test_scoring.py::test_memory_stays_bounded_for_long_int16_volume"],
+    "interpretation": ["test_noise_reference.py::test_calibrate_command_fits_the_corpus_and_keeps_the_network"],
 }
 #: Wall-clock limit of one test (pytest-timeout) in each module's run: an endless loop fails the test. Well
 #: above the slowest mapped test on a busy 2-core machine.
-TEST_TIMEOUT_S = {"training": 300, "store": 120, "batch": 120, "scoring": 120}
+TEST_TIMEOUT_S = {"training": 300, "store": 120, "batch": 120, "scoring": 120, "interpretation": 300}
 DEFAULT_TEST_TIMEOUT_S = 60
 #: Modules mutated only in some functions: training's resume path (the rest of training is checked by the
 #: slower end-to-end tests in ``test_training.py``).
