@@ -121,3 +121,23 @@ def test_a_finished_run_is_not_trained_again(dataset, uninterrupted, tmp_path):
                    progress=lambda done, total, name: seen.append(done))
     assert seen == []
     _assert_same_run(tmp_path / "copy", uninterrupted)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_optimiser_asked_for_gets_the_model_the_rate_and_a_cosine_schedule(optimizer):
+    from DistilIQALib.training import _optimiser
+
+    model = torch.nn.Linear(3, 2)
+    config = TrainingConfig(**{**CONFIG, "optimizer": optimizer})
+    optimiser, scheduler = _optimiser(model, config)
+    assert type(optimiser) is {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
+    group = optimiser.param_groups[0]
+    assert [p is q for p, q in zip(group["params"], model.parameters())] == [True, True]
+    assert group["lr"] == 0.01 and (optimizer == "adamw" or group["momentum"] == 0.9)
+    # cosine from lr to min_lr over the epochs: halfway it is their mean
+    for _ in range(EPOCHS // 2):
+        optimiser.step()
+        scheduler.step()
+    assert optimiser.param_groups[0]["lr"] == pytest.approx((0.01 + 1e-4) / 2)
+    with pytest.raises(ValueError, match="unknown optimizer 'adam' \\(sgd or adamw\\)"):
+        _optimiser(model, TrainingConfig(**{**CONFIG, "optimizer": "adam"}))
