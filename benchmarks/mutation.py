@@ -119,7 +119,8 @@ def run_module(module: str, workdir: Path, resume: bool = False, report_only: bo
         return project, read_statuses(project, module), 0.0
     if not (resume and (project / "mutants").is_dir()):
         project = prepare(module, workdir)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    # a fixed hash seed keeps mutant names (their numbering) the same from run to run
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
     environment.pop("PYTHONPATH", None)
     started = time.monotonic()
     mutmut = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
