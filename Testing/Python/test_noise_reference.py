@@ -2,6 +2,7 @@
 equivalent and its bands, the fit, the weights field, the ``calibrate`` command and every output path."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -255,10 +256,15 @@ def test_scorer_verdicts_rest_on_noise_size_and_thickness(referenced_weights):
     summary = noisy_scores.summary()
     assert summary["adequacy_measure"] == "dose_equivalent" and summary["adequacy_threshold"] == 0.2
     assert summary["fraction_inadequate"] == 1.0 and summary["slice_thickness_mm"] == 2.5
-    assert summary["median_dose_equivalent"] == pytest.approx(float(np.median(noisy_scores.dose_equivalent)),
-                                                              abs=1e-3)
+    # reported to 3 decimals (the JSON summary), the diameter per slice to 1 decimal (the CSV)
+    assert summary["median_dose_equivalent"] == round(float(np.median(noisy_scores.dose_equivalent)), 3)
     rows = quiet_scores.rows()
+    assert rows[0]["water_diameter_cm"] == round(float(quiet_scores.diameter_cm[0]), 1)
     assert rows[0]["water_diameter_cm"] == pytest.approx(20.4, abs=0.1) and rows[0]["adequacy"] == "good"
+    assert quiet_scores.diameter_cm.dtype == np.float32
+    # a model without bands reports no adequacy measure
+    quiet_scores.info = dataclasses.replace(quiet_scores.info, adequacy=None)
+    assert quiet_scores.summary()["adequacy_measure"] is None
 
 
 def test_scorer_measures_the_size_the_reference_was_fitted_on(tmp_path, tiny_weights):
