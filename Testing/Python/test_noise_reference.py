@@ -174,8 +174,18 @@ def test_bands_are_set_by_the_spread_of_routine_scans():
     # good from 0.3679 rounded down, inadequate below a tenth of 2.4596 rounded up
     assert [band["min_value"] for band in adequacy["bands"]] == [0.36, 0.25, None]
     assert "95% of routine full-dose scans" in adequacy["reasoning"]
+    # the noise factors the reasoning quotes: 0.36 ** -0.5 = 1.67, 0.25 ** -0.5 = 2.0
+    assert "noise at most 1.7x" in adequacy["reasoning"] and "noise above 2.0x" in adequacy["reasoning"]
     assert adequacy_labels(np.array([0.36, 0.3599, 0.25, 0.2499]), adequacy) == [
         "good", "borderline", "borderline", "inadequate"]
+    # one noisy patient among ten (log variance +1 over nine on the level; level alone fitted): residuals +0.9 and
+    # -0.1, own dose equivalents exp(-0.9) = 0.4066 and nine of exp(0.1) = 1.1052
+    skewed = fit_noise_reference([math.sqrt(math.exp(5.0 + 0.06 * 30.0 + (1.0 if k == 9 else 0.0))) for k in range(10)],
+                                 [1.0] * 10, [30.0] * 10, [f"q{k}" for k in range(10)], per_cm=0.06)
+    assert skewed["routine_range"] == pytest.approx([math.exp(-0.9), math.exp(0.1)], abs=1e-4)
+    # routine scans all quieter than the reference: good still starts at a full routine dose, no higher
+    assert [band["min_value"] for band in adequacy_from_reference({"routine_range": [1.2, 3.0]})["bands"]] == [
+        1.0, 0.3, None]
     # routine scans spread over more than a tenfold dose: no borderline band left, never inadequate above good
     wide = adequacy_from_reference({"routine_range": [0.3, 5.0]})
     assert [band["min_value"] for band in wide["bands"]] == [0.3, 0.3, None]
