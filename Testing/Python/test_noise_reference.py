@@ -138,6 +138,34 @@ def test_fit_recovers_a_known_reference_and_weighs_patients_alike():
         fit_noise_reference(noise[:7], thickness[:7], diameter[:7], groups[:7])  # patients p0 and p1 only
 
 
+def test_the_fit_leaves_out_slices_it_cannot_use_and_reports_what_it_rests_on():
+    """Five patients on an exact reference (one slice each; thin, thick, small and large) plus slices with no noise
+    figure, no size or no thickness, which must be left out of the fit and of its counts."""
+    good = [(5.0, 20.04, "a"), (0.625, 25.0, "b"), (2.5, 30.0, "c"), (1.25, 35.0, "d"), (3.0, 39.96, "e")]
+    noise = [math.sqrt(math.exp(5.0 + 0.06 * d) / t) for t, d, _ in good]
+    thickness, diameter, groups = [t for t, _, _ in good], [d for _, d, _ in good], [g for _, _, g in good]
+    junk = [(float("nan"), 2.5, 30.0), (0.0, 2.5, 30.0), (12.0, 0.0, 30.0), (12.0, float("nan"), 30.0),
+            (12.0, 2.5, float("nan"))]
+    fitted = fit_noise_reference(noise + [n for n, _, _ in junk], thickness + [t for _, t, _ in junk],
+                                 diameter + [d for _, _, d in junk], groups + ["x"] * len(junk))
+    assert fitted["intercept"] == pytest.approx(5.0, abs=1e-4) and fitted["per_cm"] == pytest.approx(0.06, abs=1e-5)
+    assert (fitted["patients"], fitted["slices"]) == (5, 5)
+    assert fitted["diameter_range_cm"] == [20.0, 40.0] and fitted["thickness_range_mm"] == [0.62, 5.0]
+    assert fitted["routine_range"] == pytest.approx([1.0, 1.0], abs=1e-4)  # 5 patients: enough for a spread
+    # three patients are enough for a full fit (no spread under five), two are not
+    three = fit_noise_reference(noise[:3], thickness[:3], diameter[:3], groups[:3])
+    assert three["patients"] == 3 and "routine_range" not in three
+    with pytest.raises(ValueError, match="at least 3 patient"):
+        fit_noise_reference(noise[:2], thickness[:2], diameter[:2], groups[:2])
+    # the level alone from one patient, with its residual spread worked out by hand: 0.3 for nine patients on the
+    # level and one at +1 (residuals -0.1 x 9 and +0.9)
+    skewed = fit_noise_reference([math.sqrt(math.exp(6.8 + (1.0 if k == 9 else 0.0))) for k in range(10)],
+                                 [1.0] * 10, [30.0] * 10, [f"q{k}" for k in range(10)], per_cm=0.06)
+    assert skewed["intercept"] == pytest.approx(5.1, abs=1e-5) and skewed["residual_sd_log_variance"] == 0.3
+    with pytest.raises(ValueError, match="at least 1 patient"):
+        fit_noise_reference([float("nan")], [2.5], [30.0], ["z"], per_cm=0.06)
+
+
 def test_weighted_quantile_counts_each_patient_once():
     values = np.array([5.0, 1.0, 3.0, 2.0, 4.0])
     even = np.ones(5)
