@@ -159,7 +159,8 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     reaches ``q``."""
     order = np.argsort(values, kind="stable")
     shares = np.cumsum(np.asarray(weights, np.float64)[order]) / np.sum(weights)
-    return float(np.asarray(values, np.float64)[order][min(int(np.searchsorted(shares, q - 1e-12)), len(order) - 1)])
+    position = min(int(np.searchsorted(shares, q - 1e-12)), len(order) - 1)
+    return float(np.asarray(values, np.float64)[order][position])
 
 
 def adequacy_from_reference(reference: Dict[str, Any]) -> Dict[str, Any]:

@@ -80,9 +80,9 @@ MU_WATER_PER_CM = 0.2
 NOISE_DIAMETER_VIEWS = 24
 NOISE_DIAMETER_OFFSETS_MM = (-15.0, 0.0, 15.0)
 NOISE_DIAMETER_SAMPLES = 256
-#: Size measures a noise reference can be fitted on (``noise_reference["size"]``); a reference without one is
-#: on the water-equivalent diameter.
-SIZE_MEASURES = ("water_equivalent_diameter", "noise_equivalent_diameter")
+#: ``noise_reference["size"]`` of a reference fitted on :func:`noise_equivalent_diameter_cm`; a reference without
+#: a size is on the water-equivalent diameter.
+NOISE_EQUIVALENT_DIAMETER = "noise_equivalent_diameter"
 
 
 def noise_equivalent_diameter_cm(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
@@ -96,7 +96,7 @@ def noise_equivalent_diameter_cm(hu: torch.Tensor, pixel_spacing_mm: Sequence[fl
     water = (hu.float() / 1000.0 + 1.0).clamp_(min=0.0)
     batch, height, width = water.shape
     spacing_x, spacing_y = float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])
-    half_length = 0.5 * math.hypot(width * spacing_x, height * spacing_y) * 2.0
+    half_length = math.hypot(width * spacing_x, height * spacing_y)  # rays cross the field from any centroid
     step = 2.0 * half_length / NOISE_DIAMETER_SAMPLES
     # pool to about the sampling step so that each sample averages the pixels it stands for
     pool = max(1, int(round(step / max(spacing_x, spacing_y))))
@@ -109,7 +109,8 @@ def noise_equivalent_diameter_cm(hu: torch.Tensor, pixel_spacing_mm: Sequence[fl
     mass = water.sum(dim=(1, 2)).clamp(min=1e-6)
     centre_x = (water.sum(dim=1) * xs).sum(dim=1) / mass
     centre_y = (water.sum(dim=2) * ys).sum(dim=1) / mass
-    angles = torch.arange(NOISE_DIAMETER_VIEWS, device=water.device, dtype=torch.float32) * (math.pi / NOISE_DIAMETER_VIEWS)
+    angles = (torch.arange(NOISE_DIAMETER_VIEWS, device=water.device, dtype=torch.float32)
+              * (math.pi / NOISE_DIAMETER_VIEWS))
     offsets = torch.tensor(NOISE_DIAMETER_OFFSETS_MM, device=water.device, dtype=torch.float32)
     along = (torch.arange(NOISE_DIAMETER_SAMPLES, device=water.device, dtype=torch.float32) + 0.5) * step - half_length
     cos, sin = torch.cos(angles)[:, None, None], torch.sin(angles)[:, None, None]
@@ -129,7 +130,7 @@ def noise_equivalent_diameter_cm(hu: torch.Tensor, pixel_spacing_mm: Sequence[fl
 
 def size_for_reference(hu: torch.Tensor, pixel_spacing_mm: Sequence[float], reference: Optional[dict]) -> torch.Tensor:
     """The patient-size measure (cm) that ``reference`` (``noise_reference`` of a weights file) was fitted on."""
-    if (reference or {}).get("size") == "noise_equivalent_diameter":
+    if (reference or {}).get("size") == NOISE_EQUIVALENT_DIAMETER:
         return noise_equivalent_diameter_cm(hu, pixel_spacing_mm)
     return water_equivalent_diameter_cm(hu, pixel_spacing_mm)
 

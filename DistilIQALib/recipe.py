@@ -178,7 +178,7 @@ def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dic
     import torch
 
     from .interpretation import fit_noise_reference
-    from .noise import noise_equivalent_diameter_cm, slice_noise_index
+    from .noise import NOISE_EQUIVALENT_DIAMETER, noise_equivalent_diameter_cm, slice_noise_index
 
     noise, thickness, diameter, patients = [], [], [], []
     for source in sources:
@@ -191,19 +191,23 @@ def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dic
         reference = fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
     except ValueError as error:  # too few patients with soft tissue: the user's data, not a bug
         raise InputError(str(error)) from None
-    return dict(reference, size="noise_equivalent_diameter")
+    return dict(reference, size=NOISE_EQUIVALENT_DIAMETER)
 
 
 def size_dependence_to_keep(base_reference: Optional[Dict], patients: int) -> Optional[float]:
     """The ``per_cm`` to hold fixed when refitting a noise reference on ``patients`` patients: ``None`` (fit it)
     with 5 or more, or with 3-4 when the base model has no reference on the same size measure; the base
-    model's with fewer than 5 when it has one; 0 (no size dependence, the level only) with fewer than 3 and no base reference."""
-    if base_reference and base_reference.get("size") == "noise_equivalent_diameter" and patients < 5:
+    model's with fewer than 5 when it has one; 0 (no size dependence, the level only) with fewer than 3 and no
+    base reference."""
+    from .noise import NOISE_EQUIVALENT_DIAMETER
+
+    if base_reference and base_reference.get("size") == NOISE_EQUIVALENT_DIAMETER and patients < 5:
         return float(base_reference["per_cm"])
     return None if patients >= 3 else 0.0
 
 
-def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str], base_reference: Optional[Dict] = None) -> None:
+def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str],
+                          base_reference: Optional[Dict] = None) -> None:
     """Make ``info``'s verdicts rest on ``reference``: dose equivalent from noise, size and thickness, and
     adequacy bands on that dose equivalent, set by the spread of routine scans around it. A reference on too
     few patients to measure that spread keeps ``base_reference``'s (the model it was refitted from)."""

@@ -65,7 +65,8 @@ def test_noise_equivalent_diameter_follows_the_long_rays_of_a_wide_patient():
     length = 2 * 20.0 * 10.0 / np.sqrt((10.0 * np.cos(theta)) ** 2 + (20.0 * np.sin(theta)) ** 2)
     expected_wide = float(np.log(np.mean(np.exp(0.2 * length))) / 0.2)
     assert expected_wide == pytest.approx(32.15, abs=0.01)
-    slices = torch.from_numpy(np.stack([_ellipse(10.0, 10.0, 0.8), _ellipse(15.0, 15.0, 0.8), _ellipse(20.0, 10.0, 1.0)]))
+    slices = torch.from_numpy(np.stack([_ellipse(10.0, 10.0, 0.8), _ellipse(15.0, 15.0, 0.8),
+                                        _ellipse(20.0, 10.0, 1.0)]))
     round_20, round_30 = noise_equivalent_diameter_cm(slices[:2], (0.8, 0.8)).tolist()
     wide = float(noise_equivalent_diameter_cm(slices[2:], (1.0, 1.0))[0])
     # rays up to 1.5 cm off the centre are a little shorter than the central one

@@ -58,7 +58,8 @@ def test_window_of_numpy_gives_float32_and_of_torch_keeps_the_device_dtype():
     assert hu.tolist() == [-2000, -135, 40, 5000]  # the input is left as it was
 
 
-@pytest.mark.parametrize("height, width, top, left", [(5, 8, 1, 0), (8, 5, 0, 1), (6, 8, 1, 0), (3, 8, 2, 0), (8, 2, 0, 3)])
+@pytest.mark.parametrize("height, width, top, left",
+                         [(5, 8, 1, 0), (8, 5, 0, 1), (6, 8, 1, 0), (3, 8, 2, 0), (8, 2, 0, 3)])
 def test_non_square_slices_are_centred_in_air_with_odd_margins_below_and_right(height, width, top, left):
     unit = torch.arange(1, height * width + 1, dtype=torch.float32).reshape(1, 1, height, width)
     fitted = fit_to_input(unit, 8)
