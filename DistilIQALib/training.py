@@ -205,6 +205,27 @@ def _optimiser(model: torch.nn.Module, config: TrainingConfig):
     return optimiser, scheduler
 
 
+def _restore_checkpoint(last: Path, model: torch.nn.Module, optimiser, scheduler) -> dict:
+    """The run's state after its last finished epoch: model, optimiser and schedule are restored from ``last``
+    in place; without a checkpoint, the state of a run that has not started."""
+    state = {"epoch": 0, "best_overall": -math.inf, "best_loss": math.inf, "best_epoch": 0}
+    if last.is_file():
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = {key: checkpoint[key] for key in state}
+    return state
+
+
+def _save_checkpoint(last: Path, model: torch.nn.Module, optimiser, scheduler, state: dict) -> None:
+    """Everything a resumed run needs, written whole or not at all (a kill mid-write keeps the previous one)."""
+    temporary = last.with_name("last.pt.partial")
+    torch.save({"model": model.state_dict(), "optimizer": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(), **state}, temporary)
+    os.replace(temporary, last)
+
+
 def _fit(run: _Run, model: QualityViT, config: TrainingConfig, device: torch.device,
          train_images: torch.Tensor, train_targets: torch.Tensor, val_images: torch.Tensor,
          val_labels: np.ndarray, teacher_targets: Optional[torch.Tensor] = None,
@@ -216,13 +237,7 @@ def _fit(run: _Run, model: QualityViT, config: TrainingConfig, device: torch.dev
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimiser, scheduler = _optimiser(model, config)
-    state = {"epoch": 0, "best_overall": -math.inf, "best_loss": math.inf, "best_epoch": 0}
-    if last.is_file():
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["model"])
-        optimiser.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state = {key: checkpoint[key] for key in state}
+    state = _restore_checkpoint(last, model, optimiser, scheduler)
     if state["epoch"] >= config.epochs and best.is_file():
         return best
     if _rank() == 0 and state["epoch"] > 0:
@@ -296,10 +311,7 @@ def _fit(run: _Run, model: QualityViT, config: TrainingConfig, device: torch.dev
                                             + [f"{metrics.get(k, float('nan')):.5f}" for k in
                                                ("PLCC", "SROCC", "KROCC", "overall")]
                                             + [f"{time.monotonic() - epoch_started:.2f}"])
-            temporary = last.with_name("last.pt.partial")
-            torch.save({"model": model.state_dict(), "optimizer": optimiser.state_dict(),
-                        "scheduler": scheduler.state_dict(), **state}, temporary)
-            os.replace(temporary, last)
+            _save_checkpoint(last, model, optimiser, scheduler, state)
             done = epoch + 1 - first_epoch
             eta = (time.monotonic() - started) / done * (config.epochs - epoch - 1)
             _emit(run.name, epoch=epoch + 1, epochs=config.epochs, train_loss=round(train_loss, 6),

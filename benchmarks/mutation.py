@@ -61,10 +61,11 @@ DESELECT = {
 #: above the slowest mapped test on a busy 2-core machine.
 TEST_TIMEOUT_S = {"training": 300, "store": 120, "batch": 120, "scoring": 120, "interpretation": 300}
 DEFAULT_TEST_TIMEOUT_S = 60
-#: Modules mutated only in some functions: training's resume path (the rest of training is checked by the
-#: slower end-to-end tests in ``test_training.py``).
+#: Modules mutated only in some functions: training's resume path (writing and restoring a run's state, trimming
+#: its log, building the optimiser and its schedule); the rest of training is checked by the slower end-to-end
+#: tests in ``test_training.py``.
 FUNCTIONS = {
-    "training": ["_fit", "_truncate_log", "_optimiser"],
+    "training": ["_restore_checkpoint", "_save_checkpoint", "_truncate_log", "_optimiser"],
 }
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 

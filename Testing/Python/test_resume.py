@@ -141,3 +141,62 @@ def test_the_optimiser_asked_for_gets_the_model_the_rate_and_a_cosine_schedule(o
     assert optimiser.param_groups[0]["lr"] == pytest.approx((0.01 + 1e-4) / 2)
     with pytest.raises(ValueError, match="unknown optimizer 'adam' \\(sgd or adamw\\)"):
         _optimiser(model, TrainingConfig(**{**CONFIG, "optimizer": "adam"}))
+
+
+class _OpensAFile:
+    """Unpickling this object creates a file: what a booby-trapped checkpoint could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _sgd_model():
+    from DistilIQALib.training import _optimiser
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimiser, scheduler = _optimiser(model, TrainingConfig(**CONFIG))
+    model(torch.ones(4, 3)).sum().backward()
+    optimiser.step()
+    scheduler.step()
+    return model, optimiser, scheduler
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unopened(tmp_path):
+    from DistilIQALib.training import _restore_checkpoint
+
+    model, optimiser, scheduler = _sgd_model()
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _OpensAFile(marker)}, tmp_path / "last.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        _restore_checkpoint(tmp_path / "last.pt", model, optimiser, scheduler)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_is_restored_whole_and_a_failed_write_keeps_the_previous_one(tmp_path):
+    from DistilIQALib.training import _restore_checkpoint, _save_checkpoint
+
+    last = tmp_path / "last.pt"
+    model, optimiser, scheduler = _sgd_model()
+    state = {"epoch": 3, "best_overall": 1.25, "best_loss": 0.5, "best_epoch": 2}
+    _save_checkpoint(last, model, optimiser, scheduler, state)
+    fresh, fresh_optimiser, fresh_scheduler = _sgd_model()
+    torch.nn.init.zeros_(fresh.weight)
+    restored = _restore_checkpoint(last, fresh, fresh_optimiser, fresh_scheduler)
+    assert restored == state
+    assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
+    assert fresh_scheduler.state_dict() == scheduler.state_dict()
+    assert torch.equal(fresh_optimiser.state_dict()["state"][0]["momentum_buffer"],
+                       optimiser.state_dict()["state"][0]["momentum_buffer"])
+    # A write that fails half-way (here: a value torch cannot save) leaves the last good checkpoint in place.
+    with pytest.raises(Exception):
+        _save_checkpoint(last, model, optimiser, scheduler, {**state, "epoch": lambda: 4})
+    assert torch.load(last, weights_only=True)["epoch"] == 3
+    # Without a checkpoint: a run that has not started, and nothing is touched.
+    untouched = fresh.weight.clone()
+    assert _restore_checkpoint(tmp_path / "none.pt", fresh, fresh_optimiser, fresh_scheduler) == \
+        {"epoch": 0, "best_overall": -float("inf"), "best_loss": float("inf"), "best_epoch": 0}
+    assert torch.equal(fresh.weight, untouched)
