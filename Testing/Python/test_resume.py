@@ -5,6 +5,7 @@ learning-rate schedule and the best snapshot must all be restored from ``last.pt
 """
 import csv
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_a_checkpoint_is_restored_whole_and_a_failed_write_keeps_the_previous_on
     assert torch.equal(fresh_optimiser.state_dict()["state"][0]["momentum_buffer"],
                        optimiser.state_dict()["state"][0]["momentum_buffer"])
     # A write that fails half-way (here: a value torch cannot save) leaves the last good checkpoint in place.
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.PicklingError):
         _save_checkpoint(last, model, optimiser, scheduler, {**state, "epoch": lambda: 4})
     assert torch.load(last, weights_only=True)["epoch"] == 3
     # Without a checkpoint: a run that has not started, and nothing is touched.
