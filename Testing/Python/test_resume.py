@@ -5,7 +5,6 @@ learning-rate schedule and the best snapshot must all be restored from ``last.pt
 """
 import csv
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -154,6 +153,13 @@ class _OpensAFile:
         return open, (self.path, "w")
 
 
+class _DiskFull:
+    """Writing this object fails, as a write does when the disk fills."""
+
+    def __reduce__(self):
+        raise OSError(28, "disk full")
+
+
 def _sgd_model():
     from DistilIQALib.training import _optimiser
 
@@ -192,9 +198,9 @@ def test_a_checkpoint_is_restored_whole_and_a_failed_write_keeps_the_previous_on
     assert fresh_scheduler.state_dict() == scheduler.state_dict()
     assert torch.equal(fresh_optimiser.state_dict()["state"][0]["momentum_buffer"],
                        optimiser.state_dict()["state"][0]["momentum_buffer"])
-    # A write that fails half-way (here: a value torch cannot save) leaves the last good checkpoint in place.
-    with pytest.raises(pickle.PicklingError):
-        _save_checkpoint(last, model, optimiser, scheduler, {**state, "epoch": lambda: 4})
+    # A write that fails half-way (the disk fills while the state is written) keeps the last good checkpoint.
+    with pytest.raises(OSError, match="disk full"):
+        _save_checkpoint(last, model, optimiser, scheduler, {**state, "epoch": _DiskFull()})
     assert torch.load(last, weights_only=True)["epoch"] == 3
     # Without a checkpoint: a run that has not started, and nothing is touched.
     untouched = fresh.weight.clone()
