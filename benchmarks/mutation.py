@@ -67,6 +67,8 @@ DEFAULT_TEST_TIMEOUT_S = 60
 FUNCTIONS = {
     "training": ["_restore_checkpoint", "_save_checkpoint", "_truncate_log", "_optimiser"],
 }
+#: Runs of mutmut tried when its first pass over the tests (which maps tests to functions) fails.
+STATS_ATTEMPTS = 3
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
 
@@ -127,9 +129,14 @@ def run_module(module: str, workdir: Path, resume: bool = False, report_only: bo
     mutmut = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
     log = project / "mutmut.log"
     names = [f"DistilIQALib.{module}.x_{function}__mutmut_*" for function in FUNCTIONS.get(module, [])]
-    with log.open("w") as stream:
-        code = subprocess.call([*mutmut, "run", "--max-children", "1", *names], cwd=project, env=environment,
-                               stdout=stream, stderr=subprocess.STDOUT)
+    for _attempt in range(STATS_ATTEMPTS):
+        with log.open("w") as stream:
+            code = subprocess.call([*mutmut, "run", "--max-children", "1", *names], cwd=project, env=environment,
+                                   stdout=stream, stderr=subprocess.STDOUT)
+        # mutmut first runs the tests once to learn which tests reach which function; on a loaded machine a
+        # test can pass its time limit there, and mutmut then stops before any mutant has run: run it again.
+        if code == 0 or "failed to collect stats" not in log.read_text(errors="replace"):
+            break
     seconds = time.monotonic() - started
     if code != 0:
         sys.exit(f"mutmut failed for {module} (exit {code}); see {log}")
