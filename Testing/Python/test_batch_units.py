@@ -404,3 +404,26 @@ def test_stored_scores_read_back_what_the_store_holds_for_that_model(weights, tm
     old = stored_scores(store, older, str(weights))
     assert np.isnan(old.thickness_mm) and (old.source, old.elapsed_s) == (older, 1.5)
     np.testing.assert_array_equal(old.diameter_cm, np.float32([np.nan]))
+
+
+def test_an_unexpected_reader_error_fails_that_series_only_and_names_the_error(archive, weights, tmp_path,
+                                                                                 monkeypatch):
+    import DistilIQALib.batch as batch
+
+    real_read = batch.read_dicom_files
+
+    def read(files, what):
+        if GAP in what:  # a library failure no input check foresaw, e.g. inside a decoder
+            raise RuntimeError("decoder gave up on frame 3")
+        return real_read(files, what)
+
+    monkeypatch.setattr(batch, "read_dicom_files", read)
+    store = tmp_path / "results.sqlite"
+    summary = run_batch(archive, store, Scorer(str(weights), device="cpu"), workers=1)
+    rows = _rows(store)
+    assert rows[GAP]["status"] == "failed" and rows[GAP]["reason"] == "RuntimeError: decoder gave up on frame 3"
+    assert rows[GOOD[0]]["status"] == rows[GOOD[1]]["status"] == "scored" and summary.failed == 1
+    # the series' corrupt file found before the failure is still reported
+    messages = {(uid, message) for _path, uid, message in _problems(store)}
+    assert (GAP, "corrupt slice file (cannot be decoded), not scored") in messages
+    assert (GAP, "RuntimeError: decoder gave up on frame 3") in messages
