@@ -206,9 +206,10 @@ def _header_file(path, length, body=b""):
 
 def test_files_that_are_not_safetensors_are_refused_unread(tmp_path):
     not_weights = "is not a DistilIQA weights file or is corrupt"
-    (tmp_path / "seven.safetensors").write_bytes(b"\x10" * 7)  # shorter than the 8-byte header length
-    with pytest.raises(WeightsError, match=not_weights):
-        read_info(tmp_path / "seven.safetensors")
+    seven = tmp_path / "seven.safetensors"
+    seven.write_bytes(b"\x10" * 7)  # shorter than the 8-byte header length
+    with pytest.raises(WeightsError, match=f"^{seven} {not_weights}$"):
+        read_info(seven)
     cases = {
         "zero.safetensors": (0, b"{}"),
         "one.safetensors": (1, b"{}"),  # a header of one byte cannot be a JSON object
@@ -284,3 +285,22 @@ def test_the_file_states_its_input_size_for_other_readers(tmp_path):
         record = json.loads(handle.metadata()["distiliqa"])
     assert record["input_size"] == 128 and record["window"] == {"width_hu": 350.0, "level_hu": 40.0}
     assert record["format_version"] == FORMAT_VERSION and record["num_outputs"] == 1
+
+
+def test_a_noise_reference_is_kept_and_a_version_1_file_still_reads(tmp_path):
+    reference = {"intercept": 5.408, "per_cm": 0.0458, "size": "noise_equivalent_diameter",
+                 "routine_range": [0.353, 2.65], "patients": 12}
+    model = build_model(PRESETS["tiny"], 1).eval()
+    path = save_weights(tmp_path / "m.safetensors", model, _info(num_outputs=1, noise_reference=reference))
+    assert read_info(path).noise_reference == reference
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:  # stored under its documented key
+        assert json.loads(handle.metadata()["distiliqa"])["noise_reference"] == reference
+
+    def version_1(record):  # what the first format wrote: no noise reference
+        record["format_version"] = 1
+        del record["noise_reference"]
+
+    old = read_info(_rewrite_metadata(path, tmp_path / "v1.safetensors", version_1))
+    assert old.format_version == 1 and old.noise_reference is None and old.num_outputs == 1
