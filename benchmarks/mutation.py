@@ -108,10 +108,11 @@ pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore", "--timeout", "{
 pytest_add_cli_args_test_selection = [{tests}]
 process_isolation = "forkserver"
 use_git_change_detection = false
-# An endless loop is stopped by pytest-timeout (a test over 2 minutes fails: the mutant is caught). The CPU-time
-# limit is left generous (30 x (tests' time + 10 s)): each mutant's run also collects the tests and builds the
-# fixtures, which the tests' recorded time leaves out, so a tight limit would count slow runs as caught.
-timeout_constant = 10.0
+# An endless loop is stopped by pytest-timeout (a test over its limit fails: the mutant is caught). mutmut's own
+# limits (wall: 15 x (tests' time + constant); CPU: twice that) are left generous: each mutant's run also builds
+# the fixtures (models scored, volumes simulated), which the tests' recorded time leaves out, and on a loaded
+# machine a tight limit counts a slow surviving mutant as caught (seen with a 10 s constant).
+timeout_constant = 60.0
 """)
     return project
 
