@@ -263,7 +263,7 @@ def referenced_weights(tmp_path_factory, tiny_weights) -> Path:
     return save_weights(tmp_path_factory.mktemp("referenced") / "referenced.safetensors", model, info)
 
 
-def test_weights_keep_the_reference_and_a_version_one_file_still_loads(referenced_weights, tiny_weights):
+def test_weights_keep_the_reference_and_a_file_written_without_one_has_none(referenced_weights, tiny_weights):
     info = read_info(referenced_weights)
     assert info.noise_reference == REFERENCE and info.adequacy["on"] == "dose_equivalent"
     assert FORMAT_VERSION == 2 and info.format_version == 2
