@@ -29,7 +29,9 @@ from DistilIQALib.noise import noise_equivalent_diameter_cm, water_equivalent_di
 from DistilIQALib.reading import read_volume
 from DistilIQALib.scoring import Scorer
 from DistilIQALib.volume import CTVolume
-from DistilIQALib.weights import FORMAT_VERSION, load_weights, read_info, save_weights
+from DistilIQALib.weights import FORMAT_VERSION, load_weights, read_info
+
+from .conftest import write_untrained_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 #: V_ref = 1000 HU^2 mm at D_w = 30 cm, 5% more variance per cm.
@@ -256,18 +258,18 @@ def test_slice_thickness_from_the_header_else_the_spacing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def referenced_weights(tmp_path_factory, tiny_weights) -> Path:
-    model, info = load_weights(tiny_weights)
-    info.noise_reference = dict(REFERENCE)
-    info.adequacy = dose_equivalent_adequacy(0.5, 0.2)
-    return save_weights(tmp_path_factory.mktemp("referenced") / "referenced.safetensors", model, info)
+def referenced_weights(tmp_path_factory) -> Path:
+    """A model with a noise reference. Untrained: the verdicts rest on noise, size and thickness, not on what
+    the network learned."""
+    return write_untrained_weights(tmp_path_factory.mktemp("referenced") / "referenced.safetensors", num_outputs=3,
+                                   noise_reference=dict(REFERENCE), adequacy=dose_equivalent_adequacy(0.5, 0.2))
 
 
-def test_weights_keep_the_reference_and_a_file_written_without_one_has_none(referenced_weights, tiny_weights):
+def test_weights_keep_the_reference_and_a_file_written_without_one_has_none(referenced_weights, tmp_path):
     info = read_info(referenced_weights)
     assert info.noise_reference == REFERENCE and info.adequacy["on"] == "dose_equivalent"
     assert FORMAT_VERSION == 2 and info.format_version == 2
-    assert read_info(tiny_weights).noise_reference is None
+    assert read_info(write_untrained_weights(tmp_path / "plain.safetensors")).noise_reference is None
 
 
 def _water_volume(noise_sd: float, seed: int, slices: int = 4) -> np.ndarray:
@@ -306,11 +308,10 @@ def test_scorer_verdicts_rest_on_noise_size_and_thickness(referenced_weights):
     assert quiet_scores.summary()["adequacy_measure"] is None
 
 
-def test_scorer_measures_the_size_the_reference_was_fitted_on(tmp_path, tiny_weights):
-    model, info = load_weights(tiny_weights)
-    info.noise_reference = dict(REFERENCE, size="noise_equivalent_diameter")
-    info.adequacy = dose_equivalent_adequacy(0.5, 0.2)
-    weights = save_weights(tmp_path / "noise_size.safetensors", model, info)
+def test_scorer_measures_the_size_the_reference_was_fitted_on(tmp_path):
+    weights = write_untrained_weights(tmp_path / "noise_size.safetensors", num_outputs=3,
+                                      noise_reference=dict(REFERENCE, size="noise_equivalent_diameter"),
+                                      adequacy=dose_equivalent_adequacy(0.5, 0.2))
     hu = np.stack([_ellipse(20.0, 10.0, 1.0)] * 2)
     scores = Scorer(str(weights), device="cpu").score_volume(CTVolume(hu, (1.0, 1.0, 2.5)))
     # the wide ellipse's noise-equivalent diameter (about 32 cm), not its water-equivalent one (28.3 cm)
