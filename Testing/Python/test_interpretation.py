@@ -29,6 +29,9 @@ def test_bands_are_taken_from_the_weights_metadata_not_a_fixed_scale():
 def test_a_last_band_with_a_minimum_still_takes_everything_below():
     bands = {"bands": [{"name": "ok", "min_score": 0.5}, {"name": "low", "min_score": 0.2}]}
     assert adequacy_labels(np.array([0.6, 0.2, 0.1]), bands) == ["ok", "low", "low"]
+    three = {"bands": [{"name": "ok", "min_score": 0.5}, {"name": "low", "min_score": 0.3},
+                       {"name": "lowest", "min_score": 0.2}]}
+    assert adequacy_labels(np.array([0.4, 0.25, 0.1]), three) == ["low", "lowest", "lowest"]
 
 
 def test_a_score_that_is_not_a_number_is_put_in_the_worst_band():

@@ -397,3 +397,95 @@ def test_which_size_dependence_a_small_site_keeps():
     with pytest.raises(InputError, match="at least 3 patient"):
         noise_reference_from_sources(two)
     assert noise_reference_from_sources(two, per_cm=0.05)["patients"] == 2
+
+
+def test_slices_with_no_usable_noise_thickness_or_size_get_no_dose_equivalent_and_no_warning():
+    import warnings
+
+    noise = np.array([0.0, 20.0, 20.0, 0.5, np.inf, np.inf])
+    thickness = np.array([2.5, 0.0, 2.5, 2.5, 2.5, 0.0])
+    diameter = np.array([30.0, 30.0, np.nan, 30.0, 30.0, 30.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division or invalid-value warnings for slices without a figure
+        dose = noise_dose_equivalent(noise, thickness, diameter, REFERENCE)
+    # no noise, no thickness, no size: unknown; half a HU is a (very quiet) measurement: clipped to a full dose;
+    # infinite noise is as bad as it gets: the lowest dose equivalent (unless there is no thickness either)
+    np.testing.assert_array_equal(np.isnan(dose), [True, True, True, False, False, True])
+    assert dose[3] == 1.0 and dose[4] == 0.05
+
+
+def test_single_precision_inputs_give_the_double_precision_dose_equivalent_and_verdict():
+    """The scorer holds noise, size and dose equivalents in float32, the batch store reads them back as float64:
+    both must give the same numbers and verdicts."""
+    from DistilIQALib.interpretation import reference_variance
+
+    rng = np.random.default_rng(3)
+    noise, diameter = rng.uniform(30.0, 80.0, 64).astype(np.float32), rng.uniform(18.0, 45.0, 64).astype(np.float32)
+    thickness = np.float32(1.25)
+    single = noise_dose_equivalent(noise, thickness, diameter, REFERENCE)
+    double = noise_dose_equivalent(noise.astype(np.float64), 1.25, diameter.astype(np.float64), REFERENCE)
+    assert 0.05 < np.median(single) < 1.0  # mostly unclipped
+    np.testing.assert_array_equal(single, double)
+    np.testing.assert_array_equal(reference_variance(diameter, REFERENCE),
+                                  reference_variance(diameter.astype(np.float64), REFERENCE))
+    # float32 values at the bands' edges lie just off them (float32(0.35) = 0.34999999, float32(0.27) =
+    # 0.27000001): the same verdicts as their float64 copies read back from a store
+    adequacy = dose_equivalent_adequacy(0.35, 0.27)
+    edge = np.array([0.35, 0.27], dtype=np.float32)
+    assert adequacy_labels(edge, adequacy) == adequacy_labels(edge.astype(np.float64), adequacy) == [
+        "borderline", "borderline"]
+
+
+def _quantile_by_hand(values, weights, q):
+    """The smallest value whose ascending cumulative weight reaches q of the total."""
+    total, running = sum(weights), 0.0
+    for value, weight in sorted(zip(values, weights)):
+        running += weight
+        if running >= q * total - 1e-12:
+            return value
+    return max(values)
+
+
+def test_fit_numbers_are_rounded_to_their_documented_places():
+    """Intercept and slope to 5 decimals, residual spread and routine range to 4, sizes to 0.1 cm, thicknesses to
+    0.01 mm; each against the same quantities worked out with numpy's polyfit and a weighted quantile by hand."""
+    rng = np.random.default_rng(7)
+    noise, thickness, diameter, groups = [], [], [], []
+    for patient in range(7):
+        for _ in range(2 + patient % 3):
+            d, t = rng.uniform(20.46, 38.0), float(rng.choice([0.625, 1.25, 1.875]))
+            noise.append(math.sqrt(math.exp(5.1234567 + 0.0612345 * d + rng.normal(0.0, 0.3)) / t))
+            thickness.append(t)
+            diameter.append(d)
+            groups.append(f"p{patient}")
+    # a very quiet slice (under 1 HU) is a measurement like any other
+    noise, thickness, diameter, groups = noise + [0.9], thickness + [1.25], diameter + [25.0], groups + ["p0"]
+    fitted = fit_noise_reference(noise, thickness, diameter, groups)
+    assert fitted["slices"] == len(noise)
+    counts = {g: groups.count(g) for g in groups}
+    weights = np.array([1.0 / counts[g] for g in groups])
+    target = np.log(np.square(noise) * np.array(thickness))
+    per_cm, intercept = np.polyfit(diameter, target, 1, w=np.sqrt(weights))
+    residual = target - (intercept + per_cm * np.array(diameter))
+    assert fitted["intercept"] == round(intercept, 5) and fitted["per_cm"] == round(per_cm, 5)
+    assert fitted["residual_sd_log_variance"] == round(math.sqrt(np.average(residual ** 2, weights=weights)), 4)
+    own_dose = np.exp(-residual)
+    assert fitted["routine_range"] == [round(_quantile_by_hand(own_dose, weights, q), 4) for q in (0.05, 0.95)]
+    assert fitted["diameter_range_cm"] == [round(min(diameter), 1), round(max(diameter), 1)]
+    assert fitted["thickness_range_mm"] == [0.62, 1.88]  # 0.625 and 1.875 to 2 decimals (binary: 0.62, 1.88)
+    assert all(len(repr(v).split(".")[1]) <= places for v, places in
+               [(fitted["intercept"], 5), (fitted["per_cm"], 5), (fitted["residual_sd_log_variance"], 4)]
+               + [(v, 4) for v in fitted["routine_range"]] + [(v, 1) for v in fitted["diameter_range_cm"]])
+    assert all(isinstance(v, float) for v in fitted["diameter_range_cm"] + fitted["thickness_range_mm"])
+
+
+def test_the_bands_reasoning_quotes_the_noise_factors_of_its_thresholds():
+    fixed = dose_equivalent_adequacy(0.5, 0.2)["reasoning"]
+    # 0.5 ** -0.5 = 1.41 and 0.2 ** -0.5 = 2.24
+    assert "good: noise no worse than 50% of a routine full dose" in fixed and "noise at most 1.4x" in fixed
+    assert "inadequate: below 20% (noise above 2.2x)" in fixed
+    assert fixed.endswith(" The routine level is fitted on real clinical full-dose scans.")
+    fitted = adequacy_from_reference({"routine_range": [0.353, 2.65]})["reasoning"]
+    assert fitted.endswith(" The routine level and its spread are fitted on real clinical full-dose scans.")
+    # good from 0.35 (1.69x the routine noise), inadequate below 0.27 (1.92x)
+    assert "noise at most 1.7x" in fitted and "noise above 1.9x" in fitted
