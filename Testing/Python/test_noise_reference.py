@@ -318,6 +318,8 @@ def test_scorer_measures_the_size_the_reference_was_fitted_on(tmp_path):
     np.testing.assert_allclose(scores.diameter_cm, noise_equivalent_diameter_cm(torch.from_numpy(hu), (1.0, 1.0)),
                                rtol=1e-5)
     assert scores.diameter_cm.min() > 31.0
+    # the CSV's diameter column: to 0.1 cm
+    assert [row["water_diameter_cm"] for row in scores.rows()] == [round(float(d), 1) for d in scores.diameter_cm]
 
 
 def test_slices_without_soft_tissue_have_no_verdict_and_do_not_count(referenced_weights):

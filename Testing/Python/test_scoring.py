@@ -265,8 +265,11 @@ def test_default_batch_size_depends_on_the_device(weights):
     assert Scorer(str(weights), device="cpu").batch_size == CPU_BATCH_SIZE == 2
     assert Scorer(str(weights), device="cpu", batch_size=5).batch_size == 5
     assert Scorer(str(weights), device="cpu", batch_size=1).batch_size == 1
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="^batch size must be at least 1$"):
         Scorer(str(weights), device="cpu", batch_size=0)
+    # without a device named, the best one present: the CPU on a machine without a GPU
+    if not torch.cuda.is_available():
+        assert Scorer(str(weights)).device.type == "cpu"
 
 
 def test_mixed_precision_is_used_on_gpus_only(weights):
@@ -282,3 +285,18 @@ def test_mixed_precision_is_used_on_gpus_only(weights):
     no_amp = Scorer(str(weights), device="cpu", use_amp=False)
     no_amp.device = torch.device("cuda", 0)
     assert no_amp._autocast().__class__.__name__ == "nullcontext"
+
+
+def test_a_result_names_its_source_the_time_it_took_and_its_thickness(weights):
+    import dataclasses
+    import time
+
+    volume = CTVolume(_random_hu(3, 64, 64, seed=4), spacing_mm=(0.7, 0.7, 1.25), source="/archive/ct/series-7")
+    started = time.monotonic()
+    scores = Scorer(str(weights), device="cpu").score_volume(volume)
+    wall = time.monotonic() - started
+    assert scores.source == "/archive/ct/series-7" and scores.summary()["source"] == "/archive/ct/series-7"
+    assert 0.0 < scores.elapsed_s <= wall
+    # the thickness to 3 decimals; none when unknown
+    assert dataclasses.replace(scores, thickness_mm=0.62549).summary()["slice_thickness_mm"] == 0.625
+    assert dataclasses.replace(scores, thickness_mm=float("nan")).summary()["slice_thickness_mm"] is None
