@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,15 @@ def tiny_weights(tmp_path_factory, tiny_training) -> Path:
         provenance={"purpose": "test", "steps": len(losses)},
     )
     return save_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors", model, info)
+
+
+def query_rows(path, sql: str, parameters=()) -> list:
+    """Every row one SQL query gives on the SQLite file at ``path``, opened and closed around it."""
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(sql, parameters).fetchall()
+    finally:
+        connection.close()
 
 
 #: Bands and calibration used by the untrained test models (as a trained model would carry them).

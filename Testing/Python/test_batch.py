@@ -23,6 +23,8 @@ from DistilIQALib.report import OUTLIER_Z, group_problems, robust_z, write_html_
 from DistilIQALib.scoring import Scorer
 from DistilIQALib.store import ResultStore
 
+from .conftest import query_rows
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_CT = 24
 SPACING = (3.5, 3.5, 5.0)
@@ -138,12 +140,8 @@ def single_run(archive, tiny_weights, tmp_path_factory):
 
 
 def _series(store):
-    connection = sqlite3.connect(store)
-    try:
-        return {uid: (status, reason, mean) for uid, status, reason, mean in
-                connection.execute("SELECT series_uid, status, reason, mean_score FROM series")}
-    finally:
-        connection.close()
+    return {uid: (status, reason, mean) for uid, status, reason, mean in
+            query_rows(store, "SELECT series_uid, status, reason, mean_score FROM series")}
 
 
 def _keyed(rows):
@@ -155,11 +153,7 @@ def _keyed(rows):
 
 
 def _slice_counts(store):
-    connection = sqlite3.connect(store)
-    try:
-        return dict(connection.execute("SELECT series_uid, COUNT(*) FROM slices GROUP BY series_uid"))
-    finally:
-        connection.close()
+    return dict(query_rows(store, "SELECT series_uid, COUNT(*) FROM slices GROUP BY series_uid"))
 
 
 def _check_outcomes(store, expected):
@@ -230,9 +224,7 @@ def test_summary_csv_and_html_report(single_run, tmp_path):
     write_html_report(store, tmp_path / "report.html", threshold=0.8)
     page = (tmp_path / "report.html").read_text()
     assert page.count('<tr class="') == SCORED + 7
-    connection = sqlite3.connect(store)
-    flagged = connection.execute("SELECT COUNT(*) FROM series WHERE fraction_inadequate > 0").fetchone()[0]
-    connection.close()
+    flagged = query_rows(store, "SELECT COUNT(*) FROM series WHERE fraction_inadequate > 0")[0][0]
     assert flagged > 0 and page.count('<tr class="inadequate') == flagged
     assert page.count("data:image/png;base64,") == SCORED + 1 and "<svg" in page and "localizer/scout" in page
     assert "Br38f\\3" in page and "[&#x27;Br38f" not in page and "['Br38f" not in page
@@ -400,19 +392,13 @@ def test_killed_run_resumes_with_every_series_exactly_once(archive, tiny_weights
     assert sum(status == "scored" for status, _, _ in _series(store).values()) == SCORED
     # what the killed run finished was kept, not scored again
     assert all(_written_at(store)[uid] == written for uid, written in first_written.items())
-    connection = sqlite3.connect(store)
-    assert connection.execute("SELECT COUNT(*) FROM (SELECT DISTINCT series_uid, slice_index FROM slices)"
-                              ).fetchone() == connection.execute("SELECT COUNT(*) FROM slices").fetchone()
-    connection.close()
+    assert query_rows(store, "SELECT COUNT(*) FROM (SELECT DISTINCT series_uid, slice_index FROM slices)") == \
+        query_rows(store, "SELECT COUNT(*) FROM slices")
 
 
 def _written_at(store):
-    connection = sqlite3.connect(store)
-    try:
-        # INSERT OR REPLACE gives a rewritten row a new rowid
-        return dict(connection.execute("SELECT series_uid, rowid FROM series WHERE status = 'scored'"))
-    finally:
-        connection.close()
+    # INSERT OR REPLACE gives a rewritten row a new rowid
+    return dict(query_rows(store, "SELECT series_uid, rowid FROM series WHERE status = 'scored'"))
 
 
 def test_slicer_dicom_database_folder(tmp_path, tiny_weights):

@@ -3,7 +3,6 @@ reruns and the stored results read back. The larger archive with every kind of d
 import hashlib
 import io
 import re
-import sqlite3
 import time
 
 import numpy as np
@@ -21,7 +20,7 @@ from DistilIQALib.scoring import Scorer
 from DistilIQALib.store import ResultStore
 from DistilIQALib.weights import read_info
 
-from .conftest import TEST_BANDS, TEST_CALIBRATION, write_untrained_weights
+from .conftest import TEST_BANDS, TEST_CALIBRATION, query_rows, write_untrained_weights
 
 SPACING = (5.6, 5.6, 5.0)
 GOOD = ["1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102"]
@@ -175,10 +174,8 @@ def test_summary_csv_lists_every_series_worst_first(run, tmp_path):
     assert b"\r" not in (tmp_path / "summary.csv").read_bytes()  # plain newlines, also on Windows
     lines = (tmp_path / "summary.csv").read_text().splitlines()
     assert lines[0].startswith("status,reason,patient_id,study_date,description,")
-    connection = sqlite3.connect(run[0])
-    expected = [uid for (uid,) in connection.execute(
-        "SELECT series_uid FROM series WHERE status = 'scored' ORDER BY fraction_inadequate DESC, mean_score")]
-    connection.close()
+    expected = [uid for (uid,) in query_rows(
+        run[0], "SELECT series_uid FROM series WHERE status = 'scored' ORDER BY fraction_inadequate DESC, mean_score")]
     assert [line.split(",")[-3] for line in lines[1:4]] == expected and lines[4].startswith("skipped,")
 
 
@@ -207,11 +204,7 @@ def _slices(root, name, count, uid, seed, **options):
 
 
 def _problems(store):
-    connection = sqlite3.connect(store)
-    try:
-        return sorted(connection.execute("SELECT path, series_uid, message FROM problems"))
-    finally:
-        connection.close()
+    return sorted(query_rows(store, "SELECT path, series_uid, message FROM problems"))
 
 
 def test_series_that_cannot_be_read_are_recorded_as_failed_with_why(tmp_path, weights):
@@ -302,10 +295,8 @@ def test_damaged_series_are_scored_without_their_broken_files_and_the_note_names
     (key,) = [uid for uid in rows if uid.startswith("nouid-")]
     assert rows[key]["reason"] == "no SeriesInstanceUID: grouped by folder; z gap: slices missing between z 5.0 and " \
                                   "15.0 mm"
-    connection = sqlite3.connect(store)
-    z = {uid: [value for (value,) in connection.execute(
-        "SELECT z_mm FROM slices WHERE series_uid = ? ORDER BY slice_index", (uid,))] for uid in rows}
-    connection.close()
+    z = {uid: [value for (value,) in query_rows(
+        store, "SELECT z_mm FROM slices WHERE series_uid = ? ORDER BY slice_index", (uid,))] for uid in rows}
     assert z == {many: [0.0, 25.0, 30.0, 35.0], spoiled: [0.0, 5.0, 15.0, 20.0, 30.0, 35.0],
                  key: [0.0, 5.0, 15.0, 20.0]}
     assert [row["num_slices"] for row in (rows[many], rows[spoiled], rows[key])] == [4, 6, 4]
@@ -344,10 +335,8 @@ def test_a_series_row_keeps_the_header_facts_and_the_time_it_took(tmp_path, weig
     rate = re.fullmatch(r"series \((\d+\.\d) slices/s\)", seen[1][2])
     assert rate and float(rate.group(1)) >= round(3 / wall, 1) - 0.05  # the pace so far: 3 slices in under `wall`
     # the thumbnail is the worst slice (lowest stored score) in the default window, W350/L40
-    connection = sqlite3.connect(store)
-    scores = [score for (score,) in connection.execute(
-        "SELECT score FROM slices WHERE series_uid = ? ORDER BY slice_index", (uid,))]
-    connection.close()
+    scores = [score for (score,) in query_rows(
+        store, "SELECT score FROM slices WHERE series_uid = ? ORDER BY slice_index", (uid,))]
     worst = int(np.argmin(scores))
     assert worst != 0 and row["worst_slice"] == worst  # not the first slice, so the thumbnail shows the choice
     ds = pydicom.dcmread(paths[worst])
