@@ -134,8 +134,8 @@ def run_module(module: str, workdir: Path, resume: bool = False, report_only: bo
         with log.open("w") as stream:
             code = subprocess.call([*mutmut, "run", "--max-children", "1", *names], cwd=project, env=environment,
                                    stdout=stream, stderr=subprocess.STDOUT)
-        # mutmut first runs the tests once to learn which tests reach which function; on a loaded machine a
-        # test can pass its time limit there, and mutmut then stops before any mutant has run: run it again.
+        # mutmut first runs the tests once to learn which tests reach which function; on a loaded machine that
+        # pass has failed now and then (and passed when run again), stopping mutmut before any mutant ran.
         if code == 0 or "failed to collect stats" not in log.read_text(errors="replace"):
             break
     seconds = time.monotonic() - started
