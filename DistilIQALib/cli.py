@@ -181,6 +181,8 @@ def _add_preprocess_parser(commands) -> None:
                         help="simulated: also use the real CT slices pydicom/pydicom-data ship and N phantom slices")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (ldctiqac, list)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="simulated: where projections run (auto: a CUDA GPU when "
+                        "there is one, else the CPU; cpu; cuda; cuda:N)")
     parser.set_defaults(run=_run_preprocess)
 
 
@@ -188,6 +190,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import datasets
+    from .recipe import simulation_device
 
     progress = TerminalProgress()
     source = Path(args.input)
@@ -206,6 +209,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         sizes = datasets.preprocess_list(source, where, args.test_fraction, args.seed)
     else:
         where = Path(args.output or source.with_name(source.name + "_simulated"))
+        device = simulation_device(args.device)
         slices = datasets.source_slices_from_folder(source, args.slices_per_volume) if any(source.iterdir()) else []
         if args.builtin_phantoms is not None:
             slices += datasets.builtin_sources(args.builtin_phantoms, seed=args.seed)
@@ -214,7 +218,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         sizes = datasets.preprocess_simulated(
             slices, where, args.doses or datasets.DEFAULT_SIMULATED_DOSES,
             datasets.DEFAULT_SPARSE_VIEWS if args.sparse_views is None else args.sparse_views,
-            args.test_patients, args.seed, progress)
+            args.test_patients, args.seed, progress, device=device)
     _note(f"dataset in {where}: {sizes[0]} training and {sizes[1]} test images")
     return 0
 

@@ -262,7 +262,7 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
                          test_patients: Sequence[str] = (), seed: int = 0,
                          progress: Optional[Callable[[int, int, str], None]] = None,
                          kernels: Sequence[str] = ("hann",), relative: bool = False,
-                         sparse_every: int = 1) -> Tuple[int, int]:
+                         sparse_every: int = 1, device=None) -> Tuple[int, int]:
     """Write each source at every dose (projection-domain noise) and view count, labelled by SSIM.
 
     Source ``n`` gets its dose noise through reconstruction kernel ``kernels[n % len(kernels)]``, so a
@@ -270,7 +270,8 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     the noise is relative to each slice's own noise instead (its global noise index ``sigma``: dose ``d``
     gives variance ``sigma**2 / d``) with the texture of the slice's own kernel, and slices without
     enough soft tissue to measure ``sigma`` are left out. Sparse-view streaks are made for every
-    ``sparse_every``-th source. ``sources.json`` records, per image, its source, patient, anatomy, kind
+    ``sparse_every``-th source. ``device`` runs the projections and reconstructions (a GPU: many times faster,
+    same random numbers). ``sources.json`` records, per image, its source, patient, anatomy, kind
     (``dose`` or ``views``), dose or view count and the source's noise index."""
     import SimpleITK as sitk
 
@@ -289,14 +290,15 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
             if not np.isfinite(noise_hu) or noise_hu <= 0:
                 continue
             simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, reference_noise_hu=noise_hu,
-                                      kernel=matched_kernel_sharpness(hu, source.pixel_mm))
+                                      kernel=matched_kernel_sharpness(hu, source.pixel_mm), device=device)
         else:
-            simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, kernel=kernels[n % len(kernels)])
+            simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, kernel=kernels[n % len(kernels)],
+                                      device=device)
         images = {f"dose{dose:g}": simulator.at_dose(dose) for dose in doses}
         if sparse_views and n % max(1, sparse_every) == 0:
-            dense = dense_reconstruction(hu, source.pixel_mm)
+            dense = dense_reconstruction(hu, source.pixel_mm, device=device)
             for views in sparse_views:
-                images[f"views{views}"] = sparse_view(hu, source.pixel_mm, views, dense)
+                images[f"views{views}"] = sparse_view(hu, source.pixel_mm, views, dense, device)
         folder = output / "images" / source.patient
         folder.mkdir(parents=True, exist_ok=True)
         for kind, image in images.items():

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from .corpus import CorpusEntry
 from .datasets import builtin_sources, load_split, preprocess_simulated
@@ -100,6 +101,13 @@ def adequacy_from_calibration(calibration: Dict[str, List[float]], good_dose: fl
                           "the held-out median scores of simulated images at those doses.")}
 
 
+def simulation_device(device: str) -> Optional[torch.device]:
+    """Where the recipe simulates doses and sparse views: the training GPU when it is a CUDA one (the same images
+    as the CPU's to rounding, ``benchmarks/simulation_speed.py``), else None (the CPU)."""
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else None
+
+
 def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device: str = "auto",
                progress=None) -> Path:
     """Run (or resume) the recipe; returns the final weights file."""
@@ -114,7 +122,7 @@ def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device:
         if not recipe.real_ct:
             sources = [s for s in sources if not s.patient.startswith("real_")]
         preprocess_simulated(sources, data, recipe.doses, recipe.sparse_views, recipe.test_patients, seed, progress,
-                             recipe.kernels)
+                             recipe.kernels, device=simulation_device(device))
     run = output / "run"
     teacher_config = TrainingConfig(seed=seed, device=device, purpose="release" if name == "builtin" else "test",
                                     **recipe.teacher)
@@ -175,8 +183,6 @@ def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dic
     global noise index, noise-equivalent diameter (:func:`~DistilIQALib.noise.noise_equivalent_diameter_cm`)
     and its scan's slice thickness, patients weighing alike (``per_cm``: keep that size dependence and fit
     the level only)."""
-    import torch
-
     from .interpretation import fit_noise_reference
     from .noise import NOISE_EQUIVALENT_DIAMETER, noise_equivalent_diameter_cm, slice_noise_index
 
@@ -302,7 +308,7 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     if not (data / "dataset.json").is_file():
         slices = corpus_sources(entries, root, slices_per_volume=stage.slices_per_volume)
         preprocess_simulated(slices, data, stage.doses, stage.sparse_views, held_out, seed, progress,
-                             relative=True, sparse_every=stage.sparse_every)
+                             relative=True, sparse_every=stage.sparse_every, device=simulation_device(device))
     run = output / "run"
     purpose = "site" if sources else "release" if name == "default" else "test"
     common = dict(seed=seed, device=device, purpose=purpose, init_weights=str(base_weights))

@@ -52,6 +52,14 @@ NOISE_VIEWS = 360
 DENSE_VIEWS = 720
 
 
+Device = Optional[Union[str, torch.device]]
+
+
+def _tensor(hu: np.ndarray, device: Device) -> torch.Tensor:
+    """``hu`` as a float32 tensor on ``device`` (the CPU when None)."""
+    return torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)).to(device or "cpu")
+
+
 def hu_to_mu(hu: torch.Tensor) -> torch.Tensor:
     return (MU_WATER_PER_MM * (1.0 + hu / 1000.0)).clamp(min=0.0)
 
@@ -100,6 +108,8 @@ class DoseSimulator:
         reference_noise_hu: the slice's own full-dose noise SD in HU (its global noise index). When
             given, the noise is relative to it (variance ``reference_noise_hu**2 / d`` at dose ``d``;
             ``i0`` and the electronic term are then unused).
+        device: where the projections and reconstructions run (a GPU makes them many times faster); the
+            random numbers are drawn on the CPU, so every device gives the same realisation.
     """
 
     hu: np.ndarray
@@ -110,6 +120,7 @@ class DoseSimulator:
     views: int = NOISE_VIEWS
     kernel: Union[str, float] = "hann"
     reference_noise_hu: Optional[float] = None
+    device: Device = None
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 2 or self.hu.shape[0] != self.hu.shape[1]:
@@ -134,7 +145,7 @@ class DoseSimulator:
 
     def _line_integrals(self) -> torch.Tensor:
         """Line integrals at ``views`` x N, projected at half resolution (the variance is smooth)."""
-        mu = hu_to_mu(torch.from_numpy(np.ascontiguousarray(self.hu, dtype=np.float32)))[None, None]
+        mu = hu_to_mu(_tensor(self.hu, self.device))[None, None]
         size = mu.shape[-1]
         coarse = F.avg_pool2d(mu, 2)[0]
         sinogram = forward_project(coarse, self.views // 2, self.pixel_mm * 2)
@@ -153,11 +164,13 @@ class DoseSimulator:
         p = self._line_integrals()
         i0_per_view = self.photons_per_view
         generator = torch.Generator().manual_seed(int(self.seed))
-        parts = [torch.randn(p.shape, generator=generator) * torch.sqrt(torch.exp(p) / i0_per_view)]
+        parts = [torch.randn(p.shape, generator=generator).to(p.device) * torch.sqrt(torch.exp(p) / i0_per_view)]
         if self._with_electronic:
-            parts.append(torch.randn(p.shape, generator=generator) * (self.electronic_sd * torch.exp(p) / i0_per_view))
+            parts.append(torch.randn(p.shape, generator=generator).to(p.device)
+                         * (self.electronic_sd * torch.exp(p) / i0_per_view))
         # Noise only: the reconstruction of a zero-mean sinogram is the HU noise itself.
-        images = (fbp(torch.stack(parts), self.hu.shape[0], self.pixel_mm, self.kernel) * (1000.0 / MU_WATER_PER_MM))
+        images = fbp(torch.stack(parts), self.hu.shape[0], self.pixel_mm, self.kernel).cpu()
+        images *= 1000.0 / MU_WATER_PER_MM
         quantum = images[0].numpy()
         electronic = images[1].numpy() if self._with_electronic else np.zeros_like(quantum)
         return quantum, electronic
@@ -222,19 +235,21 @@ def matched_kernel_sharpness(hu: np.ndarray, pixel_mm: float) -> float:
     return float(np.clip((TEXTURE_RATIO_SMOOTH - ratio) / (TEXTURE_RATIO_SMOOTH - TEXTURE_RATIO_SHARP), 0.0, 1.0))
 
 
-def sparse_view(hu: np.ndarray, pixel_mm: float, views: int, dense: Optional[np.ndarray] = None) -> np.ndarray:
+def sparse_view(hu: np.ndarray, pixel_mm: float, views: int, dense: Optional[np.ndarray] = None,
+                device: Device = None) -> np.ndarray:
     """``hu`` with the streaks of an FBP from ``views`` views (64-256 typical).
 
     ``dense`` is the FBP from many views (:func:`dense_reconstruction`); pass it to reuse it
-    across several view counts.
+    across several view counts. ``device``: where the projections run (the CPU when None).
     """
     if dense is None:
-        dense = dense_reconstruction(hu, pixel_mm)
-    mu = hu_to_mu(torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)))[None]
-    sparse = mu_to_hu(fbp(forward_project(mu, views, pixel_mm), hu.shape[0], pixel_mm))[0].numpy()
+        dense = dense_reconstruction(hu, pixel_mm, device=device)
+    mu = hu_to_mu(_tensor(hu, device))[None]
+    sparse = mu_to_hu(fbp(forward_project(mu, views, pixel_mm), hu.shape[0], pixel_mm))[0].cpu().numpy()
     return hu.astype(np.float32) + (sparse - dense)
 
 
-def dense_reconstruction(hu: np.ndarray, pixel_mm: float, views: int = DENSE_VIEWS) -> np.ndarray:
-    mu = hu_to_mu(torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)))[None]
-    return mu_to_hu(fbp(forward_project(mu, views, pixel_mm), hu.shape[0], pixel_mm))[0].numpy()
+def dense_reconstruction(hu: np.ndarray, pixel_mm: float, views: int = DENSE_VIEWS,
+                         device: Device = None) -> np.ndarray:
+    mu = hu_to_mu(_tensor(hu, device))[None]
+    return mu_to_hu(fbp(forward_project(mu, views, pixel_mm), hu.shape[0], pixel_mm))[0].cpu().numpy()

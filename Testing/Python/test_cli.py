@@ -214,6 +214,9 @@ def _other_commands_bad_inputs(tmp, weights):
          "no train.json with the radiologists' scores"),
         ("preprocess: no CT to simulate", ["preprocess", str(tmp / "empty"), "--type", "simulated"],
          "no CT under"),
+        *([] if torch.cuda.is_available() else [
+            ("preprocess: no GPU", ["preprocess", str(tmp / "empty"), "--type", "simulated", "--device", "cuda"],
+             "device cuda requested but no CUDA GPU is available")]),
         ("preprocess: list of nothing", ["preprocess", str(tmp / "notes.txt"), "--type", "list"],
          "the image list notes.txt lists no images"),
         ("preprocess: list columns", ["preprocess", str(tmp / "columns.csv"), "--type", "list"],
@@ -258,3 +261,25 @@ def test_every_command_refuses_bad_input_in_one_line(tmp_path, capsys):
         assert len(lines) == 1, (name, captured.err)
         assert lines[0].startswith("distiliqa") and ": error: " in lines[0] and expected in lines[0], (name, lines)
         assert "Traceback" not in captured.err and captured.out == "", name
+
+
+def test_preprocess_simulates_a_folder_of_ct_on_the_device_named(tmp_path, capsys):
+    """``preprocess --type simulated --device cpu``: every dose and view count of each slice, labelled by SSIM to the
+    full dose (1 at full dose, falling with dose), the same as the library makes with the CPU by default."""
+    from DistilIQALib.datasets import preprocess_simulated, source_slices_from_folder
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    image = sitk.GetImageFromArray(phantom_volume(1, size=96, pixel_mm=3.5, seed=1).astype(np.int16))
+    image.SetSpacing((3.5, 3.5, 5.0))
+    sitk.WriteImage(image, str(folder / "body.nrrd"))
+    code, captured = _run(["preprocess", str(folder), "--type", "simulated", "--doses", "1", "0.25", "0.05",
+                           "--sparse-views", "32", "--slices-per-volume", "1", "--output", str(tmp_path / "data"),
+                           "--device", "cpu"], capsys)
+    assert code == 0, captured.err
+    labels = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    by_kind = {path.rsplit("_", 1)[1]: label for path, label in labels.items()}
+    assert sorted(by_kind) == ["dose0.05.mha", "dose0.25.mha", "dose1.mha", "views32.mha"]
+    assert by_kind["dose1.mha"] == pytest.approx(1.0) and 1.0 > by_kind["dose0.25.mha"] > by_kind["dose0.05.mha"]
+    preprocess_simulated(source_slices_from_folder(folder, 1), tmp_path / "library", (1.0, 0.25, 0.05), (32,))
+    assert json.loads((tmp_path / "library" / "dataset.json").read_text()) == labels

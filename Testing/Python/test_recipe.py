@@ -105,3 +105,19 @@ def test_site_adaptation_refuses_bad_sources_in_one_line(tmp_path, capsys):
                  "--device", "cpu"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "at least 3 patients" in error[0]
+
+
+def test_the_recipe_simulates_on_a_cuda_gpu_only():
+    """Dose and view simulation follows the training device when it is a CUDA GPU and stays on the CPU otherwise
+    (this machine has no GPU, so 'auto' is the CPU too); a GPU asked for and missing is a clear error."""
+    from DistilIQALib.errors import DeviceError
+    from DistilIQALib.recipe import simulation_device
+
+    assert simulation_device("cpu") is None
+    auto = simulation_device("auto")
+    assert auto is None if not torch.cuda.is_available() else auto.type == "cuda"
+    if torch.cuda.is_available():
+        assert simulation_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(DeviceError):
+            simulation_device("cuda")

@@ -117,3 +117,27 @@ def test_textured_noise_has_ct_texture_and_the_asked_sd():
     noise = textured_noise((2, 128, 128), 25.0, np.random.default_rng(1))
     assert noise.dtype == np.float32 and noise.std(axis=(1, 2)) == pytest.approx([25.0, 25.0], rel=1e-3)
     assert _rise_of_noise_power(noise[0]) > 1.8
+
+
+def test_projections_run_on_the_device_given():
+    """``device`` moves the projections and reconstructions (a GPU in the recipe); the random numbers stay on the
+    CPU, so the CPU named explicitly gives exactly the default's images, dose noise and streaks alike. Meta tensors
+    hold no data: a simulation sent there fails, which shows it ran there and not on the CPU."""
+    from DistilIQALib.simulation import dense_reconstruction
+
+    water = water_phantom(96, 3.2, diameter_mm=300.0, hu=0.0)
+
+    relative = dict(seed=5, reference_noise_hu=8.0, kernel=0.5)
+    for device in ("cpu", torch.device("cpu")):
+        np.testing.assert_array_equal(DoseSimulator(water, 3.2, device=device, **relative).at_dose(0.25),
+                                      DoseSimulator(water, 3.2, **relative).at_dose(0.25))
+        np.testing.assert_array_equal(DoseSimulator(water, 3.2, seed=2, device=device).at_dose(0.1),
+                                      DoseSimulator(water, 3.2, seed=2).at_dose(0.1))
+        np.testing.assert_array_equal(sparse_view(water, 3.2, 32, device=device), sparse_view(water, 3.2, 32))
+        np.testing.assert_array_equal(dense_reconstruction(water, 3.2, device=device),
+                                      dense_reconstruction(water, 3.2))
+    for make in (lambda: DoseSimulator(water, 3.2, device="meta"), lambda: sparse_view(water, 3.2, 32, device="meta"),
+                 lambda: sparse_view(water, 3.2, 32, dense_reconstruction(water, 3.2), "meta"),
+                 lambda: dense_reconstruction(water, 3.2, device="meta")):
+        with pytest.raises(NotImplementedError):
+            make()
