@@ -12,7 +12,9 @@ Printed, per source (corpus patient) and per anatomy, then for all:
 1. PLCC, SROCC, KROCC and overall of the model, of the teacher ensemble and of the global noise index (GNI,
    entered as -GNI so every row is "higher = better"), against SSIM to the full-dose image; the same for the
    sparse-view images alone.
-2. Verdicts: % of full-dose slices "good", % of 10% and 5% dose slices "inadequate", median dose-equivalent
+2. What the label allows: on the dose images, the same agreement for the simulated dose fraction itself (known
+   to the simulation, not visible in the image), beside the model and -GNI on those images.
+3. Verdicts: % of full-dose slices "good", % of 10% and 5% dose slices "inadequate", median dose-equivalent
    per simulated dose, and % of source slices whose score falls strictly at every lower dose.
 """
 from __future__ import annotations
@@ -196,6 +198,15 @@ def report(weights, info, role, data) -> None:
     sparse = kinds == "views"
     print(f"{'sparse-view images, all':<44} {sparse.sum():4d} |{_metrics(student[sparse], labels[sparse])} |"
           f"{_metrics(ensemble[sparse], labels[sparse])} |{_metrics(-gni[sparse], labels[sparse])}")
+    dose = kinds == "dose"
+    print("\nWhat the label allows (dose images only): the same agreement for the simulated dose fraction itself, which"
+          "\nno model of the image alone can know (a scan's own full dose sets the label's scale), against the model"
+          "\nand -GNI on these images")
+    print(f"{'group':<44} {'n':>4} | {'model':^29} | {'-GNI':^29} | {'simulated dose':^29}")
+    for name, mask in groups:
+        chosen = mask & dose
+        print(f"{name:<44} {chosen.sum():4d} |{_metrics(student[chosen], labels[chosen])} |"
+              f"{_metrics(-gni[chosen], labels[chosen])} |{_metrics(values[chosen], labels[chosen])}")
     print("\nVerdicts (model): % full-dose slices 'good', % of 10% and 5% dose slices 'inadequate', median "
           "dose-equivalent at 100/50/25/10/5% dose, % source slices monotone in dose (slices)")
     print(f"{'group':<44} {'good':>6} {'inadq':>6}  {'100%':>5} {'50%':>5} {'25%':>5} {'10%':>5} {'5%':>5}  "
