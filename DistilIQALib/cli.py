@@ -190,7 +190,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import datasets
-    from .recipe import simulation_device
+    from .device import simulation_device
 
     progress = TerminalProgress()
     source = Path(args.input)

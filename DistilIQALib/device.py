@@ -1,6 +1,8 @@
 """Choosing the compute device: ``auto`` (CUDA, then Apple MPS, then CPU) or explicit."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .errors import DeviceError
@@ -39,6 +41,13 @@ def resolve_device(spec: str = "auto") -> torch.device:
                               f"(cuda:0..cuda:{count - 1})")
         return torch.device("cuda", index)
     raise DeviceError(f"unknown device {spec!r}; use {DEVICE_CHOICES_TEXT}")
+
+
+def simulation_device(spec: str = "auto") -> Optional[torch.device]:
+    """Where dose and sparse-view simulation runs for a run on device ``spec``: that GPU when it is a CUDA one (the
+    same images as the CPU's to rounding, ``benchmarks/simulation_speed.py``), else None (the CPU)."""
+    resolved = resolve_device(spec)
+    return resolved if resolved.type == "cuda" else None
 
 
 def describe_device(device: torch.device) -> str:

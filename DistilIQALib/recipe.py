@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from .corpus import CorpusEntry
 from .datasets import builtin_sources, load_split, preprocess_simulated
-from .device import resolve_device
+from .device import resolve_device, simulation_device
 from .errors import InputError
 from .evaluation import predict_split, write_evaluation
 from .metrics import agreement
@@ -99,13 +98,6 @@ def adequacy_from_calibration(calibration: Dict[str, List[float]], good_dose: fl
                           f"{inadequate_dose:.0%} of a full dose (noise above {1 / inadequate_dose ** 0.5:.1f}x), "
                           "where low-contrast detectability in the literature degrades markedly. Thresholds are "
                           "the held-out median scores of simulated images at those doses.")}
-
-
-def simulation_device(device: str) -> Optional[torch.device]:
-    """Where the recipe simulates doses and sparse views: the training GPU when it is a CUDA one (the same images
-    as the CPU's to rounding, ``benchmarks/simulation_speed.py``), else None (the CPU)."""
-    resolved = resolve_device(device)
-    return resolved if resolved.type == "cuda" else None
 
 
 def run_recipe(output: Path | str, name: str = "default", seed: int = 0, device: str = "auto",
@@ -183,6 +175,8 @@ def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dic
     global noise index, noise-equivalent diameter (:func:`~DistilIQALib.noise.noise_equivalent_diameter_cm`)
     and its scan's slice thickness, patients weighing alike (``per_cm``: keep that size dependence and fit
     the level only)."""
+    import torch
+
     from .interpretation import fit_noise_reference
     from .noise import NOISE_EQUIVALENT_DIAMETER, noise_equivalent_diameter_cm, slice_noise_index
 

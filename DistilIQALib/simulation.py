@@ -200,7 +200,7 @@ def tissue_noise_sd(noise_hu: np.ndarray, slice_hu: np.ndarray, pixel_mm: float)
     noise_hu = np.ascontiguousarray(noise_hu, dtype=np.float32)
     raw_sd = float(np.std(noise_hu)) or 1.0
     scale = 20.0 / raw_sd  # the index bins SDs in 1 HU steps: measure at a level it resolves well
-    reference = torch.from_numpy(np.ascontiguousarray(slice_hu, dtype=np.float32))[None]
+    reference = _tensor(slice_hu, None)[None]
     sd = float(global_noise_index(torch.from_numpy(noise_hu * np.float32(scale))[None], (pixel_mm, pixel_mm),
                                   tissue_from=reference)[0])
     return (sd if np.isfinite(sd) else 20.0) / scale
@@ -209,7 +209,7 @@ def tissue_noise_sd(noise_hu: np.ndarray, slice_hu: np.ndarray, pixel_mm: float)
 def texture_ratio(hu: np.ndarray, pixel_mm: float) -> float:
     """How fine a slice's noise is: its global noise index after 2x2 averaging over the index of the
     slice itself. White noise gives 0.5, smooth (soft-kernel) noise nearer 1. NaN without soft tissue."""
-    half = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None], 2)[0, 0].numpy()
+    half = F.avg_pool2d(_tensor(hu, None)[None, None], 2)[0, 0].numpy()
     return slice_noise_index(half, 2 * pixel_mm) / slice_noise_index(hu, pixel_mm)
 
 
@@ -244,12 +244,15 @@ def sparse_view(hu: np.ndarray, pixel_mm: float, views: int, dense: Optional[np.
     """
     if dense is None:
         dense = dense_reconstruction(hu, pixel_mm, device=device)
-    mu = hu_to_mu(_tensor(hu, device))[None]
-    sparse = mu_to_hu(fbp(forward_project(mu, views, pixel_mm), hu.shape[0], pixel_mm))[0].cpu().numpy()
-    return hu.astype(np.float32) + (sparse - dense)
+    return hu.astype(np.float32) + (_reconstruction(hu, pixel_mm, views, device) - dense)
 
 
 def dense_reconstruction(hu: np.ndarray, pixel_mm: float, views: int = DENSE_VIEWS,
                          device: Device = None) -> np.ndarray:
+    return _reconstruction(hu, pixel_mm, views, device)
+
+
+def _reconstruction(hu: np.ndarray, pixel_mm: float, views: int, device: Device) -> np.ndarray:
+    """``hu`` projected over ``views`` views and reconstructed by FBP (HU), computed on ``device``."""
     mu = hu_to_mu(_tensor(hu, device))[None]
     return mu_to_hu(fbp(forward_project(mu, views, pixel_mm), hu.shape[0], pixel_mm))[0].cpu().numpy()

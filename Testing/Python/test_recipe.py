@@ -110,8 +110,8 @@ def test_site_adaptation_refuses_bad_sources_in_one_line(tmp_path, capsys):
 def test_the_recipe_simulates_on_a_cuda_gpu_only():
     """Dose and view simulation follows the training device when it is a CUDA GPU and stays on the CPU otherwise
     (this machine has no GPU, so 'auto' is the CPU too); a GPU asked for and missing is a clear error."""
+    from DistilIQALib.device import simulation_device
     from DistilIQALib.errors import DeviceError
-    from DistilIQALib.recipe import simulation_device
 
     assert simulation_device("cpu") is None
     auto = simulation_device("auto")
