@@ -254,6 +254,8 @@ class SourceSlice:
     pixel_mm: float
     anatomy: str = ""
     thickness_mm: float = float("nan")
+    #: Body region read from the slice within its whole series (:mod:`DistilIQALib.regions`); empty when unknown.
+    region: str = ""
 
 
 def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
@@ -334,6 +336,7 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
     """Full-dose slices from every CT under ``folder``: each DICOM series folder and each volume or
     image file is one patient; ``slices_per_volume`` slices are taken evenly along z."""
     from .reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series, read_volume
+    from .regions import volume_regions
 
     folder = Path(folder)
     sources: List[SourceSlice] = []
@@ -351,6 +354,7 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
         if uid is not None and series_per_folder[path] > 1:
             patient += "_" + uid.rsplit(".", 1)[-1]  # several series in one folder
         picks = np.unique(np.linspace(0, volume.num_slices - 1, min(slices_per_volume, volume.num_slices)).round())
+        regions = volume_regions(volume).region
         for index in picks.astype(int):
             hu = np.asarray(volume.hu[index], dtype=np.float32)
             side = max(hu.shape)
@@ -360,7 +364,7 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
                 square[top:top + hu.shape[0], left:left + hu.shape[1]] = hu
                 hu = square
             sources.append(SourceSlice(patient, f"slice{index:04d}", hu, float(volume.spacing_mm[0]),
-                                       thickness_mm=volume.slice_thickness_mm))
+                                       thickness_mm=volume.slice_thickness_mm, region=regions[index]))
     if not sources:
         raise InputError(f"no CT found under {folder}")
     return sources
