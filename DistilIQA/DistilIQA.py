@@ -92,6 +92,7 @@ class DistilIQAParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     weightsPath: pathlib.Path  # empty: the shipped model
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    region: Annotated[str, Choice(["auto", "head", "neck", "chest", "abdomen"])] = "auto"  # auto: read per slice
     batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: automatic (32 on a GPU, 2 on the CPU)
     showOverlay: bool = True
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.35
@@ -137,8 +138,10 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DistilIQALogic()
         self.ui.worstSlicesTable.setHorizontalHeaderLabels([_("slice"), _("z (mm)"), _("score")])
+        self.ui.batchTable.setColumnCount(10)
         self.ui.batchTable.setHorizontalHeaderLabels([_("patient"), _("date"), _("series"), _("slices"),
-                                                      _("mean"), _("min"), _("% inadequate")])
+                                                      _("mean"), _("min"), _("% inadequate"), _("region"),
+                                                      _("dose equivalent"), _("% above routine")])
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         # The overlay follows the parameter node (onParameterNodeModified), not the widgets' signals: those
         # can fire before the binding has written the new value into the node.
@@ -232,7 +235,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not parameters.inputVolume:
                 raise ValueError(_("Select a CT volume first."))
             job = self.logic.startScoring(parameters.inputVolume, parameters.weightsPath, parameters.device,
-                                          parameters.batchSize)
+                                          parameters.batchSize, parameters.region)
             self._scoring = (job, parameters.inputVolume)
             self.ui.deviceInUseLabel.text = "-"
             self.ui.applyButton.text = _("Cancel")
@@ -296,6 +299,11 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if summary["fraction_inadequate"] is not None:
             text += " " + _("{percent:.0f}% of slices inadequate.").format(
                 percent=100 * summary["fraction_inadequate"])
+        from DistilIQALib.scoring import verdict_line
+
+        verdict = verdict_line(summary)
+        if verdict:
+            text += "\n" + verdict
         for warning in summary["warnings"]:
             text += "\n" + warning
         self.ui.summaryLabel.text = text
@@ -420,7 +428,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             values = (row["patient_id"], row["study_date"], row["description"], row["num_slices"],
-                      row["mean_score"], row["min_score"], row["fraction_inadequate"])
+                      row["mean_score"], row["min_score"], row["fraction_inadequate"], row.get("region"),
+                      row.get("median_dose_equivalent"), row.get("fraction_above_routine"))
             for c, value in enumerate(values):
                 text = "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
                 item = qt.QTableWidgetItem(text)
@@ -528,7 +537,7 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
                                      "try again.").format(packages=", ".join(missing), error=error)) from None
         return True
 
-    def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=0):
+    def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=0, region="auto"):
         """Write ``ctNode`` to a temporary NRRD and start ``score`` on it in a child process; returns the
         :class:`DistilIQALib.jobs.ScoreJob` (poll it, cancel it, then :meth:`showScoringResults`)."""
         from DistilIQALib.jobs import ScoreJob
@@ -537,7 +546,8 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         workDir = tempfile.mkdtemp(prefix="DistilIQA-")
         try:
             volumeFile = write_volume_file(ctNode, os.path.join(workDir, "volume.nrrd"))
-            return ScoreJob(volumeFile, workDir, weightsPath, device, batchSize or 0, self._pythonSlicer())
+            return ScoreJob(volumeFile, workDir, weightsPath, device, batchSize or 0, self._pythonSlicer(),
+                            region=region)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
@@ -554,9 +564,10 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         # Matched by z: the file reader and the node need not order the axial slices alike.
         return scores, self._present(ctNode, show_stored_results(ctNode, scores), showOverlay, opacity)
 
-    def process(self, ctNode, weightsPath=None, device="auto", batchSize=0, showOverlay=True, timeoutS=None):
+    def process(self, ctNode, weightsPath=None, device="auto", batchSize=0, showOverlay=True, timeoutS=None,
+                region="auto"):
         """Score ``ctNode`` and create its result nodes, waiting for the child process (scripts and tests)."""
-        job = self.startScoring(ctNode, weightsPath, device, batchSize)
+        job = self.startScoring(ctNode, weightsPath, device, batchSize, region)
         try:
             code = job.wait(timeoutS)
         except BaseException:

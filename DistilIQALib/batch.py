@@ -25,6 +25,7 @@ from .errors import DistilIQAError, InputError
 from .preprocessing import window_to_unit
 from .progress import Progress
 from .reading import read_dicom_files
+from .regions import UNKNOWN, SliceRegions
 from .report import write_html_report  # noqa: F401  (the report was part of this module)
 from .scoring import Scorer, SliceScores
 from .store import ResultStore
@@ -158,8 +159,10 @@ def _gap_note(volume: CTVolume, corrupt: List[str]) -> Optional[str]:
 
 def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, scorer: Scorer,
               shard: Tuple[int, int] = (1, 1), rescore: bool = False, workers: int = 2,
-              progress: Optional[Progress] = None, scan_executor: str = "auto") -> BatchSummary:
+              progress: Optional[Progress] = None, scan_executor: str = "auto", region: str = "auto") -> BatchSummary:
     """Score every axial CT series under ``root`` into the store at ``store_path``.
+
+    ``region`` is ``auto`` (each slice's body region read from the image) or one region for every series.
 
     ``workers`` threads decode series ahead of the model and at least 2 workers read the headers
     (``scan_executor``: ``thread``, ``process`` or ``auto``, see :func:`~DistilIQALib.archive.scan_folder`).
@@ -202,7 +205,7 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
                 pending[n] = None
                 if n + workers + 1 < total:
                     pending.append(pool.submit(_read, to_score[n + workers + 1]))
-                _score_series(store, scorer, entry, read, summary)
+                _score_series(store, scorer, entry, read, summary, region)
                 summary.seconds = time.monotonic() - started
                 progress.update(n + 1, total, f"series ({summary.slices_per_second:.1f} slices/s)")
     summary.seconds = time.monotonic() - started
@@ -210,7 +213,7 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
 
 
 def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: SeriesRead,
-                  summary: BatchSummary) -> None:
+                  summary: BatchSummary, region: str = "auto") -> None:
     """Score one series read ahead and write it, with its problems, to the store."""
     weights_id = scorer.info.weights_id
     started = time.monotonic()
@@ -222,7 +225,7 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
         summary.failed += 1
         return
     volume = read.volume
-    scores = scorer.score_volume(volume)
+    scores = scorer.score_volume(volume, region=region)
     notes = entry.notes() + [note for note in [_gap_note(volume, read.corrupt_files)] if note]
     record = _record(entry, weights_id, "scored", _joined(notes))
     record.update(_summary_fields(scores), seconds=time.monotonic() - started,
@@ -237,16 +240,21 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
 
 def _summary_fields(scores: SliceScores) -> Dict:
     facts = scores.summary()
+    regions = facts["regions"]
     return {"num_slices": facts["num_slices"], "mean_score": facts["mean_score"], "min_score": facts["min_score"],
             "worst_slice": facts["worst_slices"][0]["slice_index"], "mean_noise_hu": facts["mean_noise_hu"],
-            "fraction_inadequate": facts["fraction_inadequate"]}
+            "fraction_inadequate": facts["fraction_inadequate"],
+            "region": max(regions, key=regions.get) if regions else None,
+            "median_dose_equivalent": facts["median_dose_equivalent"],
+            "fraction_above_routine": facts["fraction_above_routine"]}
 
 
 # --- outputs --------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ("status", "reason", "patient_id", "study_date", "description", "scanner_model", "kernel", "kvp",
-                   "slice_thickness_mm", "exposure_mas", "num_slices", "mean_score", "min_score", "worst_slice",
-                   "mean_noise_hu", "fraction_inadequate", "series_uid", "weights_id", "folder")
+                   "slice_thickness_mm", "exposure_mas", "num_slices", "region", "mean_score", "min_score",
+                   "worst_slice", "mean_noise_hu", "median_dose_equivalent", "fraction_inadequate",
+                   "fraction_above_routine", "series_uid", "weights_id", "folder")
 
 
 def write_summary_csv(store_path: os.PathLike[str] | str, csv_path: os.PathLike[str] | str) -> int:
@@ -281,9 +289,10 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
                         dtype=np.float32)
     record = series[0] if series else {}
     thickness = record.get("slice_thickness_mm")
+    regions = SliceRegions([r.get("region") or UNKNOWN for r in rows], [""] * len(rows), source="stored")
     return SliceScores(slice_index=np.array([r["slice_index"] for r in rows]),
                        z_mm=np.array([r["z_mm"] for r in rows], dtype=np.float64), score=score,
                        outputs=np.stack([score - spread, score + spread], axis=1), noise_hu=noise, info=info,
                        source=record.get("description") or series_uid, device="stored",
                        elapsed_s=float(record.get("seconds") or 0.0), diameter_cm=diameter,
-                       thickness_mm=float("nan") if thickness is None else float(thickness))
+                       thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions)

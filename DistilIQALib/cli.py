@@ -66,7 +66,18 @@ def _add_score_parser(commands) -> None:
     parser.add_argument("--force", action="store_true", help="score data that do not look like CT")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on GPUs")
     parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
+    _add_region_argument(parser)
     parser.set_defaults(run=_run_score)
+
+
+REGION_HELP = ("body region of the verdicts: auto (default: read from each slice), or head, neck, chest, abdomen for "
+               "every slice")
+
+
+def _add_region_argument(parser) -> None:
+    from .regions import REGION_CHOICES
+
+    parser.add_argument("--region", default="auto", choices=REGION_CHOICES, help=REGION_HELP)
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -74,16 +85,16 @@ def _run_score(args: argparse.Namespace) -> int:
         raise DistilIQAError("--batch-size must be at least 1")
     return _score_to_files(args.input, args.weights, args.device, args.batch_size, series=args.series,
                            out=args.out, plot=args.plot, json_path=args.json, force=args.force,
-                           use_amp=not args.no_amp, progress_lines=args.progress_lines)
+                           use_amp=not args.no_amp, progress_lines=args.progress_lines, region=args.region)
 
 
 def _score_to_files(source, weights, device, batch_size, series=None, out=None, plot=None, json_path=None,
-                    force=False, use_amp=True, progress_lines=False) -> int:
+                    force=False, use_amp=True, progress_lines=False, region="auto") -> int:
     """Score one CT and write the CSV (standard output without ``out``), JSON summary and plot."""
     from .outputs import write_csv, write_json, write_plot
     from .progress import Progress, chain, progress_line_callback
     from .reading import read_volume
-    from .scoring import Scorer
+    from .scoring import Scorer, verdict_line
 
     if progress_lines and not out:
         raise DistilIQAError("--progress-lines needs --out: the CSV and the progress lines would share standard "
@@ -93,7 +104,7 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     _note(f"scoring {volume.num_slices} slice(s) of {volume.source} on {scorer.device_name} "
           f"with {scorer.info.preset} model {scorer.info.weights_id}")
     lines = progress_line_callback("score", device=scorer.device_name) if progress_lines else None
-    scores = scorer.score_volume(volume, Progress(chain(TerminalProgress(), lines)))
+    scores = scorer.score_volume(volume, Progress(chain(TerminalProgress(), lines)), region=region)
     for warning in scores.warnings:
         _note(f"warning: {warning}")
     write_csv(scores, out or sys.stdout)
@@ -106,6 +117,9 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     _note(f"mean score {summary['mean_score']:.4f}, worst slice {worst['slice_index']} (z {worst['z_mm']:.1f} mm, "
           f"score {worst['score']:.4f}); {summary['num_slices']} slices in {summary['elapsed_s']:.1f} s"
           + (f"; wrote {out}" if out else ""))
+    verdict = verdict_line(summary)
+    if verdict:
+        _note(verdict)
     return 0
 
 
@@ -154,10 +168,18 @@ def _run_info(args: argparse.Namespace) -> int:
                                                else "") for band in info.adequacy["bands"])
         print(f"  adequacy on the {adequacy_measure(info.adequacy).replace('_', ' ')}: {bands}")
     if info.noise_reference:
-        reference = info.noise_reference
-        size = str(reference.get("size", "water_equivalent_diameter")).replace("_", "-", 1).replace("_", " ")
-        print(f"  dose equivalent: exp({reference['intercept']:g} + {reference['per_cm']:g} D) / (noise^2 x "
-              f"thickness), D the {size} in cm, fitted on {reference.get('patients', '?')} patients")
+        from .interpretation import band_threshold, region_references
+
+        size = str(info.noise_reference.get("size", "water_equivalent_diameter")).replace("_", "-", 1).replace("_", " ")
+        for region, reference in region_references(info.noise_reference, info.adequacy).items():
+            basis = ("from published measurements" if reference.get("basis") == "literature"
+                     else f"fitted on {reference.get('patients', '?')} patients")
+            bands = ", ".join(f"{band['name']} >= {band_threshold(band):g}" for band in reference["bands"]
+                              if band_threshold(band) is not None)
+            low, high = reference.get("valid_diameter_cm", ("?", "?"))
+            print(f"  {region}: dose equivalent exp({reference['intercept']:g} + {reference['per_cm']:g} D) / "
+                  f"(noise^2 x thickness), D the {size} in cm ({low}-{high}), {basis}; {bands}; above routine "
+                  f"> {reference.get('above_routine_from', '?')}")
     for key, value in sorted(info.provenance.items()):
         print(f"  {key}: {value}")
     return 0
@@ -332,6 +354,7 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
     parser.add_argument("--workers", type=int, default=2,
                         help="threads decoding DICOM ahead of the model and reading the headers (default 2)")
+    _add_region_argument(parser)
     parser.set_defaults(run=_run_batch)
 
 
@@ -356,7 +379,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         store = store.with_name(f"{store.stem}.part{rank + 1}of{world}{store.suffix}")
     scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size)
     _note(f"batch {args.root} -> {store} (shard {shard[0]}/{shard[1]}) on {scorer.device_name}")
-    summary = run_batch(args.root, store, scorer, shard, args.rescore, args.workers, Progress(TerminalProgress()))
+    summary = run_batch(args.root, store, scorer, shard, args.rescore, args.workers, Progress(TerminalProgress()),
+                        region=args.region)
     _note(f"{summary.scored} series scored, {summary.skipped} skipped, {summary.failed} failed, "
           f"{summary.already_done} already in the store, {summary.unreadable_files} unreadable file(s); "
           f"{summary.slices} slices in {summary.seconds:.1f} s ({summary.slices_per_second:.1f} slices/s)")
@@ -449,9 +473,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             raise InputError(f"no such file: {path}")
     written = calibrate_weights(args.weights, args.output, args.manifest, args.corpus)
-    reference = read_info(written).noise_reference
-    _note(f"model: {written} (noise reference from {reference['patients']} patients, {reference['slices']} "
-          f"slices; residual SD of log variance {reference['residual_sd_log_variance']})")
+    regions = read_info(written).noise_reference["regions"]
+    fitted = ", ".join(f"{region} {ref.get('basis', 'fitted')}"
+                       + (f" on {ref['patients']} patient(s), {ref['slices']} slices" if ref.get("patients") else "")
+                       for region, ref in regions.items())
+    _note(f"model: {written} (routine noise levels: {fitted})")
     return 0
 
 

@@ -18,13 +18,14 @@ Adequacy bands are thresholds on the quantity named by ``adequacy["on"]``: ``"sc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-#: Dose equivalents are reported between these ends: below 5% the estimate means little, and a slice
-#: quieter than the routine reference "looks like at least a full dose".
-DOSE_RANGE = (0.05, 1.0)
+#: Dose equivalents are reported between these ends: below 5% the estimate means little, and above four
+#: routine doses the noise (half the routine level) is too low to measure the difference reliably.
+DOSE_RANGE = (0.05, 4.0)
 #: Label of a slice whose verdict quantity could not be measured (no soft tissue to read noise from).
 UNKNOWN = "unknown"
 
@@ -143,6 +144,7 @@ def fit_noise_reference(noise_hu: Sequence[float], thickness_mm: Sequence[float]
         # a routine slice's own dose equivalent (unclipped) is exp(-residual)
         reference["routine_range"] = [round(weighted_quantile(np.exp(-residual), weights, q), 4)
                                       for q in ROUTINE_RANGE_QUANTILES]
+        reference["routine_p75"] = round(weighted_quantile(np.exp(-residual), weights, ABOVE_ROUTINE_QUANTILE), 4)
     return reference
 
 
@@ -195,3 +197,123 @@ def dose_equivalent_adequacy(good_dose: float = 0.5, inadequate_dose: float = 0.
                           f"the routine level); inadequate: below {inadequate_dose:.0%} (noise above "
                           f"{inadequate_dose ** -0.5:.1f}x), where low-contrast detectability degrades markedly. "
                           "The routine level is fitted on real clinical full-dose scans.")}
+
+
+# --- Verdicts per body region ------------------------------------------------------------------------------------
+#
+# A version-3 noise reference holds one routine level per body region (``{"size": ..., "regions": {name: {...}}}``),
+# each with its own bands, the dose equivalent above which a slice is "above routine", the ranges of patient size
+# and slice thickness it may be applied to, and whether it was fitted on real scans or taken from the literature.
+# An older reference (one level, fitted on chest and abdomen) is read as that level for those two regions only.
+
+#: The share of routine full-dose scans that the "above routine" mark leaves below it: diagnostic reference
+#: levels are set at the 75th percentile of a practice's doses (ICRP Publication 135).
+ABOVE_ROUTINE_QUANTILE = 0.75
+#: Without a measured spread, "above routine" starts at twice the routine dose (noise under 0.71x routine).
+ABOVE_ROUTINE_DEFAULT = 2.0
+#: A fitted size dependence holds this share beyond the diameters it was fitted on; slice thickness enters by
+#: the quantum-noise law (variance as 1 / thickness), trusted from half the thinnest to twice the thickest
+#: slices fitted, within 0.5-10 mm.
+DIAMETER_MARGIN = 0.15
+THICKNESS_LAW_MM = (0.5, 10.0)
+ABOVE_ROUTINE_NOTE = "above routine: the dose could be lowered"
+
+
+def valid_ranges(reference: Dict[str, Any]) -> Dict[str, List[float]]:
+    """Patient sizes (cm) and slice thicknesses (mm) a fitted reference may be applied to, from the ranges of
+    the slices it was fitted on."""
+    ranges = {}
+    if reference.get("diameter_range_cm"):
+        low, high = (float(v) for v in reference["diameter_range_cm"])
+        ranges["valid_diameter_cm"] = [round(low * (1.0 - DIAMETER_MARGIN), 1),
+                                       round(high * (1.0 + DIAMETER_MARGIN), 1)]
+    if reference.get("thickness_range_mm"):
+        low, high = (float(v) for v in reference["thickness_range_mm"])
+        ranges["valid_thickness_mm"] = [max(THICKNESS_LAW_MM[0], round(low / 2.0, 2)),
+                                        min(THICKNESS_LAW_MM[1], round(high * 2.0, 2))]
+    return ranges
+
+
+def region_references(reference: Optional[Dict[str, Any]],
+                      adequacy: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+    """The routine reference of each body region a model carries (empty without a noise reference). An older,
+    single reference applies to the chest and abdomen it was fitted on, with the model's bands."""
+    if not reference:
+        return {}
+    if "regions" in reference:
+        return dict(reference["regions"])
+    single = dict(reference, basis="fitted", bands=(adequacy or {}).get("bands") or dose_equivalent_adequacy()["bands"])
+    single.update(valid_ranges(reference))
+    single.setdefault("above_routine_from", ABOVE_ROUTINE_DEFAULT)
+    return {"chest": single, "abdomen": single}
+
+
+def region_bands(good: float, inadequate: float) -> List[Dict[str, Any]]:
+    """good / borderline / inadequate bands on the dose equivalent."""
+    return [{"name": "good", "min_value": good}, {"name": "borderline", "min_value": inadequate},
+            {"name": "inadequate", "min_value": None}]
+
+
+@dataclass
+class Verdicts:
+    """What the user reads for each slice: dose equivalent (fraction of a routine dose for its region; NaN where
+    there is none), adequacy band, whether it is above the routine level, and a note (why ``unknown``, that the
+    dose could be lowered, or that the routine level is from the literature)."""
+
+    dose_equivalent: np.ndarray
+    adequacy: List[str]
+    above_routine: np.ndarray
+    note: List[str]
+
+
+def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str], region_reasons: Sequence[str],
+                    references: Dict[str, Dict[str, Any]]) -> Verdicts:
+    """Verdicts of each slice against the routine reference of its body region; ``unknown`` with its reason
+    wherever the slice lies outside what that reference was fitted on (region, size, thickness) or has no
+    noise figure. Never an extrapolation."""
+    noise = np.asarray(noise_hu, dtype=np.float64)
+    count = len(noise)
+    thickness = np.broadcast_to(np.asarray(thickness_mm, dtype=np.float64), (count,))
+    diameter = np.broadcast_to(np.asarray(diameter_cm, dtype=np.float64), (count,))
+    dose = np.full(count, np.nan)
+    labels, notes = [UNKNOWN] * count, [""] * count
+    above = np.zeros(count, dtype=bool)
+    for n in range(count):
+        region = regions[n]
+        reference = references.get(region)
+        why = _why_unknown(region, region_reasons[n] if region_reasons else "", reference, noise[n], thickness[n],
+                           diameter[n])
+        if why:
+            notes[n] = why
+            continue
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            fraction = float(reference_variance(diameter[n], reference)) / (noise[n] ** 2 * thickness[n])
+        dose[n] = min(max(fraction, DOSE_RANGE[0]), DOSE_RANGE[1])
+        labels[n] = adequacy_labels(dose[n:n + 1], {"on": "dose_equivalent", "bands": reference["bands"]})[0]
+        above[n] = dose[n] > float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT))
+        remarks = [ABOVE_ROUTINE_NOTE] if above[n] else []
+        if reference.get("basis") == "literature":
+            remarks.append(f"{region} routine level from published measurements")
+        notes[n] = "; ".join(remarks)
+    return Verdicts(dose, labels, above, notes)
+
+
+def _why_unknown(region: str, region_reason: str, reference: Optional[Dict[str, Any]], noise: float,
+                 thickness: float, diameter: float) -> str:
+    """Why a slice gets no verdict ('' when it gets one)."""
+    if region not in ("head", "neck", "chest", "abdomen"):
+        return f"body region unknown: {region_reason}" if region_reason else "body region unknown"
+    if reference is None:
+        return f"no routine level for the {region} in this model"
+    if not (np.isfinite(noise) and noise > 0):
+        return "no soft tissue to measure noise on"
+    if not (np.isfinite(thickness) and thickness > 0):
+        return "slice thickness unknown"
+    low, high = reference.get("valid_diameter_cm", (0.0, math.inf))
+    if not (np.isfinite(diameter) and low <= diameter <= high):
+        return (f"patient size {diameter:.1f} cm is outside the {region} reference ({low:g}-{high:g} cm "
+                "noise-equivalent diameter)")
+    low, high = reference.get("valid_thickness_mm", THICKNESS_LAW_MM)
+    if not low <= thickness <= high:
+        return f"slice thickness {thickness:g} mm is outside the {region} reference ({low:g}-{high:g} mm)"
+    return ""

@@ -52,9 +52,11 @@ def engine_environment(environment: Optional[Dict[str, str]] = None) -> Dict[str
     return {"PYTHONPATH": os.pathsep.join([engine_root()] + ([existing] if existing else []))}
 
 
-def score_arguments(volume_file, work_dir, weights=None, device: str = "auto", batch_size: int = 0) -> List[str]:
+def score_arguments(volume_file, work_dir, weights=None, device: str = "auto", batch_size: int = 0,
+                    region: str = "auto") -> List[str]:
     """``score VOLUME --out WORK/scores.csv --json WORK/summary.json --device D [--weights W] [--batch-size N]
-    --progress-lines``; ``batch_size`` 0 means the engine's default for the device."""
+    [--region R] --progress-lines``; ``batch_size`` 0 means the engine's default for the device, ``region``
+    ``auto`` each slice's body region read from the image."""
     work_dir = Path(work_dir)
     arguments = ["score", str(volume_file), "--out", str(work_dir / SCORES_CSV), "--json",
                  str(work_dir / SUMMARY_JSON), "--device", device or "auto"]
@@ -63,6 +65,8 @@ def score_arguments(volume_file, work_dir, weights=None, device: str = "auto", b
         arguments += ["--weights", weights]
     if batch_size:
         arguments += ["--batch-size", str(int(batch_size))]
+    if region and region != "auto":
+        arguments += ["--region", region]
     return arguments + ["--progress-lines"]
 
 
@@ -138,10 +142,10 @@ class ScoreJob:
     read back from ``work_dir``. The caller writes the volume file and removes ``work_dir`` (:meth:`cleanup`)."""
 
     def __init__(self, volume_file, work_dir, weights=None, device: str = "auto", batch_size: int = 0,
-                 python: Optional[str] = None) -> None:
+                 python: Optional[str] = None, region: str = "auto") -> None:
         self.work_dir = Path(work_dir)
         self.weights = chosen_path(weights)
-        self.arguments = score_arguments(volume_file, self.work_dir, self.weights, device, batch_size)
+        self.arguments = score_arguments(volume_file, self.work_dir, self.weights, device, batch_size, region)
         self.command = engine_command(self.arguments, python)
         self.done, self.total = 0, 0
         self.device_name = ""
@@ -208,6 +212,7 @@ def read_score_results(csv_path, json_path, weights=None):
     ``weights`` is the model the run used (``None``: the shipped one); its metadata gives the score's
     meaning, adequacy bands and dose calibration. The CSV keeps each slice's score and the spread of the
     student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread."""
+    from .regions import UNKNOWN, SliceRegions
     from .scoring import SliceScores
     from .weights import read_info, resolve_weights
 
@@ -229,4 +234,13 @@ def read_score_results(csv_path, json_path, weights=None):
         elapsed_s=float(summary.get("elapsed_s") or 0.0), matrix=tuple(summary.get("matrix") or ()),
         spacing_mm=tuple(summary.get("spacing_mm") or ()), warnings=list(summary.get("warnings") or ()),
         diameter_cm=np.array([_float_or_nan(r.get("water_diameter_cm", "")) for r in rows], dtype=np.float32),
-        thickness_mm=_float_or_nan(summary.get("slice_thickness_mm")))
+        thickness_mm=_float_or_nan(summary.get("slice_thickness_mm")),
+        regions=SliceRegions([r.get("region") or UNKNOWN for r in rows],
+                             [_region_reason(r.get("verdict_note") or "") for r in rows],
+                             summary.get("region_source") or "image"))
+
+
+def _region_reason(note: str) -> str:
+    """The reason a slice's region is unknown, as its verdict note gives it ('' when it is known)."""
+    prefix = "body region unknown: "
+    return note[len(prefix):] if note.startswith(prefix) else ""

@@ -26,7 +26,8 @@ import numpy as np
 import slicer
 import vtk
 
-from .interpretation import adequacy_measure, band_threshold, lowest_adequate_value
+from .interpretation import adequacy_measure, band_threshold, lowest_adequate_value, region_references
+from .regions import SliceRegions
 from .scoring import SliceScores
 from .volume import CTVolume, to_axial
 
@@ -127,7 +128,8 @@ def _fill_table(table_node, scores: SliceScores, thresholds) -> None:
     columns = [("slice_index", vtk.vtkIntArray), ("z_mm", vtk.vtkDoubleArray), ("score", vtk.vtkDoubleArray),
                ("score_spread", vtk.vtkDoubleArray), ("noise_hu", vtk.vtkDoubleArray),
                ("dose_equivalent", vtk.vtkDoubleArray), ("adequacy", vtk.vtkStringArray),
-               ("water_diameter_cm", vtk.vtkDoubleArray)]
+               ("water_diameter_cm", vtk.vtkDoubleArray), ("region", vtk.vtkStringArray),
+               ("above_routine", vtk.vtkIntArray), ("verdict_note", vtk.vtkStringArray)]
     fixed = len(columns)
     columns += [(name, vtk.vtkDoubleArray) for name, _ in thresholds]
     arrays = {}
@@ -140,14 +142,43 @@ def _fill_table(table_node, scores: SliceScores, thresholds) -> None:
     for n, row in enumerate(rows):
         for name, _ in columns[:fixed]:
             value = row[name]
-            if name == "adequacy":
+            if isinstance(arrays[name], vtk.vtkStringArray):
                 arrays[name].SetValue(n, value or "")
+            elif name == "above_routine":
+                arrays[name].SetValue(n, int(bool(value)))
             else:
                 arrays[name].SetValue(n, np.nan if value is None else value)
         for name, threshold in thresholds:
-            arrays[name].SetValue(n, threshold)
+            arrays[name].SetValue(n, threshold[n])
     table_node.SetAndObserveTable(table)
     table_node.Modified()
+
+
+def _thresholds(scores: SliceScores):
+    """``(column, value per slice)`` of each band's lower bound, and of the start of "above routine", on the
+    quantity the bands are on: per slice, since each body region has its own (NaN where a slice's region has
+    none)."""
+    info = scores.info
+    count = len(scores.score)
+    if adequacy_measure(info.adequacy) != "dose_equivalent" or not info.noise_reference:
+        if not info.adequacy or not info.adequacy.get("bands"):
+            return []
+        return [(f"{band['name']}_from", np.full(count, band_threshold(band))) for band in info.adequacy["bands"]
+                if band_threshold(band) is not None]
+    references = region_references(info.noise_reference, info.adequacy)
+    per_slice = [references.get(region) for region in scores.region]
+    names = []
+    for reference in references.values():
+        names += [band["name"] for band in reference["bands"] if band_threshold(band) is not None
+                  and band["name"] not in names]
+    columns = []
+    for name in names:
+        values = [next((band_threshold(b) for b in ref["bands"] if b["name"] == name), None) if ref else None
+                  for ref in per_slice]
+        columns.append((f"{name}_from", np.array([np.nan if v is None else v for v in values], dtype=np.float64)))
+    above = [float(ref.get("above_routine_from", np.nan)) if ref else np.nan for ref in per_slice]
+    columns.append(("above_routine_from", np.array(above, dtype=np.float64)))
+    return columns
 
 
 def _series(scene, source, role, name, table_node, y_column, color, dashed=False):
@@ -176,10 +207,7 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     volume = volume or volume_from_node(ct_node)
     name = ct_node.GetName()
     info = scores.info
-    thresholds = []
-    if info.adequacy and info.adequacy.get("bands"):
-        thresholds = [(f"{band['name']}_from", band_threshold(band)) for band in info.adequacy["bands"]
-                      if band_threshold(band) is not None]
+    thresholds = _thresholds(scores)
     on_dose = adequacy_measure(info.adequacy) == "dose_equivalent"
     table = _find_or_add(scene, "vtkMRMLTableNode", ct_node, "table", f"{name} DistilIQA scores")
     _fill_table(table, scores, thresholds)
@@ -202,8 +230,8 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     adequacy_chart.AddAndObservePlotSeriesNodeID(measure_series.GetID())
     band_colors = [(0.15, 0.6, 0.3), (0.85, 0.6, 0.1), (0.75, 0.2, 0.2)]
     for n, (column, _) in enumerate(thresholds):
-        line = _series(scene, ct_node, f"band {column}", f"{name} {column}", table, column,
-                       band_colors[min(n, len(band_colors) - 1)], dashed=True)
+        color = (0.1, 0.35, 0.6) if column == "above_routine_from" else band_colors[min(n, len(band_colors) - 1)]
+        line = _series(scene, ct_node, f"band {column}", f"{name} {column}", table, column, color, dashed=True)
         adequacy_chart.AddAndObservePlotSeriesNodeID(line.GetID())
     adequacy_chart.SetTitle(f"Dose adequacy: {name}")
     adequacy_chart.SetXAxisTitle("z (mm)")
@@ -229,7 +257,10 @@ def show_stored_results(ct_node, scores: SliceScores) -> ResultNodes:
                           source=scores.source, device=scores.device, elapsed_s=scores.elapsed_s,
                           matrix=scores.matrix, spacing_mm=scores.spacing_mm,
                           diameter_cm=None if scores.diameter_cm is None else scores.diameter_cm[order],
-                          thickness_mm=scores.thickness_mm)
+                          thickness_mm=scores.thickness_mm,
+                          regions=None if scores.regions is None else SliceRegions(
+                              [scores.regions.region[n] for n in order], [scores.regions.reason[n] for n in order],
+                              scores.regions.source))
     return show_results(ct_node, aligned, volume)
 
 

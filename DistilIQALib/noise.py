@@ -17,7 +17,11 @@ import torch.nn.functional as F
 KERNEL_MM = 6.0
 TISSUE_RANGE_HU = (0.0, 150.0)
 MAX_SD_HU = 500
-#: Fewer soft-tissue pixels than this and the slice gets NaN (no meaningful noise figure).
+#: Less soft tissue than this (cm^2) and the slice gets NaN: the mode of a sparse histogram of local SDs drifts up
+#: with the edges between tissues (at the vertex of a real head, 7-8 cm^2 of tissue read 30-80 HU where the brain
+#: below reads 6), so no meaningful noise figure. Every body slice has far more.
+MIN_TISSUE_CM2 = 20.0
+#: And never fewer pixels than this, whatever their size.
 MIN_TISSUE_PIXELS = 200
 
 
@@ -29,7 +33,8 @@ def kernel_pixels(pixel_spacing_mm: float, kernel_mm: float = KERNEL_MM) -> int:
 
 def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.0, 1.0),
                        kernel_mm: float = KERNEL_MM, tissue_from: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """GNI in HU of each slice of ``hu`` ``(B, H, W)``; NaN where there is too little soft tissue.
+    """GNI in HU of each slice of ``hu`` ``(B, H, W)``; NaN where there is too little soft tissue (under
+    :data:`MIN_TISSUE_CM2`).
 
     ``pixel_spacing_mm`` is ``(x, y)``. ``tissue_from`` (same shape, HU) picks the soft-tissue
     pixels by its local mean instead of ``hu``'s: the SD of a noise image over the tissue of the slice
@@ -53,7 +58,8 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     # A 3-bin running sum steadies the mode of sparse histograms.
     smoothed = F.avg_pool1d(histogram.unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
     noise = _histogram_mode(smoothed)
-    enough = tissue.sum(dim=1) >= MIN_TISSUE_PIXELS
+    pixel_cm2 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) / 100.0
+    enough = tissue.sum(dim=1) >= max(MIN_TISSUE_PIXELS, MIN_TISSUE_CM2 / max(pixel_cm2, 1e-9))
     return torch.where(enough, noise, torch.full_like(noise, float("nan")))
 
 

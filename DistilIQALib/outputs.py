@@ -14,7 +14,7 @@ from .interpretation import adequacy_measure, band_threshold
 from .scoring import SliceScores
 
 CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "water_diameter_cm", "dose_equivalent",
-               "adequacy")
+               "adequacy", "region", "above_routine", "verdict_note")
 
 
 def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]) -> None:
@@ -23,6 +23,7 @@ def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in scores.rows():
+        row["above_routine"] = "yes" if row["above_routine"] else ""
         writer.writerow({key: "" if value is None else value for key, value in row.items()})
     _write_text(buffer.getvalue(), destination)
 
@@ -74,11 +75,7 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
                        fontsize=10)
         bottom = axis
         if on_dose:
-            _draw_bands(dose_axis, info.adequacy, 0.0, 1.0)
-            dose_axis.plot(z, dose[order], color="#6c3483", marker="o", markersize=2.0, linewidth=1.2,
-                           label="dose equivalent")
-            dose_axis.set_ylim(0.0, 1.05)
-            dose_axis.set_ylabel("dose equivalent\n(fraction of a routine dose)")
+            _draw_dose_panel(dose_axis, scores, z, dose[order], order)
             dose_axis.legend(loc="lower left", fontsize=8, ncol=4)
             bottom = dose_axis
         bottom.set_xlabel("slice position z (mm, superior +)")
@@ -90,6 +87,32 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
 
 
 _BAND_COLOURS = ("#d5f5e3", "#fcf3cf", "#fadbd8", "#f2f3f4")
+_ABOVE_COLOUR = "#d6eaf8"
+
+
+def _draw_dose_panel(axis, scores: SliceScores, z: np.ndarray, dose: np.ndarray, order: np.ndarray) -> None:
+    """Dose equivalent (log scale, 0.05-4 routine doses) with the bands of the scan's main body region and the
+    range above its routine level; slices above routine are marked."""
+    from .interpretation import DOSE_RANGE, region_references
+
+    regions = [scores.region[n] for n in order]
+    references = region_references(scores.info.noise_reference, scores.info.adequacy)
+    known = [region for region in regions if region in references]
+    main = max(set(known), key=known.count) if known else None
+    adequacy = {"bands": references[main]["bands"]} if main else scores.info.adequacy
+    _draw_bands(axis, adequacy, DOSE_RANGE[0] / 2.0, DOSE_RANGE[1])
+    above_from = float(references[main].get("above_routine_from", 2.0)) if main else None
+    if above_from:
+        axis.axhspan(above_from, DOSE_RANGE[1] * 2.0, color=_ABOVE_COLOUR, zorder=0, label="above routine")
+    axis.plot(z, dose, color="#6c3483", marker="o", markersize=2.0, linewidth=1.2, label="dose equivalent")
+    above = scores.above_routine[order]
+    if above.any():
+        axis.scatter(z[above], dose[above], s=22, color="#1a5276", zorder=5, label="above routine: could be lowered")
+    axis.set_yscale("log")
+    axis.set_ylim(DOSE_RANGE[0] * 0.9, DOSE_RANGE[1] * 1.1)
+    axis.set_yticks([0.05, 0.1, 0.25, 0.5, 1, 2, 4])
+    axis.set_yticklabels(["0.05", "0.1", "0.25", "0.5", "1", "2", "4"])
+    axis.set_ylabel("dose equivalent\n(routine doses" + (f", {main}" if main else "") + ")")
 
 
 def _draw_bands(axis, adequacy, lowest: float, highest: float) -> None:

@@ -21,6 +21,7 @@ continues. The result is ``RUN/distiliqa_student.safetensors`` with all of it in
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -222,6 +223,162 @@ def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str],
                                    "scans, none of them a test patient.")
 
 
+#: Head bands from the reader study of Fletcher et al. (Acad Radiol 2017;24(7)): at 100/80/60/40/20/10% of a
+#: routine head dose only 10% failed non-inferiority, so inadequate starts between 10% and 20% (their geometric
+#: mean); good down to 30%, a margin above the 20% that still passed (noise under 1.8x routine: 7.3 HU at 5 mm
+#: against a grey-white contrast of 5.5-7 HU). The head's size dependence is the chest's and abdomen's (one head
+#: cannot fit one): with the fixed-technique law (variance as exp(0.2 D)) the small sections near the vertex
+#: would read as low dose.
+HEAD_BANDS = (0.3, 0.14)
+#: The neck has no real routine scan in the corpus: its level is the abdomen's, scaled by the ratio of the
+#: global-noise thresholds of the US CMS CT measure (CMS1074: neck or cervical spine 25 HU, routine abdomen-pelvis
+#: 29 HU), at the abdomen's median fitted size, with no size dependence of its own.
+NECK_TO_ABDOMEN_NOISE = 25.0 / 29.0
+NECK_DIAMETER_CM = (8.0, 30.0)
+HEAD_DIAMETER_CM = (10.0, 26.0)
+FITTED_REGIONS = ("chest", "abdomen")
+#: The dose equivalent below which readers failed a region's task in a reader study, where it is stricter than
+#: what the spread of routine scans gives: liver metastases at 30% of a routine abdominal dose failed
+#: non-inferiority (Fletcher et al., Acad Radiol 2017). The neck is read like the abdomen (soft tissue).
+READER_STUDY_INADEQUATE = {"abdomen": 0.30}
+
+
+def _measured(sources):
+    """Noise index (HU), noise-equivalent diameter (cm), thickness (mm) and patient of each source slice."""
+    import torch
+
+    from .noise import noise_equivalent_diameter_cm, slice_noise_index
+
+    rows = []
+    for source in sources:
+        image = torch.from_numpy(np.ascontiguousarray(source.hu, dtype=np.float32))[None]
+        rows.append((slice_noise_index(source.hu, source.pixel_mm),
+                     float(noise_equivalent_diameter_cm(image, (source.pixel_mm, source.pixel_mm))[0]),
+                     source.thickness_mm, source.patient))
+    return rows
+
+
+def _fit_region(sources, per_cm: Optional[float]) -> Dict:
+    from .interpretation import fit_noise_reference
+
+    noise, diameter, thickness, patients = zip(*_measured(sources))
+    return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
+
+
+def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> Dict:
+    """A routine reference for every body region from full-dose source slices that carry their region
+    (:attr:`~DistilIQALib.datasets.SourceSlice.region`): chest and abdomen fitted on their slices (every patient
+    weighing alike; bands from how those routine scans spread), the head fitted with the fixed-technique size
+    dependence and reader-study bands, the neck from the abdomen and published thresholds. A region without
+    slices here keeps ``base_reference``'s."""
+    from .interpretation import (
+        ABOVE_ROUTINE_DEFAULT,
+        ABOVE_ROUTINE_QUANTILE,
+        adequacy_from_reference,
+        region_bands,
+        region_references,
+        valid_ranges,
+    )
+    from .noise import NOISE_EQUIVALENT_DIAMETER
+
+    base = region_references(base_reference) if base_reference else {}
+    regions: Dict[str, Dict] = {}
+    body = [s for s in sources if s.region in FITTED_REGIONS]
+    body_patients = {s.patient for s in body}
+    kept_body = base.get("abdomen") or base.get("chest")
+    if body_patients and (len(body_patients) >= 3 or kept_body):
+        # size dependence and spread from chest and abdomen together (more patients: a steadier slope and
+        # percentiles); each region then gets its own level
+        per_cm = size_dependence_to_keep(dict(kept_body, size=NOISE_EQUIVALENT_DIAMETER) if kept_body else None,
+                                         len(body_patients))
+        pooled = _fit_region(body, per_cm)
+        if "routine_range" not in pooled and kept_body and kept_body.get("routine_range"):
+            pooled["routine_range"] = list(kept_body["routine_range"])
+            pooled["routine_p75"] = kept_body.get("above_routine_from")
+        adequacy = adequacy_from_reference(pooled)
+        above = float(pooled.get("routine_p75") or ABOVE_ROUTINE_DEFAULT)
+        for region in FITTED_REGIONS:
+            picked = [s for s in sources if s.region == region]
+            if not picked:
+                if base.get(region):
+                    regions[region] = base[region]
+                continue
+            fitted = _fit_region(picked, float(pooled["per_cm"]))
+            fitted.pop("routine_p75", None)
+            fitted["routine_range"] = pooled.get("routine_range")
+            bands = [dict(band) for band in adequacy["bands"]]
+            study = READER_STUDY_INADEQUATE.get(region)
+            note = ""
+            if study and bands[0]["min_value"] is not None and bands[1]["min_value"] < study:
+                bands[1]["min_value"] = min(study, bands[0]["min_value"])
+                note = (f" Inadequate raised to below {bands[1]['min_value']:.0%}: in a reader study (Fletcher et al. "
+                        f"2017) {study:.0%} of a routine {region} dose failed non-inferiority.")
+            regions[region] = dict(
+                fitted, **valid_ranges(pooled), basis="fitted", fitted_on=sorted({s.patient for s in picked}),
+                bands=bands, above_routine_from=round(above, 3),
+                reasoning=(f"Level fitted on the {region} slices of {fitted['patients']} real patients; size "
+                           f"dependence ({pooled['per_cm']:.4f} per cm) and spread from the chest and abdomen "
+                           f"slices of {pooled['patients']} patients together, and so are the sizes and thicknesses it "
+                           "applies to. " + adequacy["reasoning"]
+                           + f" Above routine: a dose equivalent over {above:.2f}, the {ABOVE_ROUTINE_QUANTILE:.0%} "
+                           "point of routine scans, as diagnostic reference levels are set." + note))
+    else:
+        regions.update({region: base[region] for region in FITTED_REGIONS if base.get(region)})
+    head = [s for s in sources if s.region == "head"]
+    body_per_cm = float(regions["chest"]["per_cm"]) if "chest" in regions else float(
+        (regions.get("abdomen") or {}).get("per_cm", 0.0))
+    if head:
+        fitted = _fit_region(head, body_per_cm)
+        fitted.pop("routine_p75", None)
+        good, inadequate = HEAD_BANDS
+        regions["head"] = dict(
+            fitted, valid_diameter_cm=list(HEAD_DIAMETER_CM), **{k: v for k, v in valid_ranges(fitted).items()
+                                                                  if k == "valid_thickness_mm"},
+            basis="fitted", fitted_on=sorted({s.patient for s in head}), bands=region_bands(good, inadequate),
+            above_routine_from=ABOVE_ROUTINE_DEFAULT,
+            reasoning=(f"Level fitted on {len(fitted_on_of(head))} real routine head CT(s) with the chest's and "
+                       f"abdomen's size dependence ({body_per_cm:.4f} per cm); checked against published brain "
+                       "noise (4.0 HU at 5 mm, Nakamura et al. 2019). Bands from the reader study of Fletcher et "
+                       f"al. 2017 (head: only 10% of a routine dose failed non-inferiority): good from {good:.0%}, "
+                       f"inadequate below {inadequate:.0%}. Above routine: over {ABOVE_ROUTINE_DEFAULT:g}x a routine "
+                       "dose."))
+    elif base.get("head"):
+        regions["head"] = base["head"]
+    if "abdomen" in regions:
+        abdomen = regions["abdomen"]
+        low, high = abdomen["diameter_range_cm"]
+        middle = (low + high) / 2.0
+        level = float(abdomen["intercept"]) + float(abdomen["per_cm"]) * middle + 2.0 * math.log(NECK_TO_ABDOMEN_NOISE)
+        regions["neck"] = {
+            "intercept": round(level, 5), "per_cm": 0.0, "basis": "literature",
+            "valid_diameter_cm": list(NECK_DIAMETER_CM), "valid_thickness_mm": abdomen.get("valid_thickness_mm"),
+            "bands": abdomen["bands"], "above_routine_from": abdomen["above_routine_from"],
+            "reasoning": (f"No routine neck CT in the corpus: the level is the abdomen's at {middle:.1f} cm with "
+                          f"noise x{NECK_TO_ABDOMEN_NOISE:.2f}, the ratio of the global-noise thresholds of the US "
+                          "CMS CT measure CMS1074 (neck 25 HU, routine abdomen-pelvis 29 HU); bands as the abdomen's "
+                          "(a soft-tissue task).")}
+    elif base.get("neck"):
+        regions["neck"] = base["neck"]
+    if not regions:
+        raise InputError("no routine noise level could be fitted: no full-dose slice of a known body region with "
+                         "soft tissue")
+    return {"size": NOISE_EQUIVALENT_DIAMETER, "regions": regions}
+
+
+def fitted_on_of(sources) -> List[str]:
+    return sorted({s.patient for s in sources})
+
+
+def apply_regional_reference(info, reference: Dict) -> None:
+    """Make ``info``'s verdicts rest on a per-region ``reference``; its top-level bands (what older readers and
+    single-region charts show) are the abdomen's, else the first region's."""
+    regions = reference["regions"]
+    main = regions.get("abdomen") or next(iter(regions.values()))
+    info.noise_reference = reference
+    info.adequacy = {"on": "dose_equivalent", "bands": main["bands"],
+                     "reasoning": "Bands per body region (noise_reference.regions); " + main.get("reasoning", "")}
+
+
 def calibrate_weights(weights: Path | str, output: Path | str, manifest: Optional[Path | str] = None,
                       corpus_root: Optional[Path | str] = None) -> Path:
     """A copy of ``weights`` whose verdicts rest on a noise reference fitted on the corpus's non-test
@@ -234,8 +391,7 @@ def calibrate_weights(weights: Path | str, output: Path | str, manifest: Optiona
     root = Path(corpus_root) if corpus_root else manifest.parent / "files"
     sources = corpus_sources(entries, root, roles=("train", "calibration"))
     model, info = load_weights(weights)
-    reference = noise_reference_from_sources(sources)
-    apply_noise_reference(info, reference, {s.patient for s in sources}, info.noise_reference)
+    apply_regional_reference(info, regional_noise_reference(sources, info.noise_reference))
     info.provenance["noise_reference"] = {"manifest_sha256": sha256_of(manifest),
                                           "roles": ["train", "calibration"]}
     return save_weights(Path(output), model, info, half=True)
@@ -321,10 +477,7 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     info.dose_calibration = fit_dose_calibration(predictions[0].scores[fit], doses[fit])
     references = corpus_sources(entries, root, roles=("train", "calibration"),
                                 slices_per_volume=stage.slices_per_volume)
-    fitted_on = {source.patient for source in references}
-    base_reference = read_info(base_weights).noise_reference
-    per_cm = size_dependence_to_keep(base_reference, len(fitted_on))
-    apply_noise_reference(info, noise_reference_from_sources(references, per_cm), fitted_on, base_reference)
+    apply_regional_reference(info, regional_noise_reference(references, read_info(base_weights).noise_reference))
     held_out_tables = {}
     for role in ("calibration", "test"):
         mask = roles == role

@@ -28,6 +28,15 @@ OUTLIER_Z = 3.5
 MIN_PROTOCOL_SERIES = 3
 SCORE_COLOUR = "#1f4e9c"
 NOISE_COLOUR = "#c0392b"
+DOSE_COLOUR = "#6c3483"
+ABOVE_COLOUR = "#1a5276"
+#: A series is above routine when more than this share of its slices with a verdict is.
+ABOVE_ROUTINE_SHARE = 0.5
+
+
+def above_routine(row: Dict) -> bool:
+    """Whether a stored series used more dose than its body region's routine level (the dose could be lowered)."""
+    return (row.get("fraction_above_routine") or 0.0) > ABOVE_ROUTINE_SHARE
 #: The factors a protocol is made of: (title, row field).
 PROTOCOL_FACTORS = (("scanner model", "scanner_model"), ("kernel", "kernel"), ("kVp", "kvp"),
                     ("slice thickness (mm)", "slice_thickness_mm"))
@@ -84,22 +93,24 @@ def protocol_statistics(rows: List[Dict]) -> Tuple[List[Dict], Dict[Tuple[str, s
                         "score_range": (float(scores.min()), float(scores.max())),
                         "median_noise_hu": float(np.median(noise)) if noise else None,
                         "inadequate_series": sum((r["fraction_inadequate"] or 0) > 0 for r in members),
+                        "above_routine_series": sum(above_routine(r) for r in members),
                         "outliers": outliers if len(members) >= MIN_PROTOCOL_SERIES else None})
     return summary, z_of
 
 
 def distribution_plot_png(rows: List[Dict]) -> Optional[bytes]:
-    """Box plots with the series as dots: series mean score (top row) and mean noise in HU (bottom row)
-    grouped by each protocol factor (columns). ``None`` without scored series."""
+    """Box plots with the series as dots: series mean score (top row), mean noise in HU and median dose
+    equivalent (log scale, routine doses; series above their region's routine level in dark blue, the routine
+    level dashed) grouped by each protocol factor (columns). ``None`` without scored series."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     scored = [r for r in rows if r["status"] == "scored" and r["mean_score"] is not None]
     if not scored:
         return None
-    figure = Figure(figsize=(3.2 * len(PROTOCOL_FACTORS), 6.0), dpi=90, layout="constrained")
+    figure = Figure(figsize=(3.2 * len(PROTOCOL_FACTORS), 9.0), dpi=90, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(2, len(PROTOCOL_FACTORS), squeeze=False)
+    axes = figure.subplots(3, len(PROTOCOL_FACTORS), squeeze=False)
     rng = np.random.default_rng(0)
     for column, (title, field) in enumerate(PROTOCOL_FACTORS):
         groups: Dict[str, List[Dict]] = OrderedDict()
@@ -107,9 +118,13 @@ def distribution_plot_png(rows: List[Dict]) -> Optional[bytes]:
             groups.setdefault(_factor_text(row, field), []).append(row)
         labels = [label if len(label) <= 14 else label[:13] + "…" for label in groups]
         for line, (name, colour, unit) in enumerate((("mean_score", SCORE_COLOUR, "series mean score"),
-                                                     ("mean_noise_hu", NOISE_COLOUR, "series noise (HU)"))):
+                                                     ("mean_noise_hu", NOISE_COLOUR, "series noise (HU)"),
+                                                     ("median_dose_equivalent", DOSE_COLOUR,
+                                                      "median dose equivalent\n(routine doses)"))):
             ax = axes[line][column]
-            data = [[r[name] for r in members if r[name] is not None] for members in groups.values()]
+            data = [[r.get(name) for r in members if r.get(name) is not None] for members in groups.values()]
+            marks = [[ABOVE_COLOUR if above_routine(r) else colour for r in members if r.get(name) is not None]
+                     for members in groups.values()]
             positions = [n + 1 for n, values in enumerate(data) if values]
             if positions:
                 ax.boxplot([values for values in data if values], positions=positions, widths=0.5,
@@ -119,7 +134,10 @@ def distribution_plot_png(rows: List[Dict]) -> Optional[bytes]:
                            capprops={"color": colour})
                 for n, values in enumerate(data):
                     jitter = rng.uniform(-0.12, 0.12, len(values))
-                    ax.scatter(np.full(len(values), n + 1.0) + jitter, values, s=14, color=colour, zorder=3)
+                    ax.scatter(np.full(len(values), n + 1.0) + jitter, values, s=14, color=marks[n], zorder=3)
+            if name == "median_dose_equivalent":
+                ax.set_yscale("log")
+                ax.axhline(1.0, color="#555", linestyle="--", linewidth=1)
             ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30 if len(labels) > 3 else 0, ha="right"
                           if len(labels) > 3 else "center", fontsize=8)
             ax.set_xlim(0.4, len(labels) + 0.6)
@@ -174,6 +192,7 @@ td{max-width:26em}
 td.uid{overflow-wrap:anywhere;font-size:11px}
 td.num{text-align:right;white-space:nowrap}
 tr.inadequate{background:#fadbd8}
+tr.above{background:#d6eaf8}
 tr.outlier td.z{background:#f9e79f;font-weight:bold}
 tr.skipped,tr.failed{color:#777}
 details{margin:2px 0}
@@ -220,9 +239,10 @@ def _protocol_section(summary: List[Dict]) -> str:
                     + _cell(_fixed(p["median_score"], 4), "num")
                     + _cell(f"{p['score_range'][0]:.4f} - {p['score_range'][1]:.4f}", "num")
                     + _cell(_fixed(p["median_noise_hu"], 1), "num") + _cell(p["inadequate_series"], "num")
+                    + _cell(p["above_routine_series"], "num")
                     + _cell("too few series" if p["outliers"] is None else p["outliers"], "num") + "</tr>")
     headers = ["protocol (scanner / kernel / kVp / slice)", "series", "median score", "score range",
-               "median noise (HU)", "series with inadequate slices", "outliers"]
+               "median noise (HU)", "series with inadequate slices", "series above routine", "outliers"]
     return _table(headers, body)
 
 
@@ -249,6 +269,8 @@ def _series_section(rows: List[Dict], plots: Dict, z_of: Dict, threshold: Option
             thumbnail = f'<img alt="worst slice" src="data:image/png;base64,{encoded}" width="96">'
         z = z_of.get(key)
         css = "inadequate" if (row["fraction_inadequate"] or 0) > 0 else row["status"]
+        if above_routine(row):
+            css += " above"
         if z is not None and abs(z) > OUTLIER_Z:
             css += " outlier"
         status = row["status"] + (f": {row['reason']}" if row["reason"] else "")
@@ -259,11 +281,15 @@ def _series_section(rows: List[Dict], plots: Dict, z_of: Dict, threshold: Option
                  + _cell(_fixed(z, 1), "num z")
                  + _cell(None if row["fraction_inadequate"] is None else f"{100 * row['fraction_inadequate']:.0f}%",
                          "num")
-                 + _cell(_fixed(row["mean_noise_hu"], 1), "num"))
+                 + _cell(_fixed(row["mean_noise_hu"], 1), "num") + _cell(row.get("region"))
+                 + _cell(_fixed(row.get("median_dose_equivalent"), 2), "num")
+                 + _cell(None if row.get("fraction_above_routine") is None
+                         else f"{100 * row['fraction_above_routine']:.0f}%", "num"))
         body.append(f'<tr class="{css}">{cells}<td>{_svg_plot(plots.get(key, []), threshold)}</td>'
                     f'<td>{thumbnail}</td>{_cell(row["series_uid"], "uid")}</tr>')
     headers = ["status", "patient", "study date", "series", "scanner", "kernel", "kVp", "slice (mm)", "slices",
-               "mean score", "min score", "robust z", "% inadequate", "noise (HU)", "score along the scan",
+               "mean score", "min score", "robust z", "% inadequate", "noise (HU)", "region",
+               "median dose equivalent", "% above routine", "score along the scan",
                "worst slice", "series key"]
     return _table(headers, body)
 
@@ -294,9 +320,11 @@ def write_html_report(store_path: os.PathLike[str] | str, report_path: os.PathLi
             f'{base64.b64encode(picture).decode()}">' if picture else "<p>No scored series.</p>")
     scored = sum(r["status"] == "scored" for r in rows)
     flagged = sum((r["fraction_inadequate"] or 0) > 0 for r in rows)
+    above = sum(above_routine(r) for r in rows)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_REPORT_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>{scored} series scored, {flagged} with inadequate slices, {len(rows) - scored} skipped or failed; "
+            f"<p>{scored} series scored, {flagged} with inadequate slices, {above} above routine (the dose could "
+            f"be lowered), {len(rows) - scored} skipped or failed; "
             f"{len(problems)} problem(s). Scores are DistilIQA's no-reference quality estimates, for quality "
             "assurance, not diagnosis. Click a column heading to sort.</p>"
             f"<h2>Protocols</h2>{_protocol_section(protocols)}"

@@ -20,16 +20,19 @@ import torch
 from .device import describe_device, resolve_device
 from .interpretation import (
     UNKNOWN,
+    Verdicts,
     adequacy_labels,
     adequacy_measure,
     dose_equivalent,
     lowest_adequate_value,
-    noise_dose_equivalent,
+    region_references,
+    region_verdicts,
 )
 from .model import score_from_outputs
 from .noise import global_noise_index, size_for_reference
 from .preprocessing import hu_to_tensor, prepare_batch
 from .progress import Progress
+from .regions import FEATURE_NAMES, RegionFeatures, SliceRegions, detect_regions, given_regions, region_features
 from .volume import CTVolume
 from .weights import ModelInfo, load_weights, resolve_weights
 
@@ -66,6 +69,37 @@ class SliceScores:
     diameter_cm: Optional[np.ndarray] = None
     #: Reconstructed slice thickness (mm); NaN where unknown.
     thickness_mm: float = float("nan")
+    #: Body region of each slice (read from the image, or given by the user); ``None``: not determined.
+    regions: Optional[SliceRegions] = None
+
+    @property
+    def region(self) -> List[str]:
+        """Body region of each slice (``unknown`` where it was not determined)."""
+        return list(self.regions.region) if self.regions else [UNKNOWN] * len(self.score)
+
+    @property
+    def verdicts(self) -> Optional[Verdicts]:
+        """Per-region verdicts from the model's noise reference (``None`` when its bands are on the score)."""
+        if adequacy_measure(self.info.adequacy) != "dose_equivalent" or not self.info.noise_reference:
+            return None
+        diameter = self.diameter_cm if self.diameter_cm is not None else np.full(len(self.score), np.nan)
+        reasons = list(self.regions.reason) if self.regions else ["not determined"] * len(self.score)
+        return region_verdicts(self.noise_hu, self.thickness_mm, diameter, self.region, reasons,
+                               region_references(self.info.noise_reference, self.info.adequacy))
+
+    @property
+    def above_routine(self) -> np.ndarray:
+        """Whether each slice's dose equivalent is above the routine level of its region (the dose could be
+        lowered)."""
+        verdicts = self.verdicts
+        return verdicts.above_routine if verdicts else np.zeros(len(self.score), dtype=bool)
+
+    @property
+    def verdict_note(self) -> List[str]:
+        """Why a slice has no verdict, that its dose could be lowered, or that its routine level is from the
+        literature ('' otherwise)."""
+        verdicts = self.verdicts
+        return list(verdicts.note) if verdicts else [""] * len(self.score)
 
     @property
     def score_spread(self) -> np.ndarray:
@@ -78,22 +112,28 @@ class SliceScores:
     def dose_equivalent(self) -> Optional[np.ndarray]:
         """From the model's noise reference (noise, size and thickness) when it has one, else from its
         score table."""
-        if self.info.noise_reference:
-            diameter = self.diameter_cm if self.diameter_cm is not None else np.full(len(self.score), np.nan)
-            return noise_dose_equivalent(self.noise_hu, self.thickness_mm, diameter, self.info.noise_reference)
+        verdicts = self.verdicts
+        if verdicts is not None:
+            return verdicts.dose_equivalent
         return dose_equivalent(self.score, self.info.dose_calibration)
 
     @property
     def adequacy(self) -> Optional[List[str]]:
+        verdicts = self.verdicts
+        if verdicts is not None:
+            return verdicts.adequacy
         if adequacy_measure(self.info.adequacy) == "dose_equivalent":
-            dose = self.dose_equivalent
-            return adequacy_labels(np.full(len(self.score), np.nan) if dose is None else dose, self.info.adequacy)
+            return adequacy_labels(np.full(len(self.score), np.nan), self.info.adequacy)
         return adequacy_labels(self.score, self.info.adequacy)
 
     def rows(self) -> List[Dict[str, Any]]:
         """One dict per slice: the columns of the CSV and of Slicer's table."""
-        dose = self.dose_equivalent
-        adequacy = self.adequacy
+        verdicts = self.verdicts
+        dose = verdicts.dose_equivalent if verdicts else self.dose_equivalent
+        adequacy = verdicts.adequacy if verdicts else self.adequacy
+        above = verdicts.above_routine if verdicts else np.zeros(len(self.score), dtype=bool)
+        notes = verdicts.note if verdicts else [""] * len(self.score)
+        regions = self.region
         spread = self.score_spread
         rows = []
         for n in range(len(self.score)):
@@ -107,6 +147,9 @@ class SliceScores:
                                       and np.isfinite(self.diameter_cm[n]) else None),
                 "dose_equivalent": None if dose is None or not np.isfinite(dose[n]) else round(float(dose[n]), 3),
                 "adequacy": None if adequacy is None else adequacy[n],
+                "region": regions[n],
+                "above_routine": bool(above[n]),
+                "verdict_note": notes[n],
             })
         return rows
 
@@ -138,6 +181,7 @@ class SliceScores:
             "adequacy_measure": adequacy_measure(self.info.adequacy) if labels else None,
             "adequacy_threshold": lowest_adequate_value(self.info.adequacy),
             "median_dose_equivalent": self._median_dose_equivalent(),
+            **self._region_summary(),
             "slice_thickness_mm": round(float(self.thickness_mm), 3) if np.isfinite(self.thickness_mm) else None,
             "model_preset": self.info.preset,
             "weights_id": self.info.weights_id,
@@ -146,6 +190,34 @@ class SliceScores:
             "warnings": self.warnings,
         }
         return summary
+
+    def _region_summary(self) -> Dict[str, Any]:
+        """Slices per body region, where the regions came from, the reference each rests on, the share of slices
+        above the routine level (the series is flagged when more than half are) and why slices got no verdict."""
+        regions = self.region
+        counts: Dict[str, int] = {}
+        for region in regions:
+            counts[region] = counts.get(region, 0) + 1
+        references = region_references(self.info.noise_reference, self.info.adequacy)
+        verdicts = self.verdicts
+        unknown: Dict[str, int] = {}
+        above = None
+        if verdicts is not None:
+            for label, note in zip(verdicts.adequacy, verdicts.note):
+                if label == UNKNOWN:
+                    unknown[note] = unknown.get(note, 0) + 1
+            known = np.isfinite(verdicts.dose_equivalent)
+            above = round(float(verdicts.above_routine[known].mean()), 4) if known.any() else None
+        return {
+            "regions": counts,
+            "region_source": self.regions.source if self.regions else None,
+            "references": {region: {"basis": references[region].get("basis", "fitted"),
+                                    "patients": references[region].get("patients")}
+                           for region in counts if region in references},
+            "fraction_above_routine": above,
+            "above_routine": bool(above is not None and above > 0.5),
+            "unknown_reasons": unknown,
+        }
 
     def _median_dose_equivalent(self) -> Optional[float]:
         dose = self.dose_equivalent
@@ -181,42 +253,56 @@ class Scorer:
     def device_name(self) -> str:
         return describe_device(self.device)
 
-    def score_volume(self, volume: CTVolume, progress: Optional[Progress] = None) -> SliceScores:
-        """Score every axial slice of ``volume``."""
+    def score_volume(self, volume: CTVolume, progress: Optional[Progress] = None, region: str = "auto") -> SliceScores:
+        """Score every axial slice of ``volume``; ``region`` is ``auto`` (each slice's body region read from the
+        image) or one region for every slice (``head``, ``neck``, ``chest``, ``abdomen``)."""
+        if region != "auto":
+            given_regions(region, 0)  # a wrong name fails before the work
         progress = progress or Progress()
         started = time.monotonic()
         total = volume.num_slices
         outputs = np.zeros((total, self.info.num_outputs), dtype=np.float32)
         noise = np.zeros(total, dtype=np.float32)
         diameter = np.zeros(total, dtype=np.float32)
+        features = []
         start = 0
         progress.update(0, total, "scoring")
         while start < total:
             stop = min(start + self.batch_size, total)
             try:
-                outputs[start:stop], noise[start:stop], diameter[start:stop] = self._score_batch(volume, start, stop)
+                outputs[start:stop], noise[start:stop], diameter[start:stop], found = self._score_batch(
+                    volume, start, stop, region == "auto")
             except torch.OutOfMemoryError:
                 self._shrink_after_out_of_memory()
                 continue
+            features.append(found)
             start = stop
             progress.update(start, total, "scoring")
         scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
+        if region == "auto":
+            regions = detect_regions(
+                RegionFeatures(*(np.concatenate([getattr(part, name) for part in features]) for name in FEATURE_NAMES)),
+                volume.z_mm(), volume.hu.shape[1:], volume.spacing_mm[:2])
+        else:
+            regions = given_regions(region, total)
         return SliceScores(
             slice_index=np.arange(total), z_mm=volume.z_mm(), score=scores, outputs=outputs, noise_hu=noise,
             info=self.info, source=volume.source, device=self.device_name, elapsed_s=time.monotonic() - started,
             matrix=tuple(volume.hu.shape[:0:-1]), spacing_mm=tuple(volume.spacing_mm),
             warnings=self._warnings(volume), diameter_cm=diameter, thickness_mm=volume.slice_thickness_mm,
+            regions=regions,
         )
 
-    def _score_batch(self, volume: CTVolume, start: int, stop: int):
+    def _score_batch(self, volume: CTVolume, start: int, stop: int, find_region: bool = True):
         with torch.inference_mode():
             hu = hu_to_tensor(volume.hu[start:stop], self.device)
             noise = global_noise_index(hu, volume.spacing_mm[:2])
             diameter = size_for_reference(hu, volume.spacing_mm[:2], self.info.noise_reference)
+            found = region_features(hu, volume.spacing_mm[:2]) if find_region else None
             batch = prepare_batch(hu, self.info.window, self.info.input_size)
             with self._autocast():
                 outputs = self.model(batch).float()
-        return outputs.cpu().numpy(), noise.cpu().numpy(), diameter.cpu().numpy()
+        return outputs.cpu().numpy(), noise.cpu().numpy(), diameter.cpu().numpy(), found
 
     def _autocast(self):
         if self.use_amp and self.device.type == "cuda":
@@ -251,3 +337,21 @@ class Scorer:
                             "quality judgements")
         return warnings
 
+
+def verdict_line(summary: Dict[str, Any]) -> str:
+    """One line of a :meth:`SliceScores.summary`: slices per body region, the median dose equivalent, whether the
+    series is above routine, literature-based levels, and why slices have no verdict."""
+    if not summary.get("regions"):
+        return ""
+    regions = ", ".join(f"{count} {region}" for region, count in sorted(summary["regions"].items()))
+    parts = [f"regions: {regions}" + (" (as given)" if summary.get("region_source") == "user" else "")]
+    if summary.get("median_dose_equivalent") is not None:
+        parts.append(f"median dose equivalent {summary['median_dose_equivalent']:.2f} of a routine dose")
+    if summary.get("above_routine"):
+        parts.append("above routine: the dose could be lowered")
+    literature = [region for region, ref in summary.get("references", {}).items() if ref.get("basis") == "literature"]
+    if literature:
+        parts.append(f"routine level from published measurements for: {', '.join(literature)}")
+    for reason, count in sorted(summary.get("unknown_reasons", {}).items(), key=lambda item: -item[1])[:2]:
+        parts.append(f"{count} slice(s) unknown: {reason}")
+    return "; ".join(parts)

@@ -23,8 +23,9 @@ from .model import PRESETS, Architecture, QualityViT, build_model
 from .preprocessing import DEFAULT_WINDOW, Window
 
 #: 2: adequacy bands may be on the dose equivalent, and a noise reference may be present (a reader of
-#: version 1 would misread both).
-FORMAT_VERSION = 2
+#: version 1 would misread both). 3: the noise reference holds one routine level per body region, each with its own
+#: bands (a reader of version 2 would apply none of them).
+FORMAT_VERSION = 3
 METADATA_KEY = "distiliqa"
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL_NAME = "distiliqa_student" + WEIGHTS_SUFFIX

@@ -309,6 +309,7 @@ def test_plot_click_moves_only_for_a_series_of_the_results_table(scene, axial_hu
 
 def test_dose_equivalent_verdicts_drive_the_adequacy_chart_and_map(scene, axial_hu, tiny_weights):
     from DistilIQALib.interpretation import dose_equivalent_adequacy
+    from DistilIQALib.regions import given_regions
     from DistilIQALib.weights import read_info
 
     ct = _coronal_node(scene, axial_hu)
@@ -317,10 +318,12 @@ def test_dose_equivalent_verdicts_drive_the_adequacy_chart_and_map(scene, axial_
     info.noise_reference = {"intercept": float(np.log(1000.0)), "per_cm": 0.0}  # 1000 HU^2 mm at any size
     info.adequacy = dose_equivalent_adequacy(0.5, 0.2)
     noise = np.array([10.0, 14.0, 19.9, 28.0, 40.0, np.nan, 12.0, 30.0], dtype=np.float32)
+    # an older single reference covers the chest and abdomen: the slices are given as abdomen
     scores = SliceScores(slice_index=np.arange(8), z_mm=volume.z_mm(), score=np.linspace(0.9, 0.5, 8),
                          outputs=np.zeros((8, 3), np.float32), noise_hu=noise, info=info,
-                         diameter_cm=np.full(8, 25.0, np.float32), thickness_mm=5.0)
-    expected = np.clip(1000.0 / (noise.astype(np.float64) ** 2 * 5.0), 0.05, 1.0)  # NaN stays NaN
+                         diameter_cm=np.full(8, 25.0, np.float32), thickness_mm=5.0,
+                         regions=given_regions("abdomen", 8))
+    expected = np.clip(1000.0 / (noise.astype(np.float64) ** 2 * 5.0), 0.05, 4.0)  # NaN stays NaN
     nodes = mrml.show_results(ct, scores, volume)
     table = nodes.table.GetTable()
     column = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
@@ -328,10 +331,14 @@ def test_dose_equivalent_verdicts_drive_the_adequacy_chart_and_map(scene, axial_
     np.testing.assert_allclose(dose, expected, atol=5e-4)  # the table keeps 3 decimals
     assert [table.GetValue(r, column["adequacy"]).ToString() for r in range(8)] == [
         "good", "good", "good", "borderline", "inadequate", "unknown", "good", "borderline"]
-    assert [table.GetValue(0, column[name]).ToDouble() for name in ("good_from", "borderline_from")] == [0.5, 0.2]
+    assert [table.GetValue(0, column[name]).ToDouble() for name in ("good_from", "borderline_from",
+                                                                    "above_routine_from")] == [0.5, 0.2, 2.0]
     assert table.GetValue(0, column["water_diameter_cm"]).ToDouble() == 25.0
+    assert [table.GetValue(r, column["region"]).ToString() for r in (0, 7)] == ["abdomen", "abdomen"]
+    assert [table.GetValue(r, column["above_routine"]).ToInt() for r in range(8)] == [0] * 8  # 2.0 is not above 2
     chart = nodes.adequacy_chart
-    assert chart.GetNumberOfPlotSeriesNodes() == 3 and chart.GetYAxisTitle().startswith("dose equivalent")
+    assert chart.GetNumberOfPlotSeriesNodes() == 4 and chart.GetYAxisTitle().startswith("dose equivalent")
+    assert chart.GetNthPlotSeriesNode(3).GetYColumnName() == "above_routine_from"
     assert chart.GetNthPlotSeriesNode(0).GetYColumnName() == "dose_equivalent"
     values = slicer.util.arrayFromVolume(nodes.quality_map)[:, 0, 0]
     np.testing.assert_allclose(values, np.nan_to_num(expected, nan=0.0), rtol=1e-6)

@@ -84,11 +84,13 @@ def test_noise_dose_equivalent_by_hand():
     noise = np.array([20.0, 20.0 * math.sqrt(2.0), 40.0, 200.0, 5.0, np.nan, 40.0])
     diameter = np.array([30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 40.0])
     dose = noise_dose_equivalent(noise, 2.5, diameter, REFERENCE)
-    # 1000 / (noise^2 * 2.5), clipped to [0.05, 1]; at 40 cm the reference is 1000 e^0.5
-    expected = [1.0, 0.5, 0.25, 0.05, 1.0, np.nan, 1000.0 * math.exp(0.5) / (1600.0 * 2.5)]
+    # 1000 / (noise^2 * 2.5), clipped to [0.05, 4] (5 HU: 16 routine doses, reported as 4); at 40 cm the reference
+    # is 1000 e^0.5
+    expected = [1.0, 0.5, 0.25, 0.05, 4.0, np.nan, 1000.0 * math.exp(0.5) / (1600.0 * 2.5)]
     np.testing.assert_allclose(dose, expected, rtol=1e-9)
-    # thinner slices are expected to be noisier: 20 HU at 1.25 mm is half the variance-thickness of 2.5 mm
-    np.testing.assert_allclose(noise_dose_equivalent(np.array([20.0]), 1.25, np.array([30.0]), REFERENCE), [1.0])
+    # thinner slices are expected to be noisier: 20 HU at 1.25 mm is half the variance-thickness of 2.5 mm, so
+    # twice the routine dose (above 1: not capped)
+    np.testing.assert_allclose(noise_dose_equivalent(np.array([20.0]), 1.25, np.array([30.0]), REFERENCE), [2.0])
     np.testing.assert_allclose(noise_dose_equivalent(np.array([40.0]), 1.25, np.array([30.0]), REFERENCE), [0.5])
     assert noise_dose_equivalent(noise, 2.5, diameter, None) is None
 
@@ -268,7 +270,7 @@ def referenced_weights(tmp_path_factory) -> Path:
 def test_weights_keep_the_reference_and_a_file_written_without_one_has_none(referenced_weights, tmp_path):
     info = read_info(referenced_weights)
     assert info.noise_reference == REFERENCE and info.adequacy["on"] == "dose_equivalent"
-    assert FORMAT_VERSION == 2 and info.format_version == 2
+    assert FORMAT_VERSION == 3 and info.format_version == 3
     assert read_info(write_untrained_weights(tmp_path / "plain.safetensors")).noise_reference is None
 
 
@@ -283,16 +285,17 @@ def test_scorer_verdicts_rest_on_noise_size_and_thickness(referenced_weights):
     scorer = Scorer(str(referenced_weights), device="cpu")
     quiet = CTVolume(_water_volume(15.0, 0).astype(np.float32), (0.5, 0.5, 2.5))
     noisy = CTVolume(_water_volume(60.0, 1).astype(np.float32), (0.5, 0.5, 2.5))
+    # a water disc is no patient: the verdicts are asked for as the abdomen, which a single (older) reference covers
     for volume in (quiet, noisy):
-        scores = scorer.score_volume(volume)
+        scores = scorer.score_volume(volume, region="abdomen")
         np.testing.assert_allclose(scores.diameter_cm, 20.0 * math.sqrt(1.04), rtol=0.01)  # 40 HU: 4% denser
         assert scores.thickness_mm == 2.5
         expected = np.clip(np.exp(REFERENCE["intercept"] + REFERENCE["per_cm"] * scores.diameter_cm)
-                           / (scores.noise_hu.astype(np.float64) ** 2 * 2.5), 0.05, 1.0)
+                           / (scores.noise_hu.astype(np.float64) ** 2 * 2.5), 0.05, 4.0)
         np.testing.assert_allclose(scores.dose_equivalent, expected, rtol=1e-5)
     # V_ref at 20.4 cm is about 1000 e^-0.48 = 619 HU^2 mm: 15 HU at 2.5 mm is 562 -> "good";
     # 60 HU is 9000 -> dose equivalent about 0.07 -> "inadequate"
-    quiet_scores, noisy_scores = scorer.score_volume(quiet), scorer.score_volume(noisy)
+    quiet_scores, noisy_scores = (scorer.score_volume(v, region="abdomen") for v in (quiet, noisy))
     assert set(quiet_scores.adequacy) == {"good"} and set(noisy_scores.adequacy) == {"inadequate"}
     summary = noisy_scores.summary()
     assert summary["adequacy_measure"] == "dose_equivalent" and summary["adequacy_threshold"] == 0.2
@@ -326,16 +329,17 @@ def test_slices_without_soft_tissue_have_no_verdict_and_do_not_count(referenced_
     scorer = Scorer(str(referenced_weights), device="cpu")
     hu = _water_volume(15.0, 2, slices=4).astype(np.float32)
     hu[0] = -1000.0  # a slice of air: no soft tissue to measure noise on
-    scores = scorer.score_volume(CTVolume(hu, (0.5, 0.5, 2.5)))
+    scores = scorer.score_volume(CTVolume(hu, (0.5, 0.5, 2.5)), region="abdomen")
     assert np.isnan(scores.dose_equivalent[0]) and scores.adequacy[0] == "unknown"
     assert scores.rows()[0]["dose_equivalent"] is None
     assert scores.summary()["fraction_inadequate"] == 0.0  # 3 measurable slices, none inadequate
 
 
 def _noise_manifest(tmp_path: Path, per_cm: float, intercept: float) -> Path:
-    """A corpus of 4 'patients' (NRRD volumes of water discs) whose noise follows the given reference."""
+    """A corpus of 4 'patients' (NRRD volumes of water discs, 22-31 cm across: large bodies without lung, read as
+    abdomen) whose noise follows the given reference."""
     files, entries = tmp_path / "files", []
-    for n, (radius_mm, thickness) in enumerate([(80.0, 5.0), (100.0, 2.5), (120.0, 1.25), (140.0, 2.5)]):
+    for n, (radius_mm, thickness) in enumerate([(110.0, 5.0), (125.0, 2.5), (140.0, 1.25), (155.0, 2.5)]):
         disc = _disc(radius_mm, 0.6, 40.0)
         diameter = float(water_equivalent_diameter_cm(torch.from_numpy(disc)[None], (0.6, 0.6))[0])
         sd = math.sqrt(math.exp(intercept + per_cm * diameter) / thickness)
@@ -364,9 +368,17 @@ def test_calibrate_command_fits_the_corpus_and_keeps_the_network(tmp_path, tiny_
     assert done.returncode == 0, done.stderr
     info = read_info(output)
     # the global noise index of white noise reads a little low (the mode of local SDs); the size dependence
-    # and the fitted patients are what matter
-    assert info.noise_reference["per_cm"] == pytest.approx(0.06, abs=0.01)
-    assert info.noise_reference["fitted_on"] == ["P0", "P1", "P2", "P3"] and info.noise_reference["patients"] == 4
+    # and the fitted patients are what matter. Large bodies without lung: the abdomen's level; the neck's follows
+    # from it and the published thresholds; no chest or head slices, so no level for them
+    regions = info.noise_reference["regions"]
+    assert sorted(regions) == ["abdomen", "neck"]
+    abdomen = regions["abdomen"]
+    assert abdomen["per_cm"] == pytest.approx(0.06, abs=0.01) and abdomen["basis"] == "fitted"
+    assert abdomen["fitted_on"] == ["P0", "P1", "P2", "P3"] and abdomen["patients"] == 4
+    assert regions["neck"]["basis"] == "literature" and regions["neck"]["per_cm"] == 0.0
+    middle = sum(abdomen["diameter_range_cm"]) / 2.0
+    assert regions["neck"]["intercept"] == pytest.approx(
+        abdomen["intercept"] + abdomen["per_cm"] * middle + 2.0 * math.log(25.0 / 29.0), abs=1e-4)
     assert info.adequacy["on"] == "dose_equivalent"
     original, _ = load_weights(tiny_weights)
     calibrated, _ = load_weights(output)
@@ -374,9 +386,11 @@ def test_calibrate_command_fits_the_corpus_and_keeps_the_network(tmp_path, tiny_
         torch.testing.assert_close(a.half().float(), b.float(), msg=name)
     described = subprocess.run([sys.executable, "-m", "DistilIQALib", "info", str(output)], capture_output=True,
                                text=True, cwd=ROOT)
-    assert "adequacy on the dose equivalent: good >= 0.5, borderline >= 0.2, inadequate" in described.stdout
-    assert (f"{info.noise_reference['per_cm']:g} D) / (noise^2 x thickness), D the noise-equivalent diameter in cm, "
-            "fitted on 4 patients") in described.stdout
+    assert "adequacy on the dose equivalent: good >= 0.5, borderline >= 0.3, inadequate" in described.stdout
+    assert (f"  abdomen: dose equivalent exp({abdomen['intercept']:g} + {abdomen['per_cm']:g} D) / (noise^2 x "
+            "thickness), D the noise-equivalent diameter in cm") in described.stdout
+    assert "fitted on 4 patients; good >= 0.5, borderline >= 0.3" in described.stdout
+    assert "  neck: " in described.stdout and "from published measurements" in described.stdout
     missing = subprocess.run([sys.executable, "-m", "DistilIQALib", "calibrate", str(tmp_path / "none.safetensors"),
                               "--output", str(output)], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such file" in missing.stderr
@@ -410,10 +424,10 @@ def test_slices_with_no_usable_noise_thickness_or_size_get_no_dose_equivalent_an
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no division or invalid-value warnings for slices without a figure
         dose = noise_dose_equivalent(noise, thickness, diameter, REFERENCE)
-    # no noise, no thickness, no size: unknown; half a HU is a (very quiet) measurement: clipped to a full dose;
+    # no noise, no thickness, no size: unknown; half a HU is a (very quiet) measurement: clipped to 4 routine doses;
     # infinite noise is as bad as it gets: the lowest dose equivalent (unless there is no thickness either)
     np.testing.assert_array_equal(np.isnan(dose), [True, True, True, False, False, True])
-    assert dose[3] == 1.0 and dose[4] == 0.05
+    assert dose[3] == 4.0 and dose[4] == 0.05
 
 
 def test_single_precision_inputs_give_the_double_precision_dose_equivalent_and_verdict():

@@ -45,7 +45,8 @@ def test_rewriting_a_series_replaces_its_row_and_its_slices(tmp_path):
         assert store.slice_rows("A", "w1")[1] == {"series_uid": "A", "weights_id": "w1", "slice_index": 6,
                                                   "z_mm": 15.0, "score": 0.56, "score_spread": 0.01,
                                                   "noise_hu": 10.0, "water_diameter_cm": 36.0,
-                                                  "dose_equivalent": 0.3, "adequacy": "borderline"}
+                                                  "dose_equivalent": 0.3, "adequacy": "borderline",
+                                                  "region": None, "above_routine": None, "verdict_note": None}
         assert len(store.slice_rows("B", "w1")) == 2 and store.slice_rows("B", "w2") == []
 
 

@@ -1,0 +1,271 @@
+"""Body region per slice, and the verdicts taken against each region's routine level."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import plistlib
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from DistilIQALib.interpretation import (
+    ABOVE_ROUTINE_NOTE,
+    DOSE_RANGE,
+    region_bands,
+    region_references,
+    region_verdicts,
+    valid_ranges,
+)
+from DistilIQALib.phantoms import phantom_slice
+from DistilIQALib.reading import read_volume
+from DistilIQALib.regions import (
+    ABDOMEN,
+    CHEST,
+    HEAD,
+    NECK,
+    UNKNOWN,
+    detect_regions,
+    given_regions,
+    region_features,
+    series_labels,
+    slice_labels,
+    volume_regions,
+)
+from DistilIQALib.scoring import Scorer
+from DistilIQALib.volume import CTVolume
+from DistilIQALib.weights import read_info
+
+from .shipped_ct import shipped_ct_file
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The routine head CT 0051 of InVesalius (Siemens SOMATOM Plus 4, skull base to vertex), downsampled to 256x256
+#: by the Debian package invesalius-examples (GPL-2), which `.ci/run` installs.
+CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
+
+
+def read_inv3(path: Path) -> CTVolume:
+    """An InVesalius project's CT (a gzipped tar of ``main.plist`` and the raw int16 ``matrix.dat``)."""
+    with tarfile.open(path, "r:gz") as archive:
+        members = {Path(m.name).name: m for m in archive.getmembers()}
+        project = plistlib.loads(archive.extractfile(members["main.plist"]).read())
+        matrix = project["matrix"]
+        raw = archive.extractfile(members[matrix["filename"]]).read()
+    hu = np.frombuffer(raw, dtype=np.dtype(matrix["dtype"])).reshape(matrix["shape"])
+    spacing = tuple(float(v) for v in project["spacing"])
+    return CTVolume(hu, spacing, source=str(path), metadata={"modality": project["modality"]})
+
+
+@pytest.mark.skipif(not CRANIUM.is_file(), reason="Debian's invesalius-examples is not installed (.ci/run installs "
+                                                   "it: apt-get install invesalius-examples)")
+def test_a_real_routine_head_ct_reads_as_head_from_skull_base_to_vertex():
+    volume = read_inv3(CRANIUM)
+    assert volume.hu.shape == (108, 256, 256) and volume.metadata["modality"] == "CT"
+    regions = volume_regions(volume)
+    share = regions.region.count(HEAD) / len(regions.region)
+    assert share >= 0.95, dict((r, regions.region.count(r)) for r in set(regions.region))
+    # the slices that are not head have no body left to read (the top of the vertex), never another region
+    assert set(regions.region) <= {HEAD, UNKNOWN}
+    assert all(reason for region, reason in zip(regions.region, regions.reason) if region == UNKNOWN)
+
+
+def _one(name: str):
+    volume = read_volume(shipped_ct_file(name), force=True)
+    return detect_regions(region_features(torch.from_numpy(np.asarray(volume.hu, np.float32)), volume.spacing_mm[:2]),
+                          volume.z_mm(), volume.hu.shape[1:], volume.spacing_mm[:2])
+
+
+def test_real_slices_that_pydicom_ships_read_as_their_region_or_unknown_with_the_reason():
+    # an axial brain slice and a skull-base slice, an upper abdomen (kidneys, liver, a little lung base)
+    assert _one("693_UNCR.dcm").region == [HEAD]
+    assert _one("J2K_pixelrep_mismatch.dcm").region == [HEAD]
+    assert _one("explicit_VR-UN.dcm").region == [ABDOMEN]
+    # reconstructions zoomed on the spine: too small a field of view, or one that cuts the body
+    small = _one("CT_small.dcm")
+    assert small.region == [UNKNOWN] and "field of view 8 x 8 cm is outside clinical CT" in small.reason[0]
+    zoomed = _one("bad_sequence.dcm")
+    assert zoomed.region == [UNKNOWN] and zoomed.reason[0].startswith("the field of view cuts the body")
+
+
+def test_phantom_bodies_with_and_without_lungs():
+    slices = np.stack([phantom_slice(0.0), phantom_slice(0.7)]).astype(np.float32)
+    features = region_features(torch.from_numpy(slices), (0.7, 0.7))
+    assert slice_labels(features)[0] == [ABDOMEN, CHEST]
+    assert features.lung_share[0] < 0.05 < features.lung_share[1]
+    assert features.body_cm2[0] > 350.0 and features.skull_cover[0] < 0.6
+
+
+def test_slices_are_read_in_anatomical_order():
+    z = np.arange(8.0)[::-1]  # head first
+    # a large slice without lung above the lungs is the shoulder girdle; below them, abdomen
+    assert series_labels(z, [ABDOMEN, ABDOMEN, CHEST, CHEST, CHEST, ABDOMEN, ABDOMEN, ABDOMEN]) == [
+        CHEST, CHEST, CHEST, CHEST, CHEST, ABDOMEN, ABDOMEN, ABDOMEN]
+    # below a head and neck with no lung in the series: the base of the neck
+    assert series_labels(z, [HEAD, HEAD, HEAD, NECK, NECK, NECK, ABDOMEN, ABDOMEN]) == [
+        HEAD, HEAD, HEAD, NECK, NECK, NECK, NECK, NECK]
+    # small slices below the lungs are pelvis or thighs; a small slice above a head is face or vertex
+    assert series_labels(z, [CHEST, CHEST, CHEST, ABDOMEN, ABDOMEN, ABDOMEN, NECK, NECK]) == [
+        CHEST, CHEST, CHEST, ABDOMEN, ABDOMEN, ABDOMEN, ABDOMEN, ABDOMEN]
+    assert series_labels(z, [NECK, NECK, HEAD, HEAD, HEAD, HEAD, HEAD, HEAD]) == [HEAD] * 8
+    # an isolated label among agreeing neighbours takes theirs; unknown slices are never changed
+    assert series_labels(z, [CHEST, CHEST, CHEST, ABDOMEN, CHEST, CHEST, UNKNOWN, CHEST]) == [
+        CHEST, CHEST, CHEST, CHEST, CHEST, CHEST, UNKNOWN, CHEST]
+    # the order comes from z, not from the slices' order in the file
+    assert series_labels(z[::-1], [ABDOMEN, ABDOMEN, CHEST, CHEST, CHEST, ABDOMEN, ABDOMEN, ABDOMEN][::-1]) == [
+        CHEST, CHEST, CHEST, CHEST, CHEST, ABDOMEN, ABDOMEN, ABDOMEN][::-1]
+
+
+def test_a_volume_of_random_values_is_no_body_region_and_never_good():
+    rng = np.random.default_rng(0)
+    scorer = Scorer(device="cpu")
+    for shape, spacing, why in [((2, 1000, 1000), (4.0, 4.0, 1.0), "field of view 400 x 400 cm"),
+                                ((2, 512, 512), (0.7, 0.7, 2.5), "not a CT image in HU")]:
+        volume = CTVolume(rng.uniform(-1000, 3000, size=shape).astype(np.float32), spacing)
+        scores = scorer.score_volume(volume)
+        assert scores.region == [UNKNOWN] * shape[0] and scores.adequacy == [UNKNOWN] * shape[0]
+        assert all(note.startswith("body region unknown: ") and why in note for note in scores.verdict_note)
+        assert np.isnan(scores.dose_equivalent).all()
+        summary = scores.summary()
+        assert summary["regions"] == {UNKNOWN: shape[0]} and summary["fraction_inadequate"] is None
+        assert list(summary["unknown_reasons"].values()) == [shape[0]]
+
+
+def test_a_region_given_by_the_user_overrides_the_image_and_a_wrong_name_is_refused():
+    assert given_regions(HEAD, 3).region == [HEAD] * 3 and given_regions(HEAD, 3).source == "user"
+    with pytest.raises(ValueError, match="unknown body region 'knee'"):
+        given_regions("knee", 1)
+    volume = CTVolume(np.stack([phantom_slice(0.0)] * 2).astype(np.float32), (0.7, 0.7, 2.5))
+    scores = Scorer(device="cpu").score_volume(volume, region=NECK)
+    assert scores.region == [NECK, NECK] and scores.summary()["region_source"] == "user"
+    with pytest.raises(ValueError):
+        Scorer(device="cpu").score_volume(volume, region="knee")
+
+
+def test_region_on_the_command_line(tmp_path):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.stack([phantom_slice(0.0), phantom_slice(0.7)]).astype(np.int16))
+    image.SetSpacing((0.7, 0.7, 2.5))
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "DistilIQALib", "score", str(tmp_path / "ct.nrrd"), *extra],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    found = run("--json", str(tmp_path / "auto.json"))
+    assert found.returncode == 0, found.stderr
+    rows = list(csv.DictReader(io.StringIO(found.stdout)))
+    assert [row["region"] for row in rows] == [ABDOMEN, CHEST]
+    assert "regions: 1 abdomen, 1 chest" in found.stderr
+    given = run("--region", "abdomen")
+    assert [row["region"] for row in csv.DictReader(io.StringIO(given.stdout))] == [ABDOMEN, ABDOMEN]
+    assert "(as given)" in given.stderr
+    wrong = run("--region", "knee")
+    assert wrong.returncode == 2 and wrong.stderr.strip().count("\n") == 0 and "invalid choice: 'knee'" in wrong.stderr
+    summary = json.loads((tmp_path / "auto.json").read_text())
+    assert summary["regions"] == {ABDOMEN: 1, CHEST: 1} and summary["region_source"] == "image"
+
+
+# --- verdicts per region ------------------------------------------------------------------------------------------
+
+REFERENCES = {
+    # 1000 HU^2 mm at 30 cm, growing as e^(0.05 D)
+    CHEST: dict(intercept=math.log(1000.0) - 1.5, per_cm=0.05, bands=region_bands(0.5, 0.2), basis="fitted",
+                above_routine_from=1.5, valid_diameter_cm=[20.0, 40.0], valid_thickness_mm=[1.0, 5.0]),
+    NECK: dict(intercept=math.log(400.0), per_cm=0.0, bands=region_bands(0.5, 0.3), basis="literature",
+               above_routine_from=2.0, valid_diameter_cm=[8.0, 30.0]),
+}
+
+
+def test_each_slice_is_judged_against_its_own_regions_routine_level_by_hand():
+    noise = [20.0, 20.0, 40.0, 70.0, 10.0, 20.0, 20.0, np.nan, 20.0, 20.0, 2.0]
+    diameter = [30.0, 12.0, 30.0, 30.0, 30.0, 45.0, 30.0, 30.0, 30.0, 30.0, 30.0]
+    thickness = [2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 8.0, 2.5, 2.5, 2.5, 2.5]
+    regions = [CHEST, NECK, CHEST, CHEST, CHEST, CHEST, CHEST, CHEST, HEAD, UNKNOWN, CHEST]
+    reasons = [""] * 9 + ["no body in the slice", ""]
+    found = region_verdicts(noise, thickness, diameter, regions, reasons, REFERENCES)
+    # chest, 30 cm: 1000 / (20^2 x 2.5) = 1; 40 HU a quarter; 70 HU 0.082; 10 HU four routine doses
+    # neck, no size dependence: 400 / 1000 = 0.4
+    expected = [1.0, 0.4, 0.25, 1000.0 / (4900.0 * 2.5), 4.0]
+    np.testing.assert_allclose(found.dose_equivalent[:5], expected, rtol=1e-9)
+    assert found.adequacy[:5] == ["good", "borderline", "borderline", "inadequate", "good"]
+    assert found.above_routine.tolist() == [False] * 4 + [True] + [False] * 5 + [True]
+    assert found.note[4] == ABOVE_ROUTINE_NOTE
+    assert found.note[1] == "neck routine level from published measurements" and found.note[0] == ""
+    # outside what the reference was fitted on, or nothing to measure: unknown, with the reason
+    assert np.isnan(found.dose_equivalent[5:10]).all() and found.adequacy[5:10] == [UNKNOWN] * 5
+    assert found.note[5] == "patient size 45.0 cm is outside the chest reference (20-40 cm noise-equivalent diameter)"
+    assert found.note[6] == "slice thickness 8 mm is outside the chest reference (1-5 mm)"
+    assert found.note[7] == "no soft tissue to measure noise on"
+    assert found.note[8] == "no routine level for the head in this model"
+    assert found.note[9] == "body region unknown: no body in the slice"
+    # 2 HU: 100 routine doses, reported as the top of the range, and above routine
+    assert found.dose_equivalent[10] == DOSE_RANGE[1] == 4.0 and found.above_routine[10]
+
+
+def test_an_older_single_reference_covers_only_the_chest_and_abdomen_it_was_fitted_on():
+    older = {"intercept": 5.0, "per_cm": 0.05, "diameter_range_cm": [20.0, 36.0], "thickness_range_mm": [1.25, 5.0]}
+    adequacy = {"on": "dose_equivalent", "bands": region_bands(0.35, 0.27)}
+    references = region_references(older, adequacy)
+    assert sorted(references) == [ABDOMEN, CHEST]
+    assert references[CHEST]["bands"] == adequacy["bands"]
+    assert references[CHEST]["valid_diameter_cm"] == [17.0, 41.4]  # 15% beyond the fitted sizes
+    assert references[CHEST]["valid_thickness_mm"] == [0.62, 10.0]  # half the thinnest, twice the thickest
+    assert valid_ranges({"thickness_range_mm": [0.5, 8.0]})["valid_thickness_mm"] == [0.5, 10.0]
+    found = region_verdicts([15.0, 15.0], 2.5, [30.0, 18.0], [HEAD, ABDOMEN], ["", ""], references)
+    assert found.adequacy[0] == UNKNOWN and found.note[0] == "no routine level for the head in this model"
+    assert found.adequacy[1] == "good"
+
+
+def test_the_shipped_model_has_a_routine_level_for_every_region_with_its_source():
+    info = read_info(ROOT / "Resources" / "Models" / "distiliqa_student.safetensors")
+    references = region_references(info.noise_reference, info.adequacy)
+    assert sorted(references) == sorted([HEAD, NECK, CHEST, ABDOMEN])
+    assert references[NECK]["basis"] == "literature" and "CMS1074" in references[NECK]["reasoning"]
+    assert references[HEAD]["per_cm"] == references[CHEST]["per_cm"] and "Fletcher" in references[HEAD]["reasoning"]
+    for region, reference in references.items():
+        good, borderline, _ = (band["min_value"] for band in reference["bands"])
+        assert 0.0 < borderline <= good <= 1.0 < reference["above_routine_from"], region
+    # the brain is read at far less noise than the body: at the same size and thickness a head's routine
+    # noise is a fraction of the chest's and the abdomen's, and the abdomen's below the chest's
+    level = {region: math.exp(ref["intercept"] + ref["per_cm"] * 20.0) for region, ref in references.items()}
+    assert level[HEAD] < level[ABDOMEN] / 3.0 and level[ABDOMEN] < level[CHEST]
+    assert references[ABDOMEN]["bands"][1]["min_value"] >= 0.3  # liver metastases at 30% failed (Fletcher 2017)
+
+
+def _head_phantom(noise_hu: float, seed: int) -> np.ndarray:
+    """An 18 x 15 cm head: 6 mm skull (1200 HU) around brain (35 HU) and 4 mm of scalp, with white noise."""
+    y, x = np.mgrid[0:512, 0:512].astype(np.float64)
+    pixel = 0.5
+    radius = ((x - 256) * pixel / 90.0) ** 2 + ((y - 256) * pixel / 75.0) ** 2
+    inner = ((x - 256) * pixel / 84.0) ** 2 + ((y - 256) * pixel / 69.0) ** 2
+    scalp = ((x - 256) * pixel / 94.0) ** 2 + ((y - 256) * pixel / 79.0) ** 2
+    hu = np.where(scalp <= 1.0, 20.0, -1000.0)
+    hu = np.where(radius <= 1.0, 1200.0, hu)
+    hu = np.where(inner <= 1.0, 35.0, hu)
+    noise = np.random.default_rng(seed).normal(0.0, noise_hu, hu.shape)
+    return (hu + np.where(hu > -1000.0, noise, 0.0)).astype(np.float32)
+
+
+def test_a_head_at_a_tenth_of_its_routine_dose_is_inadequate_where_the_body_reference_called_it_good():
+    scorer = Scorer(device="cpu")
+    head = scorer.info.noise_reference["regions"][HEAD]
+    routine_hu = 5.5  # brain noise of a routine 5 mm head CT (about 4 HU, ROI SD, Nakamura 2019) and a little more
+    volumes = {dose: CTVolume(np.stack([_head_phantom(routine_hu / math.sqrt(dose), s) for s in range(2)]),
+                              (0.5, 0.5, 5.0)) for dose in (1.0, 0.1)}
+    full, tenth = (scorer.score_volume(volumes[d]) for d in (1.0, 0.1))
+    assert full.region == [HEAD, HEAD] and tenth.region == [HEAD, HEAD]
+    assert set(full.adequacy) == {"good"} and set(tenth.adequacy) == {"inadequate"}
+    # the dose equivalents follow the noise: a tenth of the dose reads about a tenth (within x1.5)
+    ratio = np.median(tenth.dose_equivalent) / np.median(full.dose_equivalent)
+    assert 0.1 / 1.5 <= ratio <= 0.1 * 1.5
+    # taken as chest (the one level earlier models applied to every region), the tenth would pass
+    as_chest = scorer.score_volume(volumes[0.1], region=CHEST)
+    assert "inadequate" not in as_chest.adequacy
+    assert head["valid_diameter_cm"][0] <= float(np.median(full.diameter_cm)) <= head["valid_diameter_cm"][1]
