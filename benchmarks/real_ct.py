@@ -1,6 +1,9 @@
 """The shipped model on held-out real patients: accuracy against SSIM-to-full-dose and the verdicts a user sees.
 
-    .venv/bin/python benchmarks/real_ct.py --run RUN [--weights W] [--role test] [--markdown]
+    .venv/bin/python benchmarks/real_ct.py [--run RUN] [--weights W] [--role test] [--slices N]
+
+Without ``--run`` only the per-region verdict tables are printed (see the end of this text); they need the
+corpus files (``corpus/README.md``) and no training run.
 
 ``RUN`` is the output folder of ``python -m DistilIQALib recipe`` (stage 2, real CT): its held-out images are
 real scans of patients the model never trained on, degraded relative to each scan's own noise (100%..5% dose)
@@ -16,6 +19,14 @@ Printed, per source (corpus patient) and per anatomy, then for all:
    to the simulation, not visible in the image), beside the model and -GNI on those images.
 3. Verdicts: % of full-dose slices "good", % of 10% and 5% dose slices "inadequate", median dose-equivalent
    per simulated dose, and % of source slices whose score falls strictly at every lower dose.
+
+Per body region (the verdicts rest on the routine level of each slice's region), from the corpus patients of
+the role, each source slice degraded in the projection domain relative to its own noise at 100, 75, 50, 25, 10
+and 5% dose (no network involved):
+4. the region detected on every slice of every series of each patient (with the series' own z order);
+5. per region and per patient: % of full-dose slices "good", % of 10% and 5% dose slices "inadequate", %
+   "unknown", the median dose equivalent at each dose, and the share of slices whose dose equivalent at 75 / 50
+   / 25% lies within x1.5 of that fraction of its own full-dose reading.
 """
 from __future__ import annotations
 
@@ -41,24 +52,28 @@ from DistilIQALib.interpretation import (  # noqa
     adequacy_measure,
     band_threshold,
     dose_equivalent,
-    noise_dose_equivalent,
+    region_references,
+    region_verdicts,
 )
 from DistilIQALib.metrics import agreement  # noqa: E402
 from DistilIQALib.noise import global_noise_index, size_for_reference  # noqa: E402
-from DistilIQALib.reading import read_volume  # noqa: E402
+from DistilIQALib.reading import list_dicom_series, read_volume  # noqa: E402
+from DistilIQALib.regions import REGIONS, region_features, slice_labels, volume_regions  # noqa: E402
+from DistilIQALib.simulation import DoseSimulator, matched_kernel_sharpness  # noqa: E402
 from DistilIQALib.weights import read_info  # noqa: E402
 
 
 def noise_and_size(split, reference):
-    """Global noise index (HU) and patient size (cm, the measure the noise reference was fitted on) of each image,
-    as the scorer measures them."""
-    noise, diameter = [], []
+    """Global noise index (HU), patient size (cm, the measure the noise reference was fitted on) and body region
+    (read from the slice alone) of each image, as the scorer measures them."""
+    noise, diameter, regions = [], [], []
     for relative in split.paths:
         volume = read_volume(split.root / relative, force=True)
         hu = torch.from_numpy(np.asarray(volume.hu[:1], np.float32))
         noise.append(float(global_noise_index(hu, volume.spacing_mm[:2])[0]))
         diameter.append(float(size_for_reference(hu, volume.spacing_mm[:2], reference)[0]))
-    return np.array(noise), np.array(diameter)
+        regions.append(slice_labels(region_features(hu, volume.spacing_mm[:2]))[0][0])
+    return np.array(noise), np.array(diameter), regions
 
 
 def thickness_of(entry) -> float:
@@ -116,19 +131,166 @@ def extra_test_split(run: Path, manifest: Path, info, known_patients, folder: Pa
     return load_split(folder, "test")
 
 
+VERDICT_DOSES = (1.0, 0.75, 0.5, 0.25, 0.1, 0.05)
+
+
+def _series_of(target: Path):
+    """Every series (DICOM) or volume file under one corpus entry's path."""
+    if target.is_file():
+        return [(target, None)]
+    found = [(Path(s["folder"]), s["uid"]) for s in list_dicom_series(target)]
+    found += [(p, None) for p in sorted(target.rglob("*")) if p.name.endswith((".nrrd", ".nii.gz", ".nii", ".mha"))]
+    return found
+
+
+def region_detection(entries, root: Path, info) -> None:
+    """Slices per detected region of every series of each patient, in the series' own z order, and the verdicts
+    of every slice at the scan's own (full) dose."""
+    from DistilIQALib.noise import noise_equivalent_diameter_cm
+
+    references = region_references(info.noise_reference, info.adequacy)
+    print("\nBody region detected on every slice (series read head first; h head, n neck, c chest, a abdomen, "
+          "u unknown), and the verdicts of every slice at the scan's own dose")
+    for entry in entries:
+        for path, uid in _series_of(root / entry.path):
+            volume = read_volume(path, series_uid=uid, force=True)
+            found = volume_regions(volume)
+            regions = found.region
+            hu = torch.from_numpy(np.ascontiguousarray(volume.hu, dtype=np.float32))
+            noise = global_noise_index(hu, volume.spacing_mm[:2]).numpy()
+            size = noise_equivalent_diameter_cm(hu, volume.spacing_mm[:2]).numpy()
+            verdicts = region_verdicts(noise, volume.slice_thickness_mm, size, regions, found.reason, references)
+            bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
+                     if b in verdicts.adequacy}
+            order = np.argsort(-volume.z_mm(), kind="stable")
+            counts = {r: regions.count(r) for r in sorted(set(regions))}
+            head = f" head {100 * counts.get('head', 0) / len(regions):.1f}%" if entry.anatomy == "head" else ""
+            strip = "".join(regions[n][0] for n in order)
+            print(f"  {entry.patient:<32} {entry.anatomy:<24} {len(regions):4d} slices {counts}{head}")
+            print(f"      {strip if len(strip) <= 110 else strip[:110] + '...'}")
+            if entry.details.get("verdicts", True):
+                good = 100 * bands.get("good", 0) / len(regions)
+                above = 100 * float(np.mean(verdicts.above_routine))
+                print(f"      at its own dose: {bands} ({good:.1f}% good, {above:.1f}% above routine, median dose "
+                      f"equivalent {np.nanmedian(verdicts.dose_equivalent):.2f})")
+
+
+def simulated_verdicts(entries, root: Path, info, slices: int, seed: int = 11):
+    """Rows (patient, region, dose, dose equivalent, band, above routine, note) of each source slice of each
+    entry at :data:`VERDICT_DOSES`, noise relative to the slice's own."""
+    from DistilIQALib.corpus import entry_sources
+    from DistilIQALib.noise import noise_equivalent_diameter_cm, slice_noise_index
+
+    references = region_references(info.noise_reference, info.adequacy)
+    rows = []
+    for entry in entries:
+        for n, source in enumerate(entry_sources(entry, root, min(slices, entry.slices_used))):
+            hu = source.hu.astype(np.float32)
+            own = slice_noise_index(hu, source.pixel_mm)
+            if not np.isfinite(own) or own <= 0:
+                continue
+            simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 1000 + n, reference_noise_hu=own,
+                                      kernel=matched_kernel_sharpness(hu, source.pixel_mm))
+            for dose in VERDICT_DOSES:
+                image = simulator.at_dose(dose) if dose < 1.0 else hu
+                tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+                noise = slice_noise_index(image, source.pixel_mm)
+                size = float(noise_equivalent_diameter_cm(tensor, (source.pixel_mm, source.pixel_mm))[0])
+                found = region_verdicts([noise], source.thickness_mm, [size], [source.region or "unknown"], [""],
+                                        references)
+                rows.append((entry.patient, source.region or "unknown", f"{source.name}", dose,
+                             float(found.dose_equivalent[0]), found.adequacy[0], bool(found.above_routine[0]),
+                             found.note[0]))
+    return rows
+
+
+def _median(values) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.median(finite)) if finite else float("nan")
+
+
+def verdict_table(rows) -> None:
+    """Per region, then per patient: the verdict targets of the body-region issue."""
+    def line(name, chosen):
+        by = defaultdict(list)
+        for _patient, _region, source, dose, value, band, above, _note in chosen:
+            by[dose].append((source, value, band, above))
+        full = by.get(1.0, [])
+        low = by.get(0.1, []) + by.get(0.05, [])
+        reading = {source: value for source, value, _, _ in full}
+        # at most a tenth of a routine dose: the simulated fraction times the scan's own full-dose reading
+        tenth = [b for d in (0.1, 0.05) for source, _, b, _ in by.get(d, [])
+                 if np.isfinite(reading.get(source, np.nan)) and reading[source] < 4.0 and d * reading[source] <= 0.1]
+        good = 100 * np.mean([b == "good" for _, _, b, _ in full]) if full else np.nan
+        inadequate = 100 * np.mean([b == "inadequate" for _, _, b, _ in low]) if low else np.nan
+        unknown = 100 * np.mean([b == "unknown" for _, _, b, _ in full]) if full else np.nan
+        above = 100 * np.mean([a for *_, a in full]) if full else np.nan
+        medians = " ".join(f"{_median([v for _, v, _, _ in by.get(d, [])]):5.2f}" for d in VERDICT_DOSES)
+        reference = {s: v for s, v, _, _ in full}
+        within = []
+        for d in (0.75, 0.5, 0.25):
+            ratios = [v / reference[s] for s, v, _, _ in by.get(d, []) if np.isfinite(v) and
+                      np.isfinite(reference.get(s, np.nan)) and reference[s] < 4.0]
+            within.append(100 * np.mean([d / 1.5 <= r <= d * 1.5 for r in ratios]) if ratios else np.nan)
+        routine = 100 * np.mean([b == "inadequate" for b in tenth]) if tenth else np.nan
+        print(f"  {name:<34} {len(full):4d} {good:6.1f} {inadequate:6.1f} {routine:6.1f} {unknown:6.1f} {above:6.1f}  "
+              f"{medians}  " + " ".join(f"{w:5.1f}" for w in within))
+
+    print("\nVerdicts per body region (each slice at 100/75/50/25/10/5% of its own dose): slices, % full dose "
+          "'good', % 10% and 5% 'inadequate', % of those at most a tenth of a routine dose (d x the full-dose "
+          "reading) 'inadequate', % full dose 'unknown', % full dose above routine, median dose "
+          "equivalent at each dose, % within x1.5 of d x its full-dose reading at 75/50/25% (full-dose readings "
+          "under the 4x cap)")
+    print(f"  {'group':<34} {'n':>4} {'good':>6} {'inadq':>6} {'<=10%':>6} {'unkn':>6} {'above':>6}  "
+          + " ".join(f"{d:5g}" for d in VERDICT_DOSES) + "  " + " ".join(f"{d:5g}" for d in (0.75, 0.5, 0.25)))
+    for region in REGIONS + ("unknown",):
+        chosen = [r for r in rows if r[1] == region]
+        if chosen:
+            line(f"region {region}", chosen)
+    for patient in sorted({r[0] for r in rows}):
+        chosen = [r for r in rows if r[0] == patient]
+        regions = sorted({r[1] for r in chosen})
+        for region in regions:
+            line(f"{patient} ({region})", [r for r in chosen if r[1] == region])
+    line("all", rows)
+    notes = defaultdict(int)
+    for row in rows:
+        if row[5] == "unknown":
+            notes[row[7]] += 1
+    for note, count in sorted(notes.items(), key=lambda item: -item[1]):
+        print(f"  unknown x{count}: {note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--run", type=Path, help="a stage-2 recipe run: adds the agreement tables of its images")
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--role", default="test", choices=["test", "calibration"])
     parser.add_argument("--manifest", type=Path, default=ROOT / "corpus" / "manifest.json",
                         help="corpus manifest: each patient's anatomy, and test patients added after the run")
+    parser.add_argument("--slices", type=int, default=12, help="source slices per patient for the verdict tables")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dump", type=Path, help="also write one CSV row per image (patient, kind, value, label, "
                         "model, ensemble, GNI) for further analysis")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.run:
+        agreement_tables(args)
+    weights = args.weights or (args.run / "distiliqa_student.safetensors" if args.run else None)
+    from DistilIQALib.weights import resolve_weights
+
+    weights = resolve_weights(weights)
+    info = read_info(weights)
+    entries = [e for e in load_manifest(args.manifest) if e.role == args.role]
+    root = args.manifest.parent / "files"
+    print(f"\nweights {weights}; {args.role} patients of {args.manifest}")
+    region_detection(entries, root, info)
+    rows = simulated_verdicts([e for e in entries if e.details.get("verdicts", True)], root, info, args.slices)
+    verdict_table(rows)
+
+
+def agreement_tables(args) -> None:
     weights = args.weights or args.run / "distiliqa_student.safetensors"
     info = read_info(weights)
     run_info = read_info(args.run / "distiliqa_student.safetensors")
@@ -166,9 +328,9 @@ def _subset(split, keep):
 
 def _columns(split, records, weights, teachers, device):
     predictions = predict_split([weights, *teachers], split, resolve_device(device))
-    noise, diameter = noise_and_size(split, read_info(weights).noise_reference)
+    noise, diameter, regions = noise_and_size(split, read_info(weights).noise_reference)
     return {"student": predictions[0].scores, "ensemble": np.mean([p.scores for p in predictions[1:]], axis=0),
-            "gni": noise, "diameter": diameter, "labels": split.labels,
+            "gni": noise, "diameter": diameter, "labels": split.labels, "regions": np.array(regions),
             "kinds": np.array([records[p]["kind"] for p in split.paths]),
             "values": np.array([float(records[p]["value"]) for p in split.paths]),
             "anatomy": np.array([records[p]["anatomy"] or "-" for p in split.paths]),
@@ -180,12 +342,14 @@ def report(weights, info, role, data) -> None:
     student, ensemble, gni, labels = data["student"], data["ensemble"], data["gni"], data["labels"]
     kinds, values, anatomy, sources, patients = (data[k] for k in ("kinds", "values", "anatomy", "sources",
                                                                    "patients"))
-    if info.noise_reference:  # as SliceScores does: noise, size and the source scan's thickness
-        dose_eq = noise_dose_equivalent(gni, data["thickness"], data["diameter"], info.noise_reference)
+    on_dose = adequacy_measure(info.adequacy) == "dose_equivalent"
+    if info.noise_reference and on_dose:  # as SliceScores does: noise, size, region and the scan's thickness
+        found = region_verdicts(gni, data["thickness"], data["diameter"], list(data["regions"]),
+                                [""] * len(gni), region_references(info.noise_reference, info.adequacy))
+        dose_eq, bands = found.dose_equivalent, np.array(found.adequacy)
     else:
         dose_eq = dose_equivalent(student, info.dose_calibration)
-    on_dose = adequacy_measure(info.adequacy) == "dose_equivalent"
-    bands = np.array(adequacy_labels(dose_eq if on_dose else student, info.adequacy))
+        bands = np.array(adequacy_labels(student, info.adequacy))
     groups = [(f"patient {p}", patients == p) for p in sorted(set(patients))]
     groups += [(f"anatomy {a}", anatomy == a) for a in sorted(set(anatomy))]
     groups += [("all", np.ones(len(labels), dtype=bool))]

@@ -2,10 +2,12 @@
 slice logic (``slicer-core``), and the per-slice plot, all from the shipped model.
 
     .venv/bin/python docs/make_pictures.py [--out docs/images] [--real corpus/files/lungdx_A0002]
+                                           [--real-head corpus/files/head_invesalius_0051]
 
 Needs the test extras (``pip install -e ".[test]"``: slicer-core, matplotlib). ``--real`` also renders a real
 chest CT of the corpus (TCIA Lung-PET-CT-Dx, patient A0002, CC BY 4.0) with eight slices lowered to 10% of
-their dose relative to their own noise (``real_*.png``).
+their dose relative to their own noise (``real_*.png``); ``--real-head`` the same for a real routine head CT
+(InVesalius' 0051, GPL-2; ``real_head_*.png``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--real", type=Path, help="a real CT series folder to render as well")
+    parser.add_argument("--real-head", type=Path, help="a real head CT series folder to render as well")
     args = parser.parse_args()
 
     import matplotlib
@@ -61,10 +64,14 @@ def main() -> int:
           f"(score {scores.score[best]:.3f})")
     if args.real:
         real_pictures(args.real, args.out)
+    if args.real_head:
+        real_pictures(args.real_head, args.out, range(50, 58), prefix="real_head", label="real head CT",
+                      origin="InVesalius 0051, Siemens, 2 mm")
     return 0
 
 
-def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float = 0.1) -> None:
+def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float = 0.1, prefix: str = "real",
+                  label: str = "real chest CT", origin: str = "TCIA Lung-PET-CT-Dx A0002") -> None:
     """A real CT with ``low_slices`` lowered to ``dose`` (relative to each slice's own noise), scored and shown."""
     import numpy as np
     import slicer
@@ -85,23 +92,25 @@ def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float
                                   kernel=matched_kernel_sharpness(hu[k], pixel_mm))
         hu[k] = simulator.at_dose(dose)
     lowered = CTVolume(np.round(hu).astype(np.int16), volume.spacing_mm, volume.origin_mm, volume.direction,
-                       source="real chest CT")
+                       source=label)
     scores = Scorer(device="cpu").score_volume(lowered)
     scene = slicer.vtkMRMLScene()
-    ct = mrml.node_from_volume(scene, lowered, "real chest CT")
+    ct = mrml.node_from_volume(scene, lowered, label)
     nodes = mrml.show_results(ct, scores, lowered)
     renderer = mrml.SliceRenderer(scene, size=360)
     z = lowered.z_mm()
     normal = [k for k in range(lowered.num_slices) if k not in set(low_slices)]
     middle_low = list(low_slices)[len(low_slices) // 2]
     nearest_normal = min(normal, key=lambda k: abs(k - middle_low))
-    renderer.render(ct, nodes.quality_map, "Axial", float(z[nearest_normal]), out / "real_axial_full_dose.png", 0.35)
-    renderer.render(ct, nodes.quality_map, "Axial", float(z[middle_low]), out / "real_axial_10pct_dose.png", 0.35)
-    write_plot(scores, out / "real_scores.png",
-               title=f"Real chest CT (TCIA Lung-PET-CT-Dx A0002), slices {low_slices.start}-{low_slices.stop - 1} "
+    renderer.render(ct, nodes.quality_map, "Axial", float(z[nearest_normal]), out / f"{prefix}_axial_full_dose.png",
+                    0.35)
+    renderer.render(ct, nodes.quality_map, "Axial", float(z[middle_low]), out / f"{prefix}_axial_10pct_dose.png", 0.35)
+    write_plot(scores, out / f"{prefix}_scores.png",
+               title=f"{label[0].upper()}{label[1:]} ({origin}), slices {low_slices.start}-{low_slices.stop - 1} "
                      f"at {dose:.0%} dose")
     bands = scores.adequacy or []
-    print(f"real CT: full-dose slices {np.round(np.percentile(scores.score[normal], [0, 50, 100]), 3)} "
+    print(f"{label}: regions {sorted(set(scores.region))}; full-dose slices "
+          f"{np.round(np.percentile(scores.score[normal], [0, 50, 100]), 3)} "
           f"({sum(bands[k] == 'good' for k in normal)}/{len(normal)} good), {dose:.0%}-dose slices "
           f"{np.round(np.percentile(scores.score[list(low_slices)], [0, 50, 100]), 3)} "
           f"({sum(bands[k] == 'inadequate' for k in low_slices)}/{len(low_slices)} inadequate)")
