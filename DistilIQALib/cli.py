@@ -442,6 +442,42 @@ def _batch_from_server(args: argparse.Namespace, server, query, store, scorer, s
     return summary
 
 
+def _add_listen_parser(commands) -> None:
+    parser = commands.add_parser(
+        "listen", help="receive CT images pushed by a scanner or PACS (DICOM C-STORE) and score each series",
+        description="A DICOM C-STORE receiver: each image is written to disk before it is acknowledged; a series "
+                    "is scored into the store once no image of it has come for --series-timeout seconds, and "
+                    "again when more arrive. Answers C-ECHO; SIGTERM stops it cleanly.")
+    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on (104 and 11112 are usual)")
+    parser.add_argument("--ae-title", required=True, metavar="AET", help="this receiver's AE title")
+    parser.add_argument("--db", required=True, help="SQLite results store (created or resumed)")
+    parser.add_argument("--storage", help="folder for the images received (default: DB's name with _received, "
+                                          "beside it)")
+    parser.add_argument("--host", default="", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--series-timeout", type=float, default=30.0, metavar="S",
+                        help="score a series this many seconds after its last image (default 30)")
+    parser.add_argument("--weights", help="weights file; default: the shipped model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
+    parser.set_defaults(run=_run_listen)
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    from .listener import Receiver, checked_ae_title, run_listener
+    from .scoring import Scorer
+
+    checked_ae_title(args.ae_title)
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port")
+    store = Path(args.db)
+    storage = Path(args.storage) if args.storage else store.with_name(f"{store.stem}_received")
+    scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size)
+    _note(f"scoring on {scorer.device_name} with {scorer.info.preset} model {scorer.info.weights_id}")
+    receiver = Receiver(storage, store, scorer, args.ae_title, args.host, args.port, args.series_timeout,
+                        log=lambda line: _note(f"{PROGRAM}: listen: {line}"))
+    return run_listener(receiver)
+
+
 def _add_merge_parser(commands) -> None:
     parser = commands.add_parser("merge", help="merge batch stores (e.g. of shards) into one")
     parser.add_argument("output", help="store to merge into (created if missing)")
@@ -532,7 +568,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser, _add_preprocess_parser,
                             _add_train_teacher_parser, _add_train_student_parser, _add_evaluate_parser,
-                            _add_batch_parser, _add_merge_parser, _add_recipe_parser, _add_calibrate_parser]
+                            _add_batch_parser, _add_listen_parser, _add_merge_parser, _add_recipe_parser,
+                            _add_calibrate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
