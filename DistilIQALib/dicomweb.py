@@ -126,6 +126,9 @@ def authorization(environment_variable: Optional[str] = None, file: Optional[str
     else:
         return None
     value = value.strip()
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        where = f"the environment variable {environment_variable}" if environment_variable else f"the file {file}"
+        raise InputError(f"the credentials in {where} contain a line break or another control character")
     return value if " " in value else f"Bearer {value}"
 
 
@@ -273,7 +276,15 @@ class Server:
         return None
 
     def explain(self, error: BaseException, what: str) -> str:
-        """One line saying what went wrong with ``what`` (e.g. "the series query"), naming the server."""
+        """One line saying what went wrong with ``what`` (e.g. "the series query"), naming the server and never
+        the credentials (some errors quote the request's headers)."""
+        text = self._explain(error, what)
+        secret = self.config.authorization
+        for part in ([secret, *secret.split()[1:]] if secret else []):
+            text = text.replace(part, "<credentials>")
+        return text
+
+    def _explain(self, error: BaseException, what: str) -> str:
         exceptions, server, timeout = self.requests.exceptions, self.config.name, f"{self.config.timeout_s:g}"
         tries = f" ({self.config.retries + 1} tries)" if self.config.retries else ""
         status = self.status(error)
@@ -487,7 +498,9 @@ def run_dicomweb(config: ServerConfig, query: SeriesQuery, store_path: os.PathLi
                 progress.update(n + 1, total, f"series ({summary.slices_per_second:.1f} slices/s)")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        store.record_server_run(config.name, query.key(), started_at)
+        if not summary.failed:
+            # Only a run without failures moves --since on: a failed series stays inside the next run's dates.
+            store.record_server_run(config.name, query.key(), started_at)
     summary.seconds = time.monotonic() - started
     return summary
 

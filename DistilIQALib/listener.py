@@ -182,7 +182,10 @@ class Receiver:
                 with self._lock:  # left for the next start
                     self._last_arrival.setdefault(uid, now)
                 continue
-            self.score_series(uid)
+            try:
+                self.score_series(uid)
+            except Exception as error:  # one series must not stop the receiver; no marker: the next start retries
+                self.log(f"series {uid}: not scored: {type(error).__name__}: {error}")
         return ready
 
     def score_series(self, series_uid: str) -> Dict:

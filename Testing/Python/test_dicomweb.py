@@ -20,6 +20,7 @@ from DistilIQALib.dicomweb import SeriesQuery, Server, ServerConfig, run_dicomwe
 from DistilIQALib.phantoms import phantom_volume
 from DistilIQALib.progress import Progress
 from DistilIQALib.scoring import Scorer
+from DistilIQALib.store import ResultStore
 
 from .conftest import ORTHANC_PASSWORD, ORTHANC_USER, query_rows
 from .orthanc_server import FaultyProxy, free_port
@@ -231,6 +232,10 @@ def test_server_trouble_is_one_line_naming_the_server(orthanc, tiny_weights, tmp
     assert _cli(capsys, str(tmp_path), "--since", *common)[1] == "distiliqa: error: --since needs --dicomweb URL"
     assert _cli(capsys, "--dicomweb", down, "--auth-env", "NOT_SET_ANYWHERE", *common)[1] == (
         "distiliqa: error: the environment variable NOT_SET_ANYWHERE (--auth-env) is not set")
+    monkeypatch.setenv("PACS_AUTH", "Bearer first-half\nsecond-half")
+    code, line = _cli(capsys, "--dicomweb", down, "--auth-env", "PACS_AUTH", *common)
+    assert (code, line) == (2, "distiliqa: error: the credentials in the environment variable PACS_AUTH contain a "
+                               "line break or another control character")
     monkeypatch.setitem(sys.modules, "dicomweb_client", None)
     monkeypatch.setitem(sys.modules, "dicomweb_client.api", None)
     assert _cli(capsys, "--dicomweb", down, *common) == (
@@ -279,6 +284,8 @@ def test_series_deleted_or_thinned_during_the_run(orthanc, tiny_weights, tmp_pat
     config = _config(orthanc.dicomweb_url, retries=1, backoff_s=0.01)
     summary = run_dicomweb(config, query, store, scorer, progress=Progress(meanwhile))
     assert (summary.found, summary.scored, summary.failed) == (3, 1, 2)
+    with ResultStore(store) as results:  # a run with failures does not move --since on
+        assert results.last_server_run(config.name, query.key()) is None
     statuses = _statuses(store)
     assert statuses[uids["kept"]] == ("scored", None)
     assert statuses[uids["deleted"]] == ("failed", f"{server_name(orthanc.dicomweb_url)} answered 404 Not Found to "
@@ -289,3 +296,5 @@ def test_series_deleted_or_thinned_during_the_run(orthanc, tiny_weights, tmp_pat
     rerun = run_dicomweb(config, query, store, scorer)
     assert (rerun.found, rerun.scored, rerun.already_done) == (2, 1, 1)
     assert query_rows(store, "SELECT num_slices FROM series WHERE series_uid = ?", (uids["thinned"],)) == [(3,)]
+    with ResultStore(store) as results:
+        assert results.last_server_run(config.name, query.key()) is not None
