@@ -107,6 +107,7 @@ class DistilIQAParameterNode:
     learningRate: Annotated[float, WithinRange(1e-06, 1.0)] = 0.001
     distillationWeight: Annotated[float, WithinRange(0.0, 10.0)] = 0.75
     trainingDevice: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    dicomwebUrl: str = ""  # empty: the batch scores Slicer's DICOM database
 
 
 class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -419,7 +420,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onBatchButton(self):
         with slicer.util.tryWithErrorDisplay(_("DistilIQA could not start the batch."), waitCursor=True):
-            arguments = self.logic.batchArguments(self._parameterNode.weightsPath)
+            arguments = self.logic.batchArguments(self._parameterNode.weightsPath, self._parameterNode.dicomwebUrl)
             self._startJob(arguments, self.ui.batchButton, self.ui.batchProgressBar, onSuccess=self._fillBatchTable)
 
     def _fillBatchTable(self):
@@ -603,14 +604,14 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
     def batchStore(self):
         return os.path.join(slicer.dicomDatabase.databaseDirectory, "DistilIQA_results.sqlite")
 
-    def batchArguments(self, weightsPath=None):
-        from DistilIQALib.jobs import chosen_path
+    def batchArguments(self, weightsPath=None, dicomwebUrl=""):
+        """Score Slicer's DICOM database, or the DICOMweb server ``dicomwebUrl`` when one is given (its
+        credentials, if any, from the environment variable ``DISTILIQA_DICOMWEB_AUTH``)."""
+        from DistilIQALib.jobs import batch_arguments
 
         if not slicer.dicomDatabase or not slicer.dicomDatabase.isOpen:
             raise RuntimeError(_("Slicer's DICOM database is not open."))
-        arguments = ["batch", slicer.dicomDatabase.databaseDirectory, "--db", self.batchStore()]
-        weights = chosen_path(weightsPath)
-        return arguments + (["--weights", weights] if weights else [])
+        return batch_arguments(slicer.dicomDatabase.databaseDirectory, self.batchStore(), weightsPath, dicomwebUrl)
 
     def batchRows(self):
         from DistilIQALib.store import ResultStore
@@ -633,6 +634,9 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         from DistilIQALib.mrml import show_stored_results
 
         loaded = DICOMUtils.loadSeriesByUID([seriesUid])
+        if not loaded and not slicer.dicomDatabase.filesForSeries(seriesUid):
+            raise RuntimeError(_("This series is not in Slicer's DICOM database (it was scored from a DICOMweb "
+                                 "server): retrieve it with the DICOM module, then double-click it again."))
         node = slicer.mrmlScene.GetNodeByID(loaded[0]) if loaded else None
         if node is None:
             return None
@@ -693,6 +697,9 @@ class DistilIQATest(ScriptedLoadableModuleTest):
             widget.enter()
         ui.overlayOpacitySpinBox.value = 0.6
         self.assertAlmostEqual(widget._parameterNode.overlayOpacity, 0.6)
+        ui.dicomwebUrlLineEdit.text = "http://127.0.0.1:8042/dicom-web"
+        self.assertEqual(widget._parameterNode.dicomwebUrl, "http://127.0.0.1:8042/dicom-web")
+        ui.dicomwebUrlLineEdit.text = ""
 
     def test_CancelScoring(self):
         """Cancel stops the scoring process: no result nodes, no process left."""

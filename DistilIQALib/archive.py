@@ -166,6 +166,8 @@ class SeriesEntry:
     normals: List[Tuple[float, float, float]] = field(default_factory=list)
     matrix: Tuple[int, int] = (0, 0)
     positions: List[Tuple[float, float, float]] = field(default_factory=list)
+    #: Where the series came from when its files are a temporary copy (a DICOM server's address of the series).
+    location: Optional[str] = None
 
     @classmethod
     def from_facts(cls, key: str, facts: HeaderFacts, grouped_by_folder: bool) -> SeriesEntry:
@@ -196,6 +198,13 @@ class SeriesEntry:
         normal = np.asarray(self.normals[0])
         keys = [float(np.dot(position, normal)) for position in self.positions]
         return [name for _, name in sorted(zip(keys, self.files))]
+
+    def shown(self, path: str) -> str:
+        """How a file of this series is named in the results: its path, or, for a series copied from a DICOM
+        server (files named by SOPInstanceUID), the server's address of the instance."""
+        if not self.location:
+            return path
+        return f"{self.location}/instances/{Path(path).stem}"
 
     def notes(self) -> List[str]:
         """Facts about how the series was put together that a reader of the results must know."""

@@ -13,14 +13,15 @@ import hashlib
 import io
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from .archive import MIN_SERIES_SLICES, SeriesEntry, instance_decodes, scan_archive
+from .archive import MIN_SERIES_SLICES, SeriesEntry, instance_decodes, scan_archive, scan_folder
 from .errors import DistilIQAError, InputError
 from .preprocessing import window_to_unit
 from .progress import Progress
@@ -76,7 +77,7 @@ def _record(entry: SeriesEntry, weights_id: str, status: str, reason: Optional[s
             "study_date": entry.study_date, "description": entry.description, "kernel": entry.kernel,
             "kvp": entry.kvp, "exposure_mas": entry.exposure_mas, "slice_thickness_mm": entry.slice_thickness_mm,
             "scanner_model": entry.scanner_model, "num_files": len(entry.files),
-            "folder": os.path.dirname(entry.files[0]) if entry.files else None}
+            "folder": entry.location or (os.path.dirname(entry.files[0]) if entry.files else None)}
 
 
 def _joined(notes: List[str]) -> Optional[str]:
@@ -190,40 +191,60 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
                 continue
             reason = entry.skip_reason()
             if reason:
-                store.write_series(_record(entry, weights_id, "skipped", _joined([reason] + entry.notes())))
-                summary.skipped += 1
-                summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + 1
+                _write_skipped(store, entry, weights_id, reason, summary)
             else:
                 to_score.append(entry)
         total = len(to_score)
         progress.update(0, total, "series")
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            # Keep a few series decoding ahead of the model.
-            pending = [pool.submit(_read, entry) for entry in to_score[:workers + 1]]
-            for n, entry in enumerate(to_score):
-                read = pending[n].result()
-                pending[n] = None
-                if n + workers + 1 < total:
-                    pending.append(pool.submit(_read, to_score[n + workers + 1]))
-                _score_series(store, scorer, entry, read, summary, region)
-                summary.seconds = time.monotonic() - started
-                progress.update(n + 1, total, f"series ({summary.slices_per_second:.1f} slices/s)")
+        # Keep a few series decoding ahead of the model.
+        for n, (entry, read) in enumerate(zip(to_score, ahead(to_score, _read, workers))):
+            _score_series(store, scorer, entry, read, summary, region)
+            summary.seconds = time.monotonic() - started
+            progress.update(n + 1, total, f"series ({summary.slices_per_second:.1f} slices/s)")
     summary.seconds = time.monotonic() - started
     return summary
 
 
+def _write_skipped(store: ResultStore, entry: SeriesEntry, weights_id: str, reason: str,
+                   summary: BatchSummary) -> Dict:
+    record = _record(entry, weights_id, "skipped", _joined([reason] + entry.notes()))
+    store.write_series(record)
+    summary.skipped += 1
+    summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + 1
+    return record
+
+
+Loaded = TypeVar("Loaded")
+
+
+def ahead(items: Sequence, load: Callable[..., Loaded], workers: int) -> Iterator[Loaded]:
+    """``load(item)`` for each item, in order, with up to ``workers + 1`` loads running ahead in threads
+    (decoding or downloading the next series while the model scores this one)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = deque(pool.submit(load, item) for item in items[:workers + 1])
+        following = len(pending)
+        while pending:
+            result = pending.popleft().result()
+            if following < len(items):
+                pending.append(pool.submit(load, items[following]))
+                following += 1
+            yield result
+
+
 def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: SeriesRead,
-                  summary: BatchSummary, region: str = "auto") -> None:
-    """Score one series read ahead and write it, with its problems, to the store."""
+                  summary: BatchSummary, region: str = "auto") -> Dict:
+    """Score one series read ahead and write it, with its problems, to the store; returns its series record."""
     weights_id = scorer.info.weights_id
     started = time.monotonic()
-    store.add_problems((name, entry.uid, "corrupt slice file (cannot be decoded), not scored")
+    store.add_problems((entry.shown(name), entry.uid, "corrupt slice file (cannot be decoded), not scored")
                        for name in read.corrupt_files)
     if read.volume is None:
-        store.write_series(_record(entry, weights_id, "failed", _joined([read.error] + entry.notes())))
-        store.add_problems([(entry.files[0], entry.uid, read.error)])
+        record = _record(entry, weights_id, "failed", _joined([read.error] + entry.notes()))
+        store.write_series(record)
+        store.add_problems([(entry.shown(entry.files[0]) if entry.files else entry.location, entry.uid,
+                             read.error)])
         summary.failed += 1
-        return
+        return record
     volume = read.volume
     scores = scorer.score_volume(volume, region=region)
     notes = entry.notes() + [note for note in [_gap_note(volume, read.corrupt_files)] if note]
@@ -236,6 +257,52 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
     store.write_series(record, scores.rows())
     summary.scored += 1
     summary.slices += len(scores.score)
+    return record
+
+
+@dataclass
+class FolderSeries:
+    """One series whose files sit in a folder of their own (a copy fetched from a DICOM server, or what the
+    listener received), read and ready to score, or to record as skipped or failed."""
+
+    entry: SeriesEntry
+    read: Optional[SeriesRead] = None
+    skip_reason: Optional[str] = None
+    #: Why the series could not be had at all (e.g. its transfer broke off): recorded as failed.
+    error: Optional[str] = None
+    #: ``(path, series key, message)`` of files that were not used.
+    problems: List[Tuple[str, Optional[str], str]] = field(default_factory=list)
+
+
+def read_series_folder(folder: os.PathLike[str] | str, entry: SeriesEntry,
+                       files: Optional[List[str]] = None) -> FolderSeries:
+    """Read the series ``entry.uid`` from the files in ``folder`` (or the ``files`` given) as a folder of an
+    archive is read: headers, duplicates, skip reasons, corrupt slices. ``entry`` holds what was known
+    beforehand (e.g. a server's answer to a query) and stands for the series when none of its files can be read;
+    its ``location`` names the files in the results."""
+    scan = scan_folder(folder, workers=2, files=files)
+    problems = [(entry.shown(path), entry.uid, f"unreadable: {message}") for path, message in scan.unreadable]
+    problems += [(entry.shown(path), key, message) for path, key, message in scan.duplicates]
+    found = scan.series.get(entry.uid)
+    if found is None:
+        return FolderSeries(entry, error=f"no readable image of series {entry.uid} among the files received",
+                            problems=problems)
+    found.location = entry.location
+    reason = found.skip_reason()
+    if reason:
+        return FolderSeries(found, skip_reason=reason, problems=problems)
+    return FolderSeries(found, _read(found), problems=problems)
+
+
+def store_folder_series(store: ResultStore, scorer: Scorer, series: FolderSeries, summary: BatchSummary) -> Dict:
+    """Score a :class:`FolderSeries` (or record why not) into the store, replacing what it held for the
+    series; returns the series record."""
+    store.add_problems(series.problems)
+    entry, weights_id = series.entry, scorer.info.weights_id
+    if series.skip_reason:
+        return _write_skipped(store, entry, weights_id, series.skip_reason, summary)
+    read = series.read if series.error is None else SeriesRead(None, series.error)
+    return _score_series(store, scorer, entry, read, summary)
 
 
 def _summary_fields(scores: SliceScores) -> Dict:

@@ -343,7 +343,7 @@ def _add_batch_parser(commands) -> None:
                                  description="Score every axial CT series under ROOT (a DICOM folder tree or a "
                                              "Slicer DICOM database folder). Results are written as they are made; "
                                              "a rerun resumes.")
-    parser.add_argument("root")
+    parser.add_argument("root", nargs="?", help="DICOM folder tree or Slicer DICOM database folder (or --dicomweb)")
     parser.add_argument("--db", required=True, help="SQLite results store (created or resumed)")
     parser.add_argument("--csv", help="per-series summary CSV")
     parser.add_argument("--report", help="self-contained HTML report")
@@ -355,7 +355,37 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="threads decoding DICOM ahead of the model and reading the headers (default 2)")
     _add_region_argument(parser)
+    _add_server_arguments(parser)
     parser.set_defaults(run=_run_batch)
+
+
+#: The batch options that only a DICOMweb server takes (argparse destinations).
+SERVER_OPTIONS = ("study_date", "since", "patient_id", "study_uid", "series_uid", "auth_env", "auth_file", "ca_bundle",
+                  "no_verify_tls")
+
+
+def _add_server_arguments(parser) -> None:
+    server = parser.add_argument_group(
+        "DICOMweb server", "score the CT series of a PACS or archive instead of ROOT: QIDO-RS finds them, WADO-RS "
+                           "fetches each into a temporary folder")
+    server.add_argument("--dicomweb", metavar="URL", help="the server's DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    server.add_argument("--study-date", metavar="FROM-TO", help="studies dated in this range (YYYYMMDD-YYYYMMDD, "
+                                                                "either end may be left open)")
+    server.add_argument("--since", nargs="?", const="last", metavar="YYYYMMDD",
+                        help="only studies dated since the last complete run of the same query (or since a date)")
+    server.add_argument("--patient-id", metavar="ID", help="only this PatientID")
+    server.add_argument("--study-uid", action="append", metavar="UID", help="only this study (repeatable)")
+    server.add_argument("--series-uid", action="append", metavar="UID", help="only this series (repeatable)")
+    server.add_argument("--auth-env", metavar="VAR", help="environment variable holding the Authorization header "
+                                                         "value or a bearer token (never printed)")
+    server.add_argument("--auth-file", metavar="FILE", help="file holding the same (first line)")
+    server.add_argument("--ca-bundle", metavar="FILE", help="certificate authorities to verify the server's TLS "
+                                                           "certificate against (default: the system's)")
+    server.add_argument("--no-verify-tls", action="store_true", help="do not verify the TLS certificate (unsafe)")
+    server.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait for each answer "
+                                                                                 "(default 30)")
+    server.add_argument("--retries", type=int, default=3, metavar="N",
+                        help="tries again after a failed request, waiting 1, 2, 4 ... s (default 3)")
 
 
 def _run_batch(args: argparse.Namespace) -> int:
@@ -369,18 +399,31 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .scoring import Scorer
 
     shard = parse_shard(args.shard)
-    if not Path(args.root).is_dir():
-        raise DistilIQAError(f"no such folder: {args.root}")
+    if args.dicomweb and args.root:
+        raise DistilIQAError("give a folder ROOT or --dicomweb URL, not both")
+    if not args.dicomweb:
+        given = [f"--{name.replace('_', '-')}" for name in SERVER_OPTIONS if getattr(args, name)]
+        if given:
+            raise DistilIQAError(f"{given[0]} needs --dicomweb URL")
+        if not args.root:
+            raise DistilIQAError("give a folder ROOT or --dicomweb URL")
+        if not Path(args.root).is_dir():
+            raise DistilIQAError(f"no such folder: {args.root}")
     store = Path(args.db)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not args.shard:
         rank = int(os.environ.get("RANK", "0"))
         shard = (rank + 1, world)
         store = store.with_name(f"{store.stem}.part{rank + 1}of{world}{store.suffix}")
+    server, query = _server_request(args) if args.dicomweb else (None, None)
     scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size)
-    _note(f"batch {args.root} -> {store} (shard {shard[0]}/{shard[1]}) on {scorer.device_name}")
-    summary = run_batch(args.root, store, scorer, shard, args.rescore, args.workers, Progress(TerminalProgress()),
-                        region=args.region)
+    _note(f"batch {server.name if server else args.root} -> {store} (shard {shard[0]}/{shard[1]}) on "
+          f"{scorer.device_name}")
+    if server:
+        summary = _batch_from_server(args, server, query, store, scorer, shard)
+    else:
+        summary = run_batch(args.root, store, scorer, shard, args.rescore, args.workers, Progress(TerminalProgress()),
+                            region=args.region)
     _note(f"{summary.scored} series scored, {summary.skipped} skipped, {summary.failed} failed, "
           f"{summary.already_done} already in the store, {summary.unreadable_files} unreadable file(s); "
           f"{summary.slices} slices in {summary.seconds:.1f} s ({summary.slices_per_second:.1f} slices/s)")
@@ -389,6 +432,74 @@ def _run_batch(args: argparse.Namespace) -> int:
     if args.report:
         write_html_report(store, args.report, lowest_adequate_score(scorer.info.adequacy))
     return 0
+
+
+def _server_request(args: argparse.Namespace):
+    """The server to ask and what to ask it for, checked before the model loads."""
+    from .dicomweb import SeriesQuery, ServerConfig, authorization
+
+    if args.no_verify_tls and args.ca_bundle:
+        raise DistilIQAError("give --ca-bundle or --no-verify-tls, not both")
+    if args.ca_bundle and not Path(args.ca_bundle).is_file():
+        raise InputError(f"no such file: {args.ca_bundle}")
+    verify = False if args.no_verify_tls else (args.ca_bundle or True)
+    server = ServerConfig(args.dicomweb, authorization(args.auth_env, args.auth_file), verify, args.timeout,
+                          args.retries)
+    query = SeriesQuery(args.study_date, args.since, args.patient_id, args.study_uid or (), args.series_uid or ())
+    return server, query
+
+
+def _batch_from_server(args: argparse.Namespace, server, query, store, scorer, shard):
+    import warnings
+
+    from .dicomweb import run_dicomweb
+    from .progress import Progress
+
+    if server.verify_tls is False:
+        _note(f"warning: the TLS certificate of {server.name} is not verified (--no-verify-tls)")
+        warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+    summary = run_dicomweb(server, query, store, scorer, shard, args.rescore, args.workers,
+                           Progress(TerminalProgress()))
+    if summary.note:
+        _note(summary.note)
+    _note(f"{summary.found} CT series found on {server.name}")
+    return summary
+
+
+def _add_listen_parser(commands) -> None:
+    parser = commands.add_parser(
+        "listen", help="receive CT images pushed by a scanner or PACS (DICOM C-STORE) and score each series",
+        description="A DICOM C-STORE receiver: each image is written to disk before it is acknowledged; a series "
+                    "is scored into the store once no image of it has come for --series-timeout seconds, and "
+                    "again when more arrive. Answers C-ECHO; SIGTERM stops it cleanly.")
+    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on (104 and 11112 are usual)")
+    parser.add_argument("--ae-title", required=True, metavar="AET", help="this receiver's AE title")
+    parser.add_argument("--db", required=True, help="SQLite results store (created or resumed)")
+    parser.add_argument("--storage", help="folder for the images received (default: DB's name with _received, "
+                                          "beside it)")
+    parser.add_argument("--host", default="", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--series-timeout", type=float, default=30.0, metavar="S",
+                        help="score a series this many seconds after its last image (default 30)")
+    parser.add_argument("--weights", help="weights file; default: the shipped model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
+    parser.set_defaults(run=_run_listen)
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    from .listener import Receiver, checked_ae_title, run_listener
+    from .scoring import Scorer
+
+    checked_ae_title(args.ae_title)
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port")
+    store = Path(args.db)
+    storage = Path(args.storage) if args.storage else store.with_name(f"{store.stem}_received")
+    scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size)
+    _note(f"scoring on {scorer.device_name} with {scorer.info.preset} model {scorer.info.weights_id}")
+    receiver = Receiver(storage, store, scorer, args.ae_title, args.host, args.port, args.series_timeout,
+                        log=lambda line: _note(f"{PROGRAM}: listen: {line}"))
+    return run_listener(receiver)
 
 
 def _add_merge_parser(commands) -> None:
@@ -483,7 +594,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 COMMANDS: List[Callable] = [_add_score_parser, _add_demo_parser, _add_info_parser, _add_preprocess_parser,
                             _add_train_teacher_parser, _add_train_student_parser, _add_evaluate_parser,
-                            _add_batch_parser, _add_merge_parser, _add_recipe_parser, _add_calibrate_parser]
+                            _add_batch_parser, _add_listen_parser, _add_merge_parser, _add_recipe_parser,
+                            _add_calibrate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

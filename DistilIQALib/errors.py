@@ -33,3 +33,14 @@ class Cancelled(DistilIQAError):
 
 class NoDefaultModelError(DistilIQAError, RuntimeError):
     """No trained model ships with this installation and none was given."""
+
+
+class ServerError(DistilIQAError, RuntimeError):
+    """A DICOM server cannot be reached or refuses what is asked (the message names the server, never the
+    credentials)."""
+
+    exit_code = 3
+
+
+class MissingPackageError(DistilIQAError, ImportError):
+    """An optional package that this command needs is not installed (the message names it)."""

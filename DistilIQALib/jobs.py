@@ -70,6 +70,25 @@ def score_arguments(volume_file, work_dir, weights=None, device: str = "auto", b
     return arguments + ["--progress-lines"]
 
 
+#: The environment variable the panel's DICOMweb batch takes the server's credentials from, when it is set (an
+#: ``Authorization`` header value or a bearer token; passed on by name, never on the command line).
+DICOMWEB_AUTH_ENV = "DISTILIQA_DICOMWEB_AUTH"
+
+
+def batch_arguments(database_folder, store, weights=None, dicomweb_url: str = "",
+                    environment: Optional[Dict[str, str]] = None) -> List[str]:
+    """The panel's batch: every CT series of Slicer's DICOM database folder, or with ``dicomweb_url`` of that
+    DICOMweb server (``batch --dicomweb URL``), into the results store ``store``."""
+    environment = os.environ if environment is None else environment
+    url = (dicomweb_url or "").strip()
+    arguments = ["batch", "--dicomweb", url] if url else ["batch", str(database_folder)]
+    arguments += ["--db", str(store)]
+    if url and environment.get(DICOMWEB_AUTH_ENV):
+        arguments += ["--auth-env", DICOMWEB_AUTH_ENV]
+    weights = chosen_path(weights)
+    return arguments + (["--weights", weights] if weights else [])
+
+
 def training_arguments(task: str, dataset, dataset_type: str, output, teacher_preset: str, student_preset: str,
                        folds: int, epochs: int, batch_size: int, learning_rate: float, distillation_weight: float,
                        device: str) -> List[str]:

@@ -61,6 +61,15 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+#: When each DICOM server was last queried to the end with a given query (``batch --dicomweb --since``
+#: starts from there). ``server`` is its address without credentials.
+SERVER_RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS server_runs (
+    server TEXT NOT NULL, query TEXT NOT NULL, started_at TEXT NOT NULL, PRIMARY KEY (server, query)
+);
+"""
+
+
 class ResultStore:
     """An open results file; safe to reopen after a crash (SQLite's journal rolls back a half write)."""
 
@@ -71,6 +80,7 @@ class ResultStore:
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=NORMAL")
         self.connection.executescript(SCHEMA)
+        self.connection.executescript(SERVER_RUNS_SCHEMA)
         self._add_missing_columns("main")
 
     def _add_missing_columns(self, schema: str) -> None:
@@ -166,6 +176,16 @@ class ResultStore:
         finally:
             self.connection.execute("DETACH DATABASE other")
         return count
+
+    def last_server_run(self, server: str, query: str) -> Optional[str]:
+        """When the last complete run of ``query`` against ``server`` started (ISO date and time), if any."""
+        row = self.connection.execute("SELECT started_at FROM server_runs WHERE server = ? AND query = ?",
+                                      (server, query)).fetchone()
+        return row[0] if row else None
+
+    def record_server_run(self, server: str, query: str, started_at: str) -> None:
+        with self.connection:
+            self.connection.execute("INSERT OR REPLACE INTO server_runs VALUES (?, ?, ?)", (server, query, started_at))
 
 
 def _check_is_store(connection: sqlite3.Connection, attached: os.PathLike[str] | str) -> None:

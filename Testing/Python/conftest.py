@@ -101,3 +101,23 @@ def dicom_series(tmp_path_factory, phantom_hu) -> Path:
     folder = tmp_path_factory.mktemp("series")
     write_series(phantom_hu, folder, spacing_mm=(2.8, 2.8, 2.5), series_uid="1.2.826.0.1.3680043.8.498.1")
     return folder
+
+
+#: The user that the test Orthanc knows, and the receiver it pushes to (``/modalities/distiliqa/store``).
+ORTHANC_USER, ORTHANC_PASSWORD = "qc", "not-a-real-secret-7f3a"
+RECEIVER_MODALITY, RECEIVER_AET = "distiliqa", "DISTILIQA"
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin on free loopback ports, basic authentication on, its own storage,
+    and a DICOM peer ``distiliqa`` on a free port for the receiver tests; stopped after the session. Skipped
+    where the Orthanc binary is not installed."""
+    from .orthanc_server import MISSING, ORTHANC, Orthanc, free_port
+
+    if ORTHANC is None:
+        pytest.skip(MISSING)
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"), users={ORTHANC_USER: ORTHANC_PASSWORD},
+                     modalities={RECEIVER_MODALITY: (RECEIVER_AET, free_port())})
+    with server:
+        yield server

@@ -11,9 +11,11 @@ import pytest
 from DistilIQALib.background import engine_command
 from DistilIQALib.cli import build_parser
 from DistilIQALib.jobs import (
+    DICOMWEB_AUTH_ENV,
     ScoreJob,
     adapt_arguments,
     adapted_model_path,
+    batch_arguments,
     chosen_path,
     engine_environment,
     error_line,
@@ -79,6 +81,22 @@ def test_adapt_to_this_site_command_line(tmp_path):
     sources = parsed.sources if isinstance(parsed.sources, list) else [parsed.sources]
     assert str(parsed.output) == str(tmp_path / "run") and [str(s) for s in sources] == [str(tmp_path / "site_ct")]
     assert str(parsed.base_weights) == "/m/base.safetensors" and parsed.device == "cuda" and parsed.progress_lines
+
+
+def test_batch_command_lines_are_what_the_cli_accepts(tmp_path):
+    database, store = tmp_path / "db", tmp_path / "db" / "DistilIQA_results.sqlite"
+    local = build_parser().parse_args(batch_arguments(database, store, Path(""), "", environment={}))
+    assert (local.root, local.db, local.dicomweb, local.weights) == (str(database), str(store), None, None)
+    url = "https://pacs.example.org/dicom-web"
+    remote = batch_arguments(database, store, Path("/m/w.safetensors"), f" {url} ", environment={})
+    assert remote == ["batch", "--dicomweb", url, "--db", str(store), "--weights", "/m/w.safetensors"]
+    parsed = build_parser().parse_args(remote)
+    assert (parsed.root, parsed.dicomweb, parsed.auth_env) == (None, url, None)
+    # credentials pass by the name of the variable that holds them, never on the command line
+    token = "eyJhbGciOiJIUzI1NiJ9.secret"
+    with_credentials = batch_arguments(database, store, None, url, environment={DICOMWEB_AUTH_ENV: token})
+    assert build_parser().parse_args(with_credentials).auth_env == DICOMWEB_AUTH_ENV
+    assert token not in " ".join(with_credentials)
 
 
 def test_progress_records_become_progress_bar_values():

@@ -70,7 +70,8 @@ def test_widget_names_are_unique_and_the_scene_reaches_the_selector():
 # * ctkPathLineEdit binds only to pathlib types (:605-611); a str field finds no connector and connectGui raises.
 # * QSpinBox + int and QDoubleSpinBox + float: without WithinRange/Minimum/Maximum the connector sets the range
 #   to -2**31..2**31-1 (:260-270) or -inf..inf (:325-336), overwriting the .ui's range.
-# * QCheckBox + bool (:156-159); qMRMLNodeComboBox + a node class (:677-680).
+# * QCheckBox + bool (:156-159); qMRMLNodeComboBox + a node class (:677-680); QLineEdit + str
+#   (QLineEditToStrConnector).
 
 
 def _annotation(node):
@@ -132,6 +133,9 @@ def test_every_binding_has_the_annotation_its_slicer_connector_needs():
         elif cls == "QCheckBox":
             if kind != "bool":
                 problems.append(f"{field}: QCheckBox needs bool, has {kind}")
+        elif cls == "QLineEdit":  # QLineEditToStrConnector (guiConnectors.py, Slicer v5.8.1)
+            if kind != "str":
+                problems.append(f"{field}: QLineEdit needs str, has {kind}")
         elif cls == "qMRMLNodeComboBox":
             if kind.split(".")[-1] not in _property(widget, "nodeTypes"):
                 problems.append(f"{field}: node combo box of {_property(widget, 'nodeTypes')}, field {kind}")
