@@ -92,7 +92,7 @@ def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float
                                   kernel=matched_kernel_sharpness(hu[k], pixel_mm))
         hu[k] = simulator.at_dose(dose)
     lowered = CTVolume(np.round(hu).astype(np.int16), volume.spacing_mm, volume.origin_mm, volume.direction,
-                       source=label)
+                       source=label, metadata=volume.metadata)
     scores = Scorer(device="cpu").score_volume(lowered)
     scene = slicer.vtkMRMLScene()
     ct = mrml.node_from_volume(scene, lowered, label)
