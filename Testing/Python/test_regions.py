@@ -269,3 +269,35 @@ def test_a_head_at_a_tenth_of_its_routine_dose_is_inadequate_where_the_body_refe
     as_chest = scorer.score_volume(volumes[0.1], region=CHEST)
     assert "inadequate" not in as_chest.adequacy
     assert head["valid_diameter_cm"][0] <= float(np.median(full.diameter_cm)) <= head["valid_diameter_cm"][1]
+
+
+def test_the_archive_report_shows_regions_and_series_above_routine(tmp_path):
+    from DistilIQALib.batch import write_summary_csv
+    from DistilIQALib.report import distribution_plot_png, protocol_statistics, write_html_report
+    from DistilIQALib.store import ResultStore
+
+    def record(uid, above, dose, region):
+        return {"series_uid": uid, "weights_id": "w", "status": "scored", "patient_id": uid, "kernel": "B30f",
+                "kvp": 120.0, "slice_thickness_mm": 5.0, "scanner_model": "S", "num_slices": 2, "mean_score": 0.9,
+                "min_score": 0.8, "worst_slice": 0, "mean_noise_hu": 10.0, "fraction_inadequate": 0.0,
+                "region": region, "median_dose_equivalent": dose, "fraction_above_routine": above}
+
+    slices = [{"slice_index": n, "z_mm": float(n), "score": 0.9, "score_spread": 0.0, "noise_hu": 10.0,
+               "dose_equivalent": 2.5, "adequacy": "good", "region": HEAD, "above_routine": True,
+               "verdict_note": ABOVE_ROUTINE_NOTE} for n in range(2)]
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.write_series(record("hi", 1.0, 2.5, HEAD), slices)
+        store.write_series(record("half", 0.5, 1.6, CHEST), [])  # half is not more than half: not above routine
+        assert store.slice_rows("hi", "w")[0]["region"] == HEAD and store.slice_rows("hi", "w")[0]["above_routine"]
+        rows = store.series_rows()
+    summary, _ = protocol_statistics(rows)
+    assert summary[0]["above_routine_series"] == 1 and summary[0]["series"] == 2
+    assert distribution_plot_png(rows)[:8] == b"\x89PNG\r\n\x1a\n"
+    write_html_report(tmp_path / "r.sqlite", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "1 above routine (the dose could be lowered)" in page and page.count('class="scored above"') == 1
+    assert "<th>% above routine</th>" in page and "<td>head</td>" in page and ">250%<" not in page
+    write_summary_csv(tmp_path / "r.sqlite", tmp_path / "s.csv")
+    table = {row["series_uid"]: row for row in csv.DictReader(open(tmp_path / "s.csv"))}
+    assert table["hi"]["region"] == HEAD and table["hi"]["median_dose_equivalent"] == "2.5"
+    assert table["half"]["fraction_above_routine"] == "0.5"
