@@ -2,7 +2,7 @@
 
 This file holds only the Slicer classes (module, widget, logic, test). The work is done by the
 ``DistilIQALib`` engine that ships beside it; everything that touches MRML is in
-``DistilIQALib.mrml``. Every long job (Assess Quality, the DICOM database batch, training, site
+``DistilIQALib.slicer_bridge.mrml``. Every long job (Assess Quality, the DICOM database batch, training, site
 adaptation) runs in a child process (``PythonSlicer -m DistilIQALib ...``), never in a thread of
 Slicer's process: Slicer's Python keeps the interpreter lock while the Qt event loop idles, so a
 worker thread would only run during the panel's timer ticks.
@@ -300,7 +300,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if summary["fraction_inadequate"] is not None:
             text += " " + _("{percent:.0f}% of slices inadequate.").format(
                 percent=100 * summary["fraction_inadequate"])
-        from DistilIQALib.scoring import verdict_line
+        from DistilIQALib.quality.scoring import verdict_line
 
         verdict = verdict_line(summary)
         if verdict:
@@ -330,7 +330,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slice change (DataProbeLib/SliceViewAnnotations.py:384 and :665, Slicer 5.8.1), while
         ``overlayCornerAnnotation()`` (qMRMLSliceWidget.h:124) is left to modules. ``scheduleRender`` lets
         Qt merge the renders of fast scrolling, as DataProbe does (SliceViewAnnotations.py:404)."""
-        from DistilIQALib.mrml import score_text_at
+        from DistilIQALib.slicer_bridge.mrml import score_text_at
 
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
@@ -356,7 +356,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPlotDataSelected(self, seriesIds, selections):
         """``seriesIds`` names the plot series clicked, ``selections`` holds each one's table rows: only a
         series drawn from the DistilIQA table moves the views."""
-        from DistilIQALib.mrml import selected_z
+        from DistilIQALib.slicer_bridge.mrml import selected_z
 
         if self._lastResults is None:
             return
@@ -392,7 +392,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.start()
 
     def _pollJob(self):
-        from DistilIQALib.jobs import error_line, progress_value
+        from DistilIQALib.slicer_bridge.jobs import error_line, progress_value
 
         button, label, progressBar, logWidget, onSuccess = self._jobWidgets
         lines, records, code = self._job.poll()
@@ -476,13 +476,13 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.weightsPath = pathlib.Path(path)
 
     def _offerStudent(self):
-        from DistilIQALib.jobs import student_model_path
+        from DistilIQALib.slicer_bridge.jobs import student_model_path
 
         self._offerModel(str(student_model_path(self._parameterNode.trainingOutputPath)),
                          _("A new student model is ready. Use it for Assess Quality?"))
 
     def _offerAdaptedModel(self):
-        from DistilIQALib.jobs import adapted_model_path
+        from DistilIQALib.slicer_bridge.jobs import adapted_model_path
 
         self._offerModel(str(adapted_model_path(self._parameterNode.trainingOutputPath)),
                          _("The model adapted to this site is ready. Use it for Assess Quality?"))
@@ -540,9 +540,9 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
 
     def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=0, region="auto"):
         """Write ``ctNode`` to a temporary NRRD and start ``score`` on it in a child process; returns the
-        :class:`DistilIQALib.jobs.ScoreJob` (poll it, cancel it, then :meth:`showScoringResults`)."""
-        from DistilIQALib.jobs import ScoreJob
-        from DistilIQALib.mrml import write_volume_file
+        :class:`DistilIQALib.slicer_bridge.jobs.ScoreJob` (poll it, cancel it, then :meth:`showScoringResults`)."""
+        from DistilIQALib.slicer_bridge.jobs import ScoreJob
+        from DistilIQALib.slicer_bridge.mrml import write_volume_file
 
         workDir = tempfile.mkdtemp(prefix="DistilIQA-")
         try:
@@ -556,7 +556,7 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
     def showScoringResults(self, job, ctNode, showOverlay=True, opacity=0.35):
         """Read a finished run's results and create or update ``ctNode``'s result nodes; returns
         ``(scores, nodes)``. The run's temporary folder is removed."""
-        from DistilIQALib.mrml import show_stored_results
+        from DistilIQALib.slicer_bridge.mrml import show_stored_results
 
         try:
             scores = job.results()
@@ -581,7 +581,7 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         return self.showScoringResults(job, ctNode, showOverlay)[1]
 
     def _present(self, ctNode, nodes, showOverlay, opacity):
-        from DistilIQALib import mrml
+        from DistilIQALib.slicer_bridge import mrml
 
         mrml.show_in_slice_views(slicer.mrmlScene, ctNode, nodes.quality_map if showOverlay else None, opacity)
         layoutManager = slicer.app.layoutManager()
@@ -592,7 +592,7 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
 
     def setOverlay(self, qualityMap, show=True, opacity=0.35):
         """Show or hide the quality map over the slice views; the CT and its window/level stay as they are."""
-        from DistilIQALib import mrml
+        from DistilIQALib.slicer_bridge import mrml
 
         mrml.set_overlay(slicer.mrmlScene, qualityMap if show else None, opacity)
 
@@ -607,20 +607,20 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
     def batchArguments(self, weightsPath=None, dicomwebUrl=""):
         """Score Slicer's DICOM database, or the DICOMweb server ``dicomwebUrl`` when one is given (its
         credentials, if any, from the environment variable ``DISTILIQA_DICOMWEB_AUTH``)."""
-        from DistilIQALib.jobs import batch_arguments
+        from DistilIQALib.slicer_bridge.jobs import batch_arguments
 
         if not slicer.dicomDatabase or not slicer.dicomDatabase.isOpen:
             raise RuntimeError(_("Slicer's DICOM database is not open."))
         return batch_arguments(slicer.dicomDatabase.databaseDirectory, self.batchStore(), weightsPath, dicomwebUrl)
 
     def batchRows(self):
-        from DistilIQALib.store import ResultStore
+        from DistilIQALib.archive.store import ResultStore
 
         with ResultStore(self.batchStore()) as store:
             return [row for row in store.series_rows() if row["status"] == "scored"]
 
     def exportBatch(self, path):
-        from DistilIQALib.batch import write_summary_csv
+        from DistilIQALib.archive.batch import write_summary_csv
 
         write_summary_csv(self.batchStore(), path)
 
@@ -629,9 +629,9 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         rescoring); returns ``(volume node, scores, result nodes)`` or None when nothing loaded."""
         from DICOMLib import DICOMUtils
 
-        from DistilIQALib.batch import stored_scores
-        from DistilIQALib.jobs import chosen_path
-        from DistilIQALib.mrml import show_stored_results
+        from DistilIQALib.archive.batch import stored_scores
+        from DistilIQALib.slicer_bridge.jobs import chosen_path
+        from DistilIQALib.slicer_bridge.mrml import show_stored_results
 
         loaded = DICOMUtils.loadSeriesByUID([seriesUid])
         if not loaded and not slicer.dicomDatabase.filesForSeries(seriesUid):
@@ -644,7 +644,7 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         return node, scores, self._present(node, show_stored_results(node, scores), showOverlay, opacity)
 
     def trainingArguments(self, task, parameters):
-        from DistilIQALib.jobs import training_arguments
+        from DistilIQALib.slicer_bridge.jobs import training_arguments
 
         return training_arguments(task, parameters.datasetPath, parameters.datasetType, parameters.trainingOutputPath,
                                   parameters.teacherPreset, parameters.studentPreset, parameters.folds,
@@ -653,14 +653,14 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
 
     def adaptArguments(self, parameters):
         """*Adapt to this site*: the recipe on the dataset folder's CT, from the selected model if any."""
-        from DistilIQALib.jobs import adapt_arguments
+        from DistilIQALib.slicer_bridge.jobs import adapt_arguments
 
         return adapt_arguments(parameters.trainingOutputPath, parameters.datasetPath, parameters.weightsPath,
                                parameters.trainingDevice)
 
     def startJob(self, arguments):
-        from DistilIQALib.background import BackgroundProcess, engine_command
-        from DistilIQALib.jobs import engine_environment
+        from DistilIQALib.slicer_bridge.background import BackgroundProcess, engine_command
+        from DistilIQALib.slicer_bridge.jobs import engine_environment
 
         return BackgroundProcess(engine_command(arguments, self._pythonSlicer()), env=engine_environment())
 
@@ -707,7 +707,7 @@ class DistilIQATest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from DistilIQALib.phantoms import phantom_volume
+        from DistilIQALib.training.phantoms import phantom_volume
 
         ct = slicer.util.addVolumeFromArray(np.rint(phantom_volume(60, size=512, seed=1)).astype(np.int16))
         job = DistilIQALogic().startScoring(ct, None, "cpu", 0)
@@ -722,9 +722,9 @@ class DistilIQATest(ScriptedLoadableModuleTest):
     def test_AssessQuality(self):
         import numpy as np
 
-        from DistilIQALib.phantoms import phantom_volume
-        from DistilIQALib.simulation import textured_noise
-        from DistilIQALib.weights import default_weights_path
+        from DistilIQALib.quality.weights import default_weights_path
+        from DistilIQALib.training.phantoms import phantom_volume
+        from DistilIQALib.training.simulation import textured_noise
 
         logic = DistilIQALogic()
         self.assertTrue(logic.ensureDependencies(askConfirmation=False))
@@ -756,9 +756,9 @@ class DistilIQATest(ScriptedLoadableModuleTest):
     def _trainTinyModel(self):
         import tempfile
 
-        from DistilIQALib.background import engine_command
-        from DistilIQALib.jobs import engine_environment
-        from DistilIQALib.sample import write_tcia_like
+        from DistilIQALib.slicer_bridge.background import engine_command
+        from DistilIQALib.slicer_bridge.jobs import engine_environment
+        from DistilIQALib.training.sample import write_tcia_like
 
         folder = tempfile.mkdtemp()
         data = write_tcia_like(os.path.join(folder, "tcia"), cases=("C001", "C002", "C003"), slices=2, i0=2e4)

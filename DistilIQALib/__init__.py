@@ -1,7 +1,7 @@
 """DistilIQA engine: no-reference perceptual quality of CT slices.
 
 Slicer-free: no Qt or Slicer application imports anywhere in this package except the
-MRML bridge module. Typical use::
+MRML bridge module (``slicer_bridge.mrml``). Typical use::
 
     from DistilIQALib import read_volume, Scorer
     scores = Scorer("model.safetensors").score_volume(read_volume("series_folder"))
@@ -10,15 +10,15 @@ __version__ = "0.1.0"
 
 from .errors import Cancelled, DeviceError, DistilIQAError, InputError, NoDefaultModelError, WeightsError  # noqa: E402
 from .progress import Progress  # noqa: E402
-from .scoring import Scorer, SliceScores  # noqa: E402
+from .quality.scoring import Scorer, SliceScores  # noqa: E402
+from .quality.weights import ModelInfo, load_weights, save_weights  # noqa: E402
 from .volume import CTVolume  # noqa: E402
-from .weights import ModelInfo, load_weights, save_weights  # noqa: E402
 
 
 def __getattr__(name: str):
     # Reading files needs SimpleITK; importing the rest of the engine (scoring, training) does not.
     if name == "read_volume":
-        from .reading import read_volume
+        from .io.reading import read_volume
 
         return read_volume
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .errors import Cancelled, DistilIQAError, InputError
-from .scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
+from .quality.scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
 
 PROGRAM = "distiliqa"
 BATCH_SIZE_HELP = (f"slices per forward pass (default {DEFAULT_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on the CPU, "
@@ -75,7 +75,7 @@ REGION_HELP = ("body region of the verdicts: auto (default: read from each slice
 
 
 def _add_region_argument(parser) -> None:
-    from .regions import REGION_CHOICES
+    from .quality.regions import REGION_CHOICES
 
     parser.add_argument("--region", default="auto", choices=REGION_CHOICES, help=REGION_HELP)
 
@@ -91,10 +91,10 @@ def _run_score(args: argparse.Namespace) -> int:
 def _score_to_files(source, weights, device, batch_size, series=None, out=None, plot=None, json_path=None,
                     force=False, use_amp=True, progress_lines=False, region="auto") -> int:
     """Score one CT and write the CSV (standard output without ``out``), JSON summary and plot."""
-    from .outputs import write_csv, write_json, write_plot
+    from .io.outputs import write_csv, write_json, write_plot
+    from .io.reading import read_volume
     from .progress import Progress, chain, progress_line_callback
-    from .reading import read_volume
-    from .scoring import Scorer, verdict_line
+    from .quality.scoring import Scorer, verdict_line
 
     if progress_lines and not out:
         raise DistilIQAError("--progress-lines needs --out: the CSV and the progress lines would share standard "
@@ -137,8 +137,8 @@ def _add_demo_parser(commands) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .sample import make_sample_ct
-    from .weights import resolve_weights
+    from .quality.weights import resolve_weights
+    from .training.sample import make_sample_ct
 
     folder = make_sample_ct(args.sample)
     _note(f"sample CT series: {folder}")
@@ -154,7 +154,7 @@ def _add_info_parser(commands) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .weights import read_info, resolve_weights
+    from .quality.weights import read_info, resolve_weights
 
     path = resolve_weights(args.weights)
     info = read_info(path)
@@ -162,13 +162,13 @@ def _run_info(args: argparse.Namespace) -> int:
           f"{info.num_outputs} output(s), input {info.input_size}x{info.input_size}, window W{info.window.width_hu:g}/"
           f"L{info.window.level_hu:g}\n  score {info.score.name}: {info.score.description}")
     if info.adequacy and info.adequacy.get("bands"):
-        from .interpretation import adequacy_measure, band_threshold
+        from .quality.interpretation import adequacy_measure, band_threshold
 
         bands = ", ".join(f"{band['name']}" + (f" >= {band_threshold(band):g}" if band_threshold(band) is not None
                                                else "") for band in info.adequacy["bands"])
         print(f"  adequacy on the {adequacy_measure(info.adequacy).replace('_', ' ')}: {bands}")
     if info.noise_reference:
-        from .interpretation import band_threshold, region_references
+        from .quality.interpretation import band_threshold, region_references
 
         size = str(info.noise_reference.get("size", "water_equivalent_diameter")).replace("_", "-", 1).replace("_", " ")
         for region, reference in region_references(info.noise_reference, info.adequacy).items():
@@ -211,8 +211,8 @@ def _add_preprocess_parser(commands) -> None:
 def _run_preprocess(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import datasets
-    from .device import simulation_device
+    from .quality.device import simulation_device
+    from .training import datasets
 
     progress = TerminalProgress()
     source = Path(args.input)
@@ -268,11 +268,11 @@ def _add_training_arguments(parser, preset: str, epochs: int, batch_size: int) -
 def _training_config(args: argparse.Namespace, **extra):
     import os
 
-    from .training import TrainingConfig
+    from .training.training import TrainingConfig
 
     if args.progress_lines:
         os.environ["DISTILIQA_PROGRESS_LINES"] = "1"
-    from .model import PRESETS
+    from .quality.model import PRESETS
 
     if args.epochs < 1 or args.batch_size < 1:
         raise DistilIQAError("--epochs and --batch-size must be at least 1")
@@ -292,7 +292,7 @@ def _add_train_teacher_parser(commands) -> None:
 
 
 def _run_train_teacher(args: argparse.Namespace) -> int:
-    from .training import train_teachers
+    from .training.training import train_teachers
 
     teachers = train_teachers(args.data, args.output, _training_config(args), args.fold, TerminalProgress())
     _note(f"teachers: {', '.join(str(t) for t in teachers)}")
@@ -310,7 +310,7 @@ def _add_train_student_parser(commands) -> None:
 
 
 def _run_train_student(args: argparse.Namespace) -> int:
-    from .training import train_student
+    from .training.training import train_student
 
     config = _training_config(args, distillation_weight=args.distillation_weight, gate=args.gate)
     student = train_student(args.data, args.output, config, args.teachers, TerminalProgress())
@@ -329,7 +329,7 @@ def _add_evaluate_parser(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from .training.evaluation import evaluate
 
     for metrics in evaluate(args.weights, args.data, args.output, args.split, args.device):
         print(f"{metrics['model']}: PLCC {metrics['PLCC']:.4f}  SROCC {metrics['SROCC']:.4f}  "
@@ -392,11 +392,11 @@ def _run_batch(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .batch import parse_shard, run_batch, write_summary_csv
-    from .interpretation import lowest_adequate_score
+    from .archive.batch import parse_shard, run_batch, write_summary_csv
+    from .archive.report import write_html_report
     from .progress import Progress
-    from .report import write_html_report
-    from .scoring import Scorer
+    from .quality.interpretation import lowest_adequate_score
+    from .quality.scoring import Scorer
 
     shard = parse_shard(args.shard)
     if args.dicomweb and args.root:
@@ -436,7 +436,7 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 def _server_request(args: argparse.Namespace):
     """The server to ask and what to ask it for, checked before the model loads."""
-    from .dicomweb import SeriesQuery, ServerConfig, authorization
+    from .archive.dicomweb import SeriesQuery, ServerConfig, authorization
 
     if args.no_verify_tls and args.ca_bundle:
         raise DistilIQAError("give --ca-bundle or --no-verify-tls, not both")
@@ -452,7 +452,7 @@ def _server_request(args: argparse.Namespace):
 def _batch_from_server(args: argparse.Namespace, server, query, store, scorer, shard):
     import warnings
 
-    from .dicomweb import run_dicomweb
+    from .archive.dicomweb import run_dicomweb
     from .progress import Progress
 
     if server.verify_tls is False:
@@ -487,8 +487,8 @@ def _add_listen_parser(commands) -> None:
 
 
 def _run_listen(args: argparse.Namespace) -> int:
-    from .listener import Receiver, checked_ae_title, run_listener
-    from .scoring import Scorer
+    from .archive.listener import Receiver, checked_ae_title, run_listener
+    from .quality.scoring import Scorer
 
     checked_ae_title(args.ae_title)
     if not 0 <= args.port <= 65535:
@@ -512,7 +512,7 @@ def _add_merge_parser(commands) -> None:
 def _run_merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .store import ResultStore
+    from .archive.store import ResultStore
 
     missing = [path for path in args.inputs if not Path(path).is_file()]
     if missing:
@@ -547,7 +547,7 @@ def _add_recipe_parser(commands) -> None:
 def _run_recipe(args: argparse.Namespace) -> int:
     import os
 
-    from .recipe import REAL_STAGES, run_real_recipe, run_recipe
+    from .training.recipe import REAL_STAGES, run_real_recipe, run_recipe
 
     if args.progress_lines:
         os.environ["DISTILIQA_PROGRESS_LINES"] = "1"
@@ -577,8 +577,8 @@ def _add_calibrate_parser(commands) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from .recipe import calibrate_weights
-    from .weights import read_info
+    from .quality.weights import read_info
+    from .training.recipe import calibrate_weights
 
     for path in (args.weights, args.manifest):
         if path is not None and not path.is_file():

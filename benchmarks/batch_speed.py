@@ -18,13 +18,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from DistilIQALib import store as store_module  # noqa: E402
-from DistilIQALib.batch import run_batch  # noqa: E402
-from DistilIQALib.dicom_writing import write_series  # noqa: E402
-from DistilIQALib.model import PRESETS, build_model  # noqa: E402
-from DistilIQALib.phantoms import phantom_volume  # noqa: E402
-from DistilIQALib.scoring import Scorer  # noqa: E402
-from DistilIQALib.weights import ModelInfo, save_weights  # noqa: E402
+from DistilIQALib.archive import store as store_module  # noqa: E402
+from DistilIQALib.archive.batch import run_batch  # noqa: E402
+from DistilIQALib.io.dicom_writing import write_series  # noqa: E402
+from DistilIQALib.quality.model import PRESETS, build_model  # noqa: E402
+from DistilIQALib.quality.scoring import Scorer  # noqa: E402
+from DistilIQALib.quality.weights import ModelInfo, save_weights  # noqa: E402
+from DistilIQALib.training.phantoms import phantom_volume  # noqa: E402
 
 
 def main() -> int:

@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT / "Testing" / "Python"))
 
 from orthanc_server import ORTHANC, Orthanc  # noqa: E402
 
-from DistilIQALib.batch import run_batch  # noqa: E402
-from DistilIQALib.dicom_writing import write_series  # noqa: E402
-from DistilIQALib.dicomweb import SeriesQuery, Server, ServerConfig, run_dicomweb  # noqa: E402
-from DistilIQALib.model import PRESETS, build_model  # noqa: E402
-from DistilIQALib.phantoms import phantom_volume  # noqa: E402
-from DistilIQALib.scoring import Scorer  # noqa: E402
-from DistilIQALib.weights import ModelInfo, save_weights  # noqa: E402
+from DistilIQALib.archive.batch import run_batch  # noqa: E402
+from DistilIQALib.archive.dicomweb import SeriesQuery, Server, ServerConfig, run_dicomweb  # noqa: E402
+from DistilIQALib.io.dicom_writing import write_series  # noqa: E402
+from DistilIQALib.quality.model import PRESETS, build_model  # noqa: E402
+from DistilIQALib.quality.scoring import Scorer  # noqa: E402
+from DistilIQALib.quality.weights import ModelInfo, save_weights  # noqa: E402
+from DistilIQALib.training.phantoms import phantom_volume  # noqa: E402
 
 
 def retrieval_only(config: ServerConfig, work: Path) -> int:

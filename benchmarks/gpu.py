@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from DistilIQALib.model import PRESETS, architecture_from_preset, build_model  # noqa: E402
-from DistilIQALib.scoring import Scorer  # noqa: E402
-from DistilIQALib.training import TrainingConfig, _fit, _Run, training_loss  # noqa: E402
+from DistilIQALib.quality.model import PRESETS, architecture_from_preset, build_model  # noqa: E402
+from DistilIQALib.quality.scoring import Scorer  # noqa: E402
+from DistilIQALib.quality.weights import ModelInfo  # noqa: E402
+from DistilIQALib.training.training import TrainingConfig, _fit, _Run, training_loss  # noqa: E402
 from DistilIQALib.volume import CTVolume  # noqa: E402
-from DistilIQALib.weights import ModelInfo  # noqa: E402
 
 
 def synthetic_scan(slices: int) -> CTVolume:

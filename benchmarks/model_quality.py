@@ -26,18 +26,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from DistilIQALib.datasets import builtin_sources, load_split  # noqa: E402
-from DistilIQALib.device import resolve_device  # noqa: E402
-from DistilIQALib.evaluation import predict_split  # noqa: E402
-from DistilIQALib.metrics import agreement  # noqa: E402
-from DistilIQALib.model import score_from_outputs  # noqa: E402
-from DistilIQALib.noise import global_noise_index  # noqa: E402
-from DistilIQALib.preprocessing import prepare_batch  # noqa: E402
-from DistilIQALib.recipe import dose_of  # noqa: E402
-from DistilIQALib.scoring import Scorer  # noqa: E402
-from DistilIQALib.simulation import DoseSimulator  # noqa: E402
+from DistilIQALib.quality.device import resolve_device  # noqa: E402
+from DistilIQALib.quality.metrics import agreement  # noqa: E402
+from DistilIQALib.quality.model import score_from_outputs  # noqa: E402
+from DistilIQALib.quality.noise import global_noise_index  # noqa: E402
+from DistilIQALib.quality.preprocessing import prepare_batch  # noqa: E402
+from DistilIQALib.quality.scoring import Scorer  # noqa: E402
+from DistilIQALib.quality.weights import load_weights, resolve_weights  # noqa: E402
+from DistilIQALib.training.datasets import builtin_sources, load_split  # noqa: E402
+from DistilIQALib.training.evaluation import predict_split  # noqa: E402
+from DistilIQALib.training.recipe import dose_of  # noqa: E402
+from DistilIQALib.training.simulation import DoseSimulator  # noqa: E402
 from DistilIQALib.volume import CTVolume  # noqa: E402
-from DistilIQALib.weights import load_weights, resolve_weights  # noqa: E402
 
 DOSES = (1.0, 0.75, 0.5, 0.3, 0.2, 0.1, 0.05)
 KERNELS = ("hann", "shepp-logan", "ramlak")

@@ -72,6 +72,20 @@ STATS_ATTEMPTS = 3
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
 
+def source_file(module: str) -> str:
+    """The file of engine module ``module`` relative to the repository root, e.g. ``DistilIQALib/quality/scoring.py``
+    for ``scoring`` (modules sit in the engine's sub-packages; the names in ``MODULES`` stay the short ones)."""
+    found = list((ROOT / "DistilIQALib").rglob(f"{module}.py"))
+    if len(found) != 1:
+        sys.exit(f"engine module {module} not found once under DistilIQALib/: {found}")
+    return found[0].relative_to(ROOT).as_posix()
+
+
+def dotted(module: str) -> str:
+    """mutmut's prefix of the mutant names of ``module``: its dotted path, e.g. ``DistilIQALib.quality.scoring``."""
+    return source_file(module)[:-len(".py")].replace("/", ".")
+
+
 def read_equivalent() -> dict:
     """``mutant name -> reason`` from the equivalents file (``name | reason`` lines, ``#`` comments)."""
     equivalent = {}
@@ -102,7 +116,7 @@ timeout = 900
 
 [tool.mutmut]
 source_paths = ["DistilIQALib/"]
-only_mutate = ["DistilIQALib/{module}.py"]
+only_mutate = ["{source_file(module)}"]
 also_copy = ["Testing/"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore", "--timeout", "{timeout}"{deselect}]
 pytest_add_cli_args_test_selection = [{tests}]
@@ -129,7 +143,7 @@ def run_module(module: str, workdir: Path, resume: bool = False, report_only: bo
     started = time.monotonic()
     mutmut = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
     log = project / "mutmut.log"
-    names = [f"DistilIQALib.{module}.x_{function}__mutmut_*" for function in FUNCTIONS.get(module, [])]
+    names = [f"{dotted(module)}.x_{function}__mutmut_*" for function in FUNCTIONS.get(module, [])]
     for _attempt in range(STATS_ATTEMPTS):
         with log.open("w") as stream:
             code = subprocess.call([*mutmut, "run", "--max-children", "1", *names], cwd=project, env=environment,
@@ -148,10 +162,10 @@ def read_statuses(project: Path, module: str) -> dict:
     """``mutant name -> status`` as mutmut recorded them (``not checked`` for those not run yet)."""
     from mutmut.stats import status_by_exit_code
 
-    meta = project / "mutants" / "DistilIQALib" / f"{module}.py.meta"
+    meta = project / "mutants" / f"{source_file(module)}.meta"
     if not meta.is_file():
         sys.exit(f"no mutation results for {module} in {project}")
-    names = [f"DistilIQALib.{module}.x_{function}__mutmut_*" for function in FUNCTIONS.get(module, [])]
+    names = [f"{dotted(module)}.x_{function}__mutmut_*" for function in FUNCTIONS.get(module, [])]
     return {name: status_by_exit_code[exit_code]
             for name, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items()
             if not names or any(fnmatch.fnmatch(name, pattern) for pattern in names)}

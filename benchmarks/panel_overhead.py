@@ -4,10 +4,10 @@
 
 Does what the Slicer panel does on a click, with real MRML (the ``slicer-core`` wheel): a 300-slice 512x512 CT
 volume node is written to a temporary NRRD, ``python -m DistilIQALib score ... --progress-lines`` runs in a child
-process (the panel's exact command line, :class:`DistilIQALib.jobs.ScoreJob`), polled every 200 ms as the panel's
-timer does, and its CSV/JSON are read back into the result nodes (table, charts, quality map). Prints the total,
-the model time the child measured in that same run (reading slices to scores, the ``elapsed_s`` of its summary),
-their difference (the overhead of the background process) and where it goes; then, for comparison, the model
+process (the panel's exact command line, :class:`DistilIQALib.slicer_bridge.jobs.ScoreJob`), polled every 200 ms as
+the panel's timer does, and its CSV/JSON are read back into the result nodes (table, charts, quality map). Prints
+the total, the model time the child measured in that same run (reading slices to scores, the ``elapsed_s`` of its
+summary), their difference (the overhead of the background process) and where it goes; then, for comparison, the model
 time of an in-process ``Scorer`` on the same volume.
 """
 from __future__ import annotations
@@ -34,9 +34,9 @@ def main() -> int:
     import slicer
     import vtk
 
-    from DistilIQALib import mrml
-    from DistilIQALib.jobs import ScoreJob
-    from DistilIQALib.phantoms import phantom_volume
+    from DistilIQALib.slicer_bridge import mrml
+    from DistilIQALib.slicer_bridge.jobs import ScoreJob
+    from DistilIQALib.training.phantoms import phantom_volume
 
     scene = slicer.vtkMRMLScene()
     hu = np.rint(phantom_volume(args.slices, size=args.size, pixel_mm=0.7, noise_sd_hu=12, seed=5)).astype(np.int16)
@@ -80,7 +80,7 @@ def main() -> int:
           f"model, NRRD read; timer-granular) {first_progress - written:.1f} s; last slice to exit (CSV, JSON) "
           f"{ended - last_progress:.1f} s; read back + MRML nodes {done - ended:.2f} s")
     if not args.skip_in_process:
-        from DistilIQALib.scoring import Scorer
+        from DistilIQALib.quality.scoring import Scorer
 
         started = time.monotonic()
         in_process = Scorer(device=args.device).score_volume(mrml.volume_from_node(ct))

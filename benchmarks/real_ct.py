@@ -43,11 +43,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from DistilIQALib.corpus import corpus_sources, load_manifest  # noqa: E402
-from DistilIQALib.datasets import LabelledImages, image_records, load_split, preprocess_simulated  # noqa: E402
-from DistilIQALib.device import resolve_device  # noqa: E402
-from DistilIQALib.evaluation import predict_split  # noqa: E402
-from DistilIQALib.interpretation import (  # noqa
+from DistilIQALib.io.reading import list_dicom_series, read_volume  # noqa: E402
+from DistilIQALib.quality.device import resolve_device  # noqa: E402
+from DistilIQALib.quality.interpretation import (  # noqa
     adequacy_labels,
     adequacy_measure,
     band_threshold,
@@ -55,12 +53,14 @@ from DistilIQALib.interpretation import (  # noqa
     region_references,
     region_verdicts,
 )
-from DistilIQALib.metrics import agreement  # noqa: E402
-from DistilIQALib.noise import global_noise_index, size_for_reference  # noqa: E402
-from DistilIQALib.reading import list_dicom_series, read_volume  # noqa: E402
-from DistilIQALib.regions import REGIONS, region_features, slice_labels, volume_regions  # noqa: E402
-from DistilIQALib.simulation import DoseSimulator, matched_kernel_sharpness  # noqa: E402
-from DistilIQALib.weights import read_info  # noqa: E402
+from DistilIQALib.quality.metrics import agreement  # noqa: E402
+from DistilIQALib.quality.noise import global_noise_index, size_for_reference  # noqa: E402
+from DistilIQALib.quality.regions import REGIONS, region_features, slice_labels, volume_regions  # noqa: E402
+from DistilIQALib.quality.weights import read_info  # noqa: E402
+from DistilIQALib.training.corpus import corpus_sources, load_manifest  # noqa: E402
+from DistilIQALib.training.datasets import LabelledImages, image_records, load_split, preprocess_simulated  # noqa: E402
+from DistilIQALib.training.evaluation import predict_split  # noqa: E402
+from DistilIQALib.training.simulation import DoseSimulator, matched_kernel_sharpness  # noqa: E402
 
 
 def noise_and_size(split, reference):
@@ -146,7 +146,7 @@ def _series_of(target: Path):
 def region_detection(entries, root: Path, info) -> None:
     """Slices per detected region of every series of each patient, in the series' own z order, and the verdicts
     of every slice at the scan's own (full) dose."""
-    from DistilIQALib.noise import noise_equivalent_diameter_cm
+    from DistilIQALib.quality.noise import noise_equivalent_diameter_cm
 
     references = region_references(info.noise_reference, info.adequacy)
     print("\nBody region detected on every slice (series read head first; h head, n neck, c chest, a abdomen, "
@@ -178,8 +178,8 @@ def region_detection(entries, root: Path, info) -> None:
 def simulated_verdicts(entries, root: Path, info, slices: int, seed: int = 11):
     """Rows (patient, region, dose, dose equivalent, band, above routine, note) of each source slice of each
     entry at :data:`VERDICT_DOSES`, noise relative to the slice's own."""
-    from DistilIQALib.corpus import entry_sources
-    from DistilIQALib.noise import noise_equivalent_diameter_cm, slice_noise_index
+    from DistilIQALib.quality.noise import noise_equivalent_diameter_cm, slice_noise_index
+    from DistilIQALib.training.corpus import entry_sources
 
     references = region_references(info.noise_reference, info.adequacy)
     rows = []
@@ -278,7 +278,7 @@ def main() -> None:
     if args.run:
         agreement_tables(args)
     weights = args.weights or (args.run / "distiliqa_student.safetensors" if args.run else None)
-    from DistilIQALib.weights import resolve_weights
+    from DistilIQALib.quality.weights import resolve_weights
 
     weights = resolve_weights(weights)
     info = read_info(weights)

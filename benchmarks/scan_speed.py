@@ -1,7 +1,7 @@
 """Header scanning throughput of ``batch`` (files/s) on a generated tree, threads against processes.
 
 Writes ``--files`` small DICOM CT files (series of 20 slices of 32x32 pixels, in nested folders), then
-groups them with :func:`DistilIQALib.archive.scan_folder` once per configuration (``--workers`` 1, 2, 4;
+groups them with :func:`DistilIQALib.archive.archive.scan_folder` once per configuration (``--workers`` 1, 2, 4;
 ``thread`` and ``process``) and prints the best of ``--repeats`` runs. Header parsing is Python code, so
 threads share one core (the GIL); processes do not, but pay for their start and for sending results back.
 
@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from DistilIQALib.archive import scan_folder  # noqa: E402
-from DistilIQALib.dicom_writing import write_series  # noqa: E402
+from DistilIQALib.archive.archive import scan_folder  # noqa: E402
+from DistilIQALib.io.dicom_writing import write_series  # noqa: E402
 
 SLICES_PER_SERIES = 20
 

@@ -19,10 +19,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from DistilIQALib.device import describe_device, resolve_device  # noqa: E402
-from DistilIQALib.noise import slice_noise_index  # noqa: E402
-from DistilIQALib.phantoms import phantom_slice  # noqa: E402
-from DistilIQALib.simulation import DoseSimulator, dense_reconstruction, matched_kernel_sharpness, sparse_view  # noqa
+from DistilIQALib.quality.device import describe_device, resolve_device  # noqa: E402
+from DistilIQALib.quality.noise import slice_noise_index  # noqa: E402
+from DistilIQALib.training.phantoms import phantom_slice  # noqa: E402
+from DistilIQALib.training.simulation import DoseSimulator, dense_reconstruction, matched_kernel_sharpness, sparse_view  # noqa
 
 DOSES = (1.0, 0.75, 0.5, 0.25, 0.15, 0.1, 0.05)
 VIEWS = (256, 128, 64)

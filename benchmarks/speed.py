@@ -23,8 +23,8 @@ def measure(preset: str, batch_size: int, seconds: float, device_name: str) -> d
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from DistilIQALib.device import describe_device, resolve_device
-    from DistilIQALib.model import PRESETS, build_model
+    from DistilIQALib.quality.device import describe_device, resolve_device
+    from DistilIQALib.quality.model import PRESETS, build_model
 
     device = resolve_device(device_name)
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from DistilIQALib.model import PRESETS, build_model  # noqa: E402
-from DistilIQALib.training import training_loss  # noqa: E402
+from DistilIQALib.quality.model import PRESETS, build_model  # noqa: E402
+from DistilIQALib.training.training import training_loss  # noqa: E402
 
 
 def seconds_per_image(preset: str, steps: int, batch_size: int) -> float:

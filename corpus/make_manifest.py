@@ -10,8 +10,8 @@ from pathlib import Path
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from DistilIQALib.corpus import sha256_of  # noqa: E402
-from DistilIQALib.reading import read_volume  # noqa: E402
+from DistilIQALib.io.reading import read_volume  # noqa: E402
+from DistilIQALib.training.corpus import sha256_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 TCIA_COVID = ("TCIA COVID-19-NY-SBU (CC BY 4.0), as redistributed in github.com/SaltyJoke/Image-Registration "

@@ -34,11 +34,11 @@ def main() -> int:
     import slicer
     from matplotlib import pyplot as plt
 
-    from DistilIQALib import mrml
-    from DistilIQALib.outputs import write_plot
-    from DistilIQALib.reading import read_volume
-    from DistilIQALib.sample import make_sample_ct
-    from DistilIQALib.scoring import Scorer
+    from DistilIQALib.io.outputs import write_plot
+    from DistilIQALib.io.reading import read_volume
+    from DistilIQALib.quality.scoring import Scorer
+    from DistilIQALib.slicer_bridge import mrml
+    from DistilIQALib.training.sample import make_sample_ct
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -76,12 +76,12 @@ def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float
     import numpy as np
     import slicer
 
-    from DistilIQALib import mrml
-    from DistilIQALib.noise import slice_noise_index
-    from DistilIQALib.outputs import write_plot
-    from DistilIQALib.reading import read_volume
-    from DistilIQALib.scoring import Scorer
-    from DistilIQALib.simulation import DoseSimulator, matched_kernel_sharpness
+    from DistilIQALib.io.outputs import write_plot
+    from DistilIQALib.io.reading import read_volume
+    from DistilIQALib.quality.noise import slice_noise_index
+    from DistilIQALib.quality.scoring import Scorer
+    from DistilIQALib.slicer_bridge import mrml
+    from DistilIQALib.training.simulation import DoseSimulator, matched_kernel_sharpness
     from DistilIQALib.volume import CTVolume
 
     volume = read_volume(folder)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.dicom_writing import write_series
-from DistilIQALib.model import architecture_from_preset, build_model
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.preprocessing import Window, prepare_batch
-from DistilIQALib.weights import ModelInfo, save_weights
+from DistilIQALib.io.dicom_writing import write_series
+from DistilIQALib.quality.model import architecture_from_preset, build_model
+from DistilIQALib.quality.preprocessing import Window, prepare_batch
+from DistilIQALib.quality.weights import ModelInfo, save_weights
+from DistilIQALib.training.phantoms import phantom_volume
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

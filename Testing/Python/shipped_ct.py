@@ -2,7 +2,7 @@
 from pathlib import Path
 from typing import List
 
-from DistilIQALib.datasets import package_ct_folders
+from DistilIQALib.training.datasets import package_ct_folders
 
 ROOTS = package_ct_folders()
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from DistilIQALib.background import BackgroundProcess, engine_command, parse_progress
+from DistilIQALib.slicer_bridge.background import BackgroundProcess, engine_command, parse_progress
 
 
 def _wait(job, timeout=60):

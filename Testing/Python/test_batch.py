@@ -14,14 +14,14 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from DistilIQALib.archive import NO_UID_NOTE, scan_folder
-from DistilIQALib.batch import in_shard, parse_shard, run_batch, write_summary_csv
-from DistilIQALib.dicom_writing import write_series
+from DistilIQALib.archive.archive import NO_UID_NOTE, scan_folder
+from DistilIQALib.archive.batch import in_shard, parse_shard, run_batch, write_summary_csv
+from DistilIQALib.archive.report import OUTLIER_Z, group_problems, robust_z, write_html_report
+from DistilIQALib.archive.store import ResultStore
 from DistilIQALib.errors import InputError
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.report import OUTLIER_Z, group_problems, robust_z, write_html_report
-from DistilIQALib.scoring import Scorer
-from DistilIQALib.store import ResultStore
+from DistilIQALib.io.dicom_writing import write_series
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.training.phantoms import phantom_volume
 
 from .conftest import query_rows
 

@@ -10,15 +10,15 @@ import pydicom
 import pytest
 from PIL import Image
 
-from DistilIQALib.batch import in_shard, parse_shard, run_batch, stored_scores, write_summary_csv
-from DistilIQALib.dicom_writing import write_series
+from DistilIQALib.archive.batch import in_shard, parse_shard, run_batch, stored_scores, write_summary_csv
+from DistilIQALib.archive.store import ResultStore
 from DistilIQALib.errors import InputError
-from DistilIQALib.phantoms import phantom_volume
+from DistilIQALib.io.dicom_writing import write_series
+from DistilIQALib.io.reading import read_volume
 from DistilIQALib.progress import Progress
-from DistilIQALib.reading import read_volume
-from DistilIQALib.scoring import Scorer
-from DistilIQALib.store import ResultStore
-from DistilIQALib.weights import read_info
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.quality.weights import read_info
+from DistilIQALib.training.phantoms import phantom_volume
 
 from .conftest import TEST_BANDS, TEST_CALIBRATION, query_rows, write_untrained_weights
 
@@ -397,7 +397,7 @@ def test_stored_scores_read_back_what_the_store_holds_for_that_model(weights, tm
 
 def test_an_unexpected_reader_error_fails_that_series_only_and_names_the_error(archive, weights, tmp_path,
                                                                                  monkeypatch):
-    import DistilIQALib.batch as batch
+    import DistilIQALib.archive.batch as batch
 
     real_read = batch.read_dicom_files
 

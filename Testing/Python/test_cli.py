@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from DistilIQALib.cli import main
-from DistilIQALib.dicom_writing import write_series
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.reading import read_volume
-from DistilIQALib.scoring import Scorer
+from DistilIQALib.io.dicom_writing import write_series
+from DistilIQALib.io.reading import read_volume
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.training.phantoms import phantom_volume
 
 from .conftest import write_untrained_weights
 
@@ -266,7 +266,7 @@ def test_every_command_refuses_bad_input_in_one_line(tmp_path, capsys):
 def test_preprocess_simulates_a_folder_of_ct_on_the_device_named(tmp_path, capsys):
     """``preprocess --type simulated --device cpu``: every dose and view count of each slice, labelled by SSIM to the
     full dose (1 at full dose, falling with dose), the same as the library makes with the CPU by default."""
-    from DistilIQALib.datasets import preprocess_simulated, source_slices_from_folder
+    from DistilIQALib.training.datasets import preprocess_simulated, source_slices_from_folder
 
     folder = tmp_path / "ct"
     folder.mkdir()

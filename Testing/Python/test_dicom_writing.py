@@ -6,9 +6,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from DistilIQALib.dicom_writing import write_like, write_series
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.reading import read_volume
+from DistilIQALib.io.dicom_writing import write_like, write_series
+from DistilIQALib.io.reading import read_volume
+from DistilIQALib.training.phantoms import phantom_volume
 
 
 def _template(tmp_path, slope, intercept, syntax="explicit"):

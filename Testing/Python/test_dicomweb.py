@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from DistilIQALib.batch import run_batch
+from DistilIQALib.archive.batch import run_batch
+from DistilIQALib.archive.dicomweb import SeriesQuery, Server, ServerConfig, run_dicomweb, server_name
+from DistilIQALib.archive.store import ResultStore
 from DistilIQALib.cli import main
-from DistilIQALib.dicom_writing import write_series
-from DistilIQALib.dicomweb import SeriesQuery, Server, ServerConfig, run_dicomweb, server_name
-from DistilIQALib.phantoms import phantom_volume
+from DistilIQALib.io.dicom_writing import write_series
 from DistilIQALib.progress import Progress
-from DistilIQALib.scoring import Scorer
-from DistilIQALib.store import ResultStore
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.training.phantoms import phantom_volume
 
 from .conftest import ORTHANC_PASSWORD, ORTHANC_USER, query_rows
 from .orthanc_server import FaultyProxy, free_port

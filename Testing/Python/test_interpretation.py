@@ -3,9 +3,9 @@ the dose equivalent between calibration points. Expected values are worked out b
 import numpy as np
 import pytest
 
-from DistilIQALib.interpretation import adequacy_labels, dose_equivalent, lowest_adequate_score
-from DistilIQALib.scoring import SliceScores
-from DistilIQALib.weights import ModelInfo
+from DistilIQALib.quality.interpretation import adequacy_labels, dose_equivalent, lowest_adequate_score
+from DistilIQALib.quality.scoring import SliceScores
+from DistilIQALib.quality.weights import ModelInfo
 
 from .conftest import TEST_BANDS, TEST_CALIBRATION
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from DistilIQALib.background import engine_command
 from DistilIQALib.cli import build_parser
-from DistilIQALib.jobs import (
+from DistilIQALib.quality.weights import default_weights_path
+from DistilIQALib.slicer_bridge.background import engine_command
+from DistilIQALib.slicer_bridge.jobs import (
     DICOMWEB_AUTH_ENV,
     ScoreJob,
     adapt_arguments,
@@ -24,7 +25,6 @@ from DistilIQALib.jobs import (
     score_arguments,
     training_arguments,
 )
-from DistilIQALib.weights import default_weights_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,8 +122,8 @@ def slicer():
 def _ct_node_from_dicom(scene, folder):
     """What Slicer's DICOM loader gives the panel: a scalar volume node of the series (read here by the engine's
     reader, since slicer-core has no DICOM module)."""
-    from DistilIQALib import mrml
-    from DistilIQALib.reading import read_volume
+    from DistilIQALib.io.reading import read_volume
+    from DistilIQALib.slicer_bridge import mrml
 
     return mrml.node_from_volume(scene, read_volume(folder), "CT from DICOM")
 
@@ -143,8 +143,8 @@ def _wait(job, timeout_s=240):
 
 
 def test_assess_quality_end_to_end_in_a_child_process(tmp_path, dicom_series, tiny_weights, slicer):
-    from DistilIQALib import mrml
-    from DistilIQALib.scoring import Scorer
+    from DistilIQALib.quality.scoring import Scorer
+    from DistilIQALib.slicer_bridge import mrml
 
     scene = slicer.vtkMRMLScene()
     ct = _ct_node_from_dicom(scene, dicom_series)
@@ -175,7 +175,7 @@ def test_assess_quality_end_to_end_in_a_child_process(tmp_path, dicom_series, ti
 
 
 def test_engine_error_reaches_the_panel_as_one_line(tmp_path, dicom_series, slicer):
-    from DistilIQALib import mrml
+    from DistilIQALib.slicer_bridge import mrml
 
     scene = slicer.vtkMRMLScene()
     ct = _ct_node_from_dicom(scene, dicom_series)
@@ -189,8 +189,8 @@ def test_engine_error_reaches_the_panel_as_one_line(tmp_path, dicom_series, slic
 @pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
 @pytest.mark.skipif(not default_weights_path().is_file(), reason="no shipped model")
 def test_cancel_stops_the_scoring_process_midway(tmp_path, slicer):
-    from DistilIQALib import mrml
-    from DistilIQALib.phantoms import phantom_volume
+    from DistilIQALib.slicer_bridge import mrml
+    from DistilIQALib.training.phantoms import phantom_volume
 
     scene = slicer.vtkMRMLScene()
     hu = np.rint(phantom_volume(40, size=512, pixel_mm=0.7, seed=2)).astype(np.int16)

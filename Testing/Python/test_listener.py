@@ -13,11 +13,11 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
+from DistilIQALib.archive.listener import PARTIAL_SUFFIX, SCORED_MARKER, Receiver, image_storage_classes
 from DistilIQALib.cli import main
-from DistilIQALib.dicom_writing import write_series
-from DistilIQALib.listener import PARTIAL_SUFFIX, SCORED_MARKER, Receiver, image_storage_classes
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.scoring import Scorer
+from DistilIQALib.io.dicom_writing import write_series
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.training.phantoms import phantom_volume
 
 from .conftest import RECEIVER_AET, RECEIVER_MODALITY, query_rows
 

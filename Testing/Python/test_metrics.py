@@ -3,9 +3,9 @@ import pytest
 import scipy.stats
 from skimage.metrics import structural_similarity
 
-from DistilIQALib.metrics import agreement, krocc, plcc, srocc, ssim
-from DistilIQALib.phantoms import phantom_slice
-from DistilIQALib.preprocessing import window_to_unit
+from DistilIQALib.quality.metrics import agreement, krocc, plcc, srocc, ssim
+from DistilIQALib.quality.preprocessing import window_to_unit
+from DistilIQALib.training.phantoms import phantom_slice
 
 
 @pytest.mark.parametrize("seed", range(4))

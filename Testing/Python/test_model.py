@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.model import PRESETS, build_model, score_from_outputs
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.scoring import Scorer
+from DistilIQALib.quality.model import PRESETS, build_model, score_from_outputs
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.training.phantoms import phantom_volume
 from DistilIQALib.volume import CTVolume
 
 

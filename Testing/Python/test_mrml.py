@@ -7,11 +7,11 @@ import pytest
 slicer = pytest.importorskip("slicer")  # slicer-core needs Python >= 3.10
 vtk = pytest.importorskip("vtk")
 
-from DistilIQALib import mrml  # noqa: E402
-from DistilIQALib.model import PRESETS  # noqa: E402
-from DistilIQALib.phantoms import phantom_volume  # noqa: E402
-from DistilIQALib.scoring import Scorer, SliceScores  # noqa: E402
-from DistilIQALib.weights import ModelInfo  # noqa: E402
+from DistilIQALib.quality.model import PRESETS  # noqa: E402
+from DistilIQALib.quality.scoring import Scorer, SliceScores  # noqa: E402
+from DistilIQALib.quality.weights import ModelInfo  # noqa: E402
+from DistilIQALib.slicer_bridge import mrml  # noqa: E402
+from DistilIQALib.training.phantoms import phantom_volume  # noqa: E402
 
 SPACING = (2.8, 2.6, 5.0)  # x, y, z in mm
 ORIGIN_LPS = (-170.0, -160.0, -40.0)
@@ -224,8 +224,8 @@ def test_slice_views_show_the_bad_slab_in_red(scene, tmp_path):
 def test_batch_results_shown_for_a_loaded_series_without_rescoring(scene, axial_hu, tiny_weights, tmp_path):
     """A series scored by a batch run, then loaded as a node stored in another slice order: the stored
     scores land on the node's slices by z, exactly as scoring the node itself would put them."""
-    from DistilIQALib.batch import run_batch, stored_scores
-    from DistilIQALib.dicom_writing import write_series
+    from DistilIQALib.archive.batch import run_batch, stored_scores
+    from DistilIQALib.io.dicom_writing import write_series
 
     uid = "1.2.826.0.1.3680043.8.498.777"
     write_series(axial_hu, tmp_path / "archive" / "ct", spacing_mm=SPACING, origin_mm=ORIGIN_LPS, series_uid=uid)
@@ -255,7 +255,7 @@ def test_batch_results_shown_for_a_loaded_series_without_rescoring(scene, axial_
 def test_volume_file_for_the_scoring_process_keeps_voxels_and_geometry(scene, axial_hu, tmp_path):
     """The panel writes the CT node to NRRD for the child process; the engine's reader must see the same axial
     slices at the same z as the node itself gives."""
-    from DistilIQALib.reading import read_volume
+    from DistilIQALib.io.reading import read_volume
 
     ct = _coronal_node(scene, axial_hu)
     path = mrml.write_volume_file(ct, tmp_path / "volume.nrrd")
@@ -308,9 +308,9 @@ def test_plot_click_moves_only_for_a_series_of_the_results_table(scene, axial_hu
 
 
 def test_dose_equivalent_verdicts_drive_the_adequacy_chart_and_map(scene, axial_hu, tiny_weights):
-    from DistilIQALib.interpretation import dose_equivalent_adequacy
-    from DistilIQALib.regions import given_regions
-    from DistilIQALib.weights import read_info
+    from DistilIQALib.quality.interpretation import dose_equivalent_adequacy
+    from DistilIQALib.quality.regions import given_regions
+    from DistilIQALib.quality.weights import read_info
 
     ct = _coronal_node(scene, axial_hu)
     volume = mrml.volume_from_node(ct)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.noise import global_noise_index, kernel_pixels
-from DistilIQALib.phantoms import phantom_slice, water_phantom
+from DistilIQALib.quality.noise import global_noise_index, kernel_pixels
+from DistilIQALib.training.phantoms import phantom_slice, water_phantom
 
 
 @pytest.mark.parametrize("pixel_mm", [0.5, 0.7, 1.0])

@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DistilIQALib.corpus import sha256_of
-from DistilIQALib.dicom_writing import write_series
-from DistilIQALib.interpretation import (
+from DistilIQALib.io.dicom_writing import write_series
+from DistilIQALib.io.reading import read_volume
+from DistilIQALib.quality.interpretation import (
     adequacy_from_reference,
     adequacy_labels,
     dose_equivalent_adequacy,
@@ -25,11 +25,11 @@ from DistilIQALib.interpretation import (
     noise_dose_equivalent,
     weighted_quantile,
 )
-from DistilIQALib.noise import noise_equivalent_diameter_cm, water_equivalent_diameter_cm
-from DistilIQALib.reading import read_volume
-from DistilIQALib.scoring import Scorer
+from DistilIQALib.quality.noise import noise_equivalent_diameter_cm, water_equivalent_diameter_cm
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.quality.weights import FORMAT_VERSION, load_weights, read_info
+from DistilIQALib.training.corpus import sha256_of
 from DistilIQALib.volume import CTVolume
-from DistilIQALib.weights import FORMAT_VERSION, load_weights, read_info
 
 from .conftest import write_untrained_weights
 
@@ -233,7 +233,7 @@ def test_bands_are_set_by_the_spread_of_routine_scans():
 def test_a_small_site_keeps_the_spread_of_the_model_it_adapts():
     from types import SimpleNamespace
 
-    from DistilIQALib.recipe import apply_noise_reference
+    from DistilIQALib.training.recipe import apply_noise_reference
 
     four = fit_noise_reference(*(values[:4] for values in _symmetric_routine_patients()))
     info = SimpleNamespace(noise_reference=None, adequacy=None)
@@ -398,7 +398,7 @@ def test_calibrate_command_fits_the_corpus_and_keeps_the_network(tmp_path, tiny_
 
 def test_which_size_dependence_a_small_site_keeps():
     from DistilIQALib.errors import InputError
-    from DistilIQALib.recipe import noise_reference_from_sources, size_dependence_to_keep
+    from DistilIQALib.training.recipe import noise_reference_from_sources, size_dependence_to_keep
 
     base = {"intercept": 5.0, "per_cm": 0.07, "size": "noise_equivalent_diameter"}
     assert [size_dependence_to_keep(base, n) for n in (1, 2, 4, 5)] == [0.07, 0.07, 0.07, None]
@@ -406,7 +406,7 @@ def test_which_size_dependence_a_small_site_keeps():
     older = {"intercept": 5.0, "per_cm": 0.07}
     assert [size_dependence_to_keep(older, n) for n in (1, 2, 3, 5)] == [0.0, 0.0, None, None]
     assert [size_dependence_to_keep(None, n) for n in (1, 2, 3, 5)] == [0.0, 0.0, None, None]
-    from DistilIQALib.datasets import SourceSlice
+    from DistilIQALib.training.datasets import SourceSlice
 
     two = [SourceSlice(f"P{n}", "s", _water_volume(15.0, n, slices=1)[0].astype(np.float32), 0.5, thickness_mm=2.5)
            for n in range(2)]
@@ -433,7 +433,7 @@ def test_slices_with_no_usable_noise_thickness_or_size_get_no_dose_equivalent_an
 def test_single_precision_inputs_give_the_double_precision_dose_equivalent_and_verdict():
     """The scorer holds noise, size and dose equivalents in float32, the batch store reads them back as float64:
     both must give the same numbers and verdicts."""
-    from DistilIQALib.interpretation import reference_variance
+    from DistilIQALib.quality.interpretation import reference_variance
 
     rng = np.random.default_rng(3)
     noise, diameter = rng.uniform(30.0, 80.0, 64).astype(np.float32), rng.uniform(18.0, 45.0, 64).astype(np.float32)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.preprocessing import DEFAULT_WINDOW, Window, fit_to_input, prepare_batch, window_to_unit
+from DistilIQALib.quality.preprocessing import DEFAULT_WINDOW, Window, fit_to_input, prepare_batch, window_to_unit
 
 
 def test_window_golden_values():

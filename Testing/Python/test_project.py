@@ -45,7 +45,7 @@ def test_code_slicer_runs_is_python_39_syntax():
 
 def test_engine_has_no_slicer_or_qt_imports():
     for path in sorted((ROOT / "DistilIQALib").rglob("*.py")):
-        if path.name == "mrml.py":  # the one module allowed to touch MRML
+        if path == ROOT / "DistilIQALib" / "slicer_bridge" / "mrml.py":  # the one module allowed to touch MRML
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -7,10 +7,10 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from DistilIQALib.dicom_writing import write_series
 from DistilIQALib.errors import InputError
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.reading import list_dicom_series, read_dicom_files, read_volume, z_gaps
+from DistilIQALib.io.dicom_writing import write_series
+from DistilIQALib.io.reading import list_dicom_series, read_dicom_files, read_volume, z_gaps
+from DistilIQALib.training.phantoms import phantom_volume
 
 from .shipped_ct import shipped_ct_file, shipped_ct_files
 
@@ -115,7 +115,7 @@ def test_jpeg_lossless_real_ct():
 
 
 def test_windowed_png_and_float_tiff_map_back_to_hu(tmp_path, phantom_hu):
-    from DistilIQALib.preprocessing import window_to_unit
+    from DistilIQALib.quality.preprocessing import window_to_unit
 
     unit = window_to_unit(phantom_hu[0])
     Image.fromarray(np.rint(unit * 255).astype(np.uint8)).save(tmp_path / "slice.png")

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from DistilIQALib.corpus import CorpusEntry, corpus_sources, load_manifest, sha256_of, verify
-from DistilIQALib.datasets import builtin_sources
 from DistilIQALib.errors import InputError
-from DistilIQALib.noise import slice_noise_index
-from DistilIQALib.recipe import default_manifest
-from DistilIQALib.simulation import (
+from DistilIQALib.quality.noise import slice_noise_index
+from DistilIQALib.training.corpus import CorpusEntry, corpus_sources, load_manifest, sha256_of, verify
+from DistilIQALib.training.datasets import builtin_sources
+from DistilIQALib.training.recipe import default_manifest
+from DistilIQALib.training.simulation import (
     HANN_TEXTURE_RATIO_NOISE_ONLY,
     SHEPP_LOGAN_TEXTURE_RATIO_NOISE_ONLY,
     TEXTURE_RATIO_SMOOTH,

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.recipe import adequacy_from_calibration, dose_of, fit_dose_calibration, run_recipe
-from DistilIQALib.scoring import Scorer
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.quality.weights import read_info
+from DistilIQALib.training.phantoms import phantom_volume
+from DistilIQALib.training.recipe import adequacy_from_calibration, dose_of, fit_dose_calibration, run_recipe
 from DistilIQALib.volume import CTVolume
-from DistilIQALib.weights import read_info
 
 
 def _tensors(path):
@@ -54,7 +54,7 @@ def _site_folders(root, count):
     """``count`` patient folders, each holding one real CT file that pydicom / pydicom-data ship."""
     import shutil
 
-    from DistilIQALib.datasets import BUILTIN_REAL_CT, package_ct_folders
+    from DistilIQALib.training.datasets import BUILTIN_REAL_CT, package_ct_folders
 
     files = [folder / name for name in BUILTIN_REAL_CT for folder in package_ct_folders() if (folder / name).is_file()]
     if len(files) < count:
@@ -69,7 +69,7 @@ def test_site_adaptation_from_the_command_line(tmp_path, capsys):
     """`recipe --sources` fine-tunes a given model on a site's scans and writes a model with its own
     calibration, bands and held-out tables, recording the base model and the roles of the site's patients."""
     from DistilIQALib.cli import main
-    from DistilIQALib.corpus import sha256_of
+    from DistilIQALib.training.corpus import sha256_of
 
     base = run_recipe(tmp_path / "base", "tiny", seed=1, device="cpu")
     site = _site_folders(tmp_path / "site", 5)
@@ -113,8 +113,8 @@ def test_site_adaptation_refuses_bad_sources_in_one_line(tmp_path, capsys):
 def test_the_recipe_simulates_on_a_cuda_gpu_only():
     """Dose and view simulation follows the training device when it is a CUDA GPU and stays on the CPU otherwise
     (this machine has no GPU, so 'auto' is the CPU too); a GPU asked for and missing is a clear error."""
-    from DistilIQALib.device import simulation_device
     from DistilIQALib.errors import DeviceError
+    from DistilIQALib.quality.device import simulation_device
 
     assert simulation_device("cpu") is None
     auto = simulation_device("auto")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.interpretation import (
+from DistilIQALib.io.reading import read_volume
+from DistilIQALib.quality.interpretation import (
     ABOVE_ROUTINE_NOTE,
     DOSE_RANGE,
     region_bands,
@@ -23,9 +24,7 @@ from DistilIQALib.interpretation import (
     region_verdicts,
     valid_ranges,
 )
-from DistilIQALib.phantoms import phantom_slice
-from DistilIQALib.reading import read_volume
-from DistilIQALib.regions import (
+from DistilIQALib.quality.regions import (
     ABDOMEN,
     CHEST,
     HEAD,
@@ -38,9 +37,10 @@ from DistilIQALib.regions import (
     slice_labels,
     volume_regions,
 )
-from DistilIQALib.scoring import Scorer
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.quality.weights import read_info
+from DistilIQALib.training.phantoms import phantom_slice
 from DistilIQALib.volume import CTVolume
-from DistilIQALib.weights import read_info
 
 from .shipped_ct import shipped_ct_file
 
@@ -272,9 +272,9 @@ def test_a_head_at_a_tenth_of_its_routine_dose_is_inadequate_where_the_body_refe
 
 
 def test_the_archive_report_shows_regions_and_series_above_routine(tmp_path):
-    from DistilIQALib.batch import write_summary_csv
-    from DistilIQALib.report import distribution_plot_png, protocol_statistics, write_html_report
-    from DistilIQALib.store import ResultStore
+    from DistilIQALib.archive.batch import write_summary_csv
+    from DistilIQALib.archive.report import distribution_plot_png, protocol_statistics, write_html_report
+    from DistilIQALib.archive.store import ResultStore
 
     def record(uid, above, dose, region):
         return {"series_uid": uid, "weights_id": "w", "status": "scored", "patient_id": uid, "kernel": "B30f",

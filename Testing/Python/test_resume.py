@@ -12,8 +12,8 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.training import TrainingConfig, train_teachers
+from DistilIQALib.training.phantoms import phantom_volume
+from DistilIQALib.training.training import TrainingConfig, train_teachers
 
 EPOCHS = 4
 CONFIG = dict(preset="tiny", input_size=64, epochs=EPOCHS, batch_size=3, lr=0.01, min_lr=1e-4, momentum=0.9,
@@ -125,7 +125,7 @@ def test_a_finished_run_is_not_trained_again(dataset, uninterrupted, tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_the_optimiser_asked_for_gets_the_model_the_rate_and_a_cosine_schedule(optimizer):
-    from DistilIQALib.training import _optimiser
+    from DistilIQALib.training.training import _optimiser
 
     model = torch.nn.Linear(3, 2)
     config = TrainingConfig(**{**CONFIG, "optimizer": optimizer})
@@ -161,7 +161,7 @@ class _DiskFull:
 
 
 def _sgd_model():
-    from DistilIQALib.training import _optimiser
+    from DistilIQALib.training.training import _optimiser
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
@@ -173,7 +173,7 @@ def _sgd_model():
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unopened(tmp_path):
-    from DistilIQALib.training import _restore_checkpoint
+    from DistilIQALib.training.training import _restore_checkpoint
 
     model, optimiser, scheduler = _sgd_model()
     marker = tmp_path / "code-ran"
@@ -184,7 +184,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_unopened(tmp_path):
 
 
 def test_a_checkpoint_is_restored_whole_and_a_failed_write_keeps_the_previous_one(tmp_path):
-    from DistilIQALib.training import _restore_checkpoint, _save_checkpoint
+    from DistilIQALib.training.training import _restore_checkpoint, _save_checkpoint
 
     last = tmp_path / "last.pt"
     model, optimiser, scheduler = _sgd_model()

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib import scoring
 from DistilIQALib.errors import Cancelled, DeviceError
-from DistilIQALib.noise import global_noise_index
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.preprocessing import Window
+from DistilIQALib.io.reading import read_volume
 from DistilIQALib.progress import Progress
-from DistilIQALib.reading import read_volume
-from DistilIQALib.scoring import CPU_BATCH_SIZE, Scorer
+from DistilIQALib.quality import scoring
+from DistilIQALib.quality.noise import global_noise_index
+from DistilIQALib.quality.preprocessing import Window
+from DistilIQALib.quality.scoring import CPU_BATCH_SIZE, Scorer
+from DistilIQALib.quality.weights import load_weights
+from DistilIQALib.training.phantoms import phantom_volume
 from DistilIQALib.volume import CTVolume
-from DistilIQALib.weights import load_weights
 
 from .conftest import TEST_BANDS, TEST_CALIBRATION, write_untrained_weights
 
@@ -184,7 +184,7 @@ def test_out_of_memory_retries_with_smaller_batches(weights, dicom_series, caplo
     reference = Scorer(str(weights), device="cpu", batch_size=1).score_volume(read_volume(dicom_series))
     scorer = Scorer(str(weights), device="cpu", batch_size=8)
     scorer.model = _SmallMemoryModel(scorer.model, room=2)
-    with caplog.at_level(logging.WARNING, logger="DistilIQALib.scoring"):
+    with caplog.at_level(logging.WARNING, logger="DistilIQALib.quality.scoring"):
         scores = scorer.score_volume(read_volume(dicom_series))
     assert scorer.batch_size == 2
     assert scorer.model.batch_sizes == [6, 4, 2, 2, 2]  # 6 slices: 8 -> 4 -> 2, then batches of 2
@@ -240,7 +240,7 @@ def test_gpu_out_of_memory_at_batch_size_one_continues_on_the_cpu(weights, dicom
     scorer = Scorer(str(weights), device="cpu", batch_size=2)
     scorer.device = torch.device("cuda", 0)
     scorer.model = _MoveRecordingModel(scorer.model)
-    with caplog.at_level(logging.WARNING, logger="DistilIQALib.scoring"):
+    with caplog.at_level(logging.WARNING, logger="DistilIQALib.quality.scoring"):
         scores = scorer.score_volume(volume)
     assert scorer.device == torch.device("cpu") and scores.device.startswith("cpu (")
     assert scorer.model.moves == [torch.device("cpu")]  # the model follows the slices to the CPU

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.corpus import load_manifest, sha256_of
-from DistilIQALib.datasets import builtin_sources
-from DistilIQALib.interpretation import adequacy_labels, dose_equivalent
-from DistilIQALib.model import score_from_outputs
-from DistilIQALib.preprocessing import prepare_batch
-from DistilIQALib.recipe import REAL_STAGES
-from DistilIQALib.simulation import DoseSimulator
-from DistilIQALib.weights import default_weights_path, load_weights, read_info
+from DistilIQALib.quality.interpretation import adequacy_labels, dose_equivalent
+from DistilIQALib.quality.model import score_from_outputs
+from DistilIQALib.quality.preprocessing import prepare_batch
+from DistilIQALib.quality.weights import default_weights_path, load_weights, read_info
+from DistilIQALib.training.corpus import load_manifest, sha256_of
+from DistilIQALib.training.datasets import builtin_sources
+from DistilIQALib.training.recipe import REAL_STAGES
+from DistilIQALib.training.simulation import DoseSimulator
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "Resources" / "Models" / "distiliqa_student.safetensors"

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.phantoms import water_phantom
-from DistilIQALib.simulation import DoseSimulator, hu_to_mu, mu_to_hu, paired_dose, sparse_view
-from DistilIQALib.tomography import fbp, forward_project
+from DistilIQALib.training.phantoms import water_phantom
+from DistilIQALib.training.simulation import DoseSimulator, hu_to_mu, mu_to_hu, paired_dose, sparse_view
+from DistilIQALib.training.tomography import fbp, forward_project
 
 SIZE, PIXEL_MM = 256, 1.2  # a 30 cm water cylinder on a coarse grid keeps the test fast
 CENTRE = np.s_[98:158, 98:158]
@@ -112,7 +112,7 @@ def test_full_dose_noise_is_the_noise_that_halving_the_dose_adds(simulator):
 
 
 def test_textured_noise_has_ct_texture_and_the_asked_sd():
-    from DistilIQALib.simulation import textured_noise
+    from DistilIQALib.training.simulation import textured_noise
 
     noise = textured_noise((2, 128, 128), 25.0, np.random.default_rng(1))
     assert noise.dtype == np.float32 and noise.std(axis=(1, 2)) == pytest.approx([25.0, 25.0], rel=1e-3)
@@ -123,7 +123,7 @@ def test_projections_run_on_the_device_given():
     """``device`` moves the projections and reconstructions (a GPU in the recipe); the random numbers stay on the
     CPU, so the CPU named explicitly gives exactly the default's images, dose noise and streaks alike. Meta tensors
     hold no data: a simulation sent there fails, which shows it ran there and not on the CPU."""
-    from DistilIQALib.simulation import dense_reconstruction
+    from DistilIQALib.training.simulation import dense_reconstruction
 
     water = water_phantom(96, 3.2, diameter_mm=300.0, hu=0.0)
 

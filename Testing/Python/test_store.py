@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from DistilIQALib.store import ResultStore
+from DistilIQALib.archive.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_a_series_whose_slices_fail_to_write_leaves_no_trace(tmp_path):
 
 WRITER = """
 import sys
-from DistilIQALib.store import ResultStore
+from DistilIQALib.archive.store import ResultStore
 store = ResultStore(sys.argv[1])
 store.write_series({"series_uid": "first", "weights_id": "w", "status": "scored"},
                    [{"slice_index": n, "score": 0.5} for n in range(4)])

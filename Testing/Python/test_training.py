@@ -14,7 +14,8 @@ import SimpleITK as sitk
 import tifffile
 import torch
 
-from DistilIQALib.datasets import (
+from DistilIQALib.quality.weights import read_info
+from DistilIQALib.training.datasets import (
     SourceSlice,
     builtin_sources,
     dataset_info,
@@ -24,10 +25,9 @@ from DistilIQALib.datasets import (
     preprocess_simulated,
     source_slices_from_folder,
 )
-from DistilIQALib.phantoms import phantom_volume
-from DistilIQALib.sample import write_tcia_like
-from DistilIQALib.training import patient_folds, training_loss
-from DistilIQALib.weights import read_info
+from DistilIQALib.training.phantoms import phantom_volume
+from DistilIQALib.training.sample import write_tcia_like
+from DistilIQALib.training.training import patient_folds, training_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CASES = ["C001", "C002", "C003", "C004", "L001", "L002"]
@@ -188,7 +188,7 @@ def test_builtin_sources_are_real_ct_and_phantoms():
         assert source.hu.ndim == 2 and source.hu.shape[0] == source.hu.shape[1] >= 128
         assert source.hu.min() < -500 and source.hu.max() > 100 and 0.2 < source.pixel_mm < 2.0
     assert len({s.patient for s in sources if s.patient.startswith("phantom")}) == 2
-    from DistilIQALib.noise import global_noise_index
+    from DistilIQALib.quality.noise import global_noise_index
 
     for source in sources[-8:]:  # phantoms carry a full-dose scan's noise, like the real slices
         gni = float(global_noise_index(torch.from_numpy(source.hu)[None], (source.pixel_mm,) * 2))
@@ -197,7 +197,7 @@ def test_builtin_sources_are_real_ct_and_phantoms():
 
 def test_augmentation_moves_whole_pixels_and_keeps_noise():
     """Flips, rotations and shifts keep every pixel value (no resampling that would smooth the noise)."""
-    from DistilIQALib.training import augment
+    from DistilIQALib.training.training import augment
 
     generator = torch.Generator().manual_seed(0)
     batch = torch.zeros(16, 1, 64, 64)
@@ -215,8 +215,8 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path, tiny_weights):
     """Teacher k starts from output k of the base model (every other weight copied); a base of another
     architecture is refused with a clear message."""
     from DistilIQALib.errors import InputError
-    from DistilIQALib.training import TrainingConfig, initial_model
-    from DistilIQALib.weights import load_weights
+    from DistilIQALib.quality.weights import load_weights
+    from DistilIQALib.training.training import TrainingConfig, initial_model
 
     base, _ = load_weights(tiny_weights)
     config = TrainingConfig(preset="tiny", input_size=256, init_weights=str(tiny_weights))

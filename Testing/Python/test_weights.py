@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from DistilIQALib.errors import NoDefaultModelError, WeightsError
-from DistilIQALib.model import PRESETS, build_model
-from DistilIQALib.weights import FORMAT_VERSION, ModelInfo, load_weights, read_info, resolve_weights, save_weights
+from DistilIQALib.quality.model import PRESETS, build_model
+from DistilIQALib.quality.weights import (
+    FORMAT_VERSION,
+    ModelInfo,
+    load_weights,
+    read_info,
+    resolve_weights,
+    save_weights,
+)
 
 
 def _info(**changes):
@@ -130,9 +137,9 @@ def test_missing_default_model_says_so(tmp_path, monkeypatch):
 
 def test_every_metadata_field_survives_the_file(tmp_path):
     """What the scorer relies on comes back exactly as written: window, input size, score, bands, table."""
-    from DistilIQALib.model import architecture_from_preset
-    from DistilIQALib.preprocessing import Window
-    from DistilIQALib.weights import ScoreDefinition
+    from DistilIQALib.quality.model import architecture_from_preset
+    from DistilIQALib.quality.preprocessing import Window
+    from DistilIQALib.quality.weights import ScoreDefinition
 
     architecture = architecture_from_preset("tiny", input_size=128)
     score = ScoreDefinition(name="radiologist", description="mean of 5 readers", minimum=0.0, maximum=4.0,
@@ -254,11 +261,13 @@ def test_half_precision_keeps_integer_tensors_and_loads_as_float32(tmp_path):
 
 
 def test_default_model_location_and_override(tmp_path, monkeypatch):
-    from DistilIQALib import weights
+    import DistilIQALib
+    from DistilIQALib.quality import weights
 
     monkeypatch.delenv("DISTILIQA_WEIGHTS", raising=False)
-    shipped = Path(weights.__file__).resolve().parent.parent / "Resources" / "Models" / "distiliqa_student.safetensors"
-    assert weights.default_weights_path() == shipped
+    # Resources/ sits beside the DistilIQALib package, in the source tree and in Slicer's installed tree
+    shipped = Path(DistilIQALib.__file__).resolve().parents[1] / "Resources/Models/distiliqa_student.safetensors"
+    assert weights.default_weights_path() == shipped and shipped.is_file()
     monkeypatch.setenv("DISTILIQA_WEIGHTS", str(tmp_path / "mine.safetensors"))
     assert weights.default_weights_path() == tmp_path / "mine.safetensors"
     (tmp_path / "mine.safetensors").write_bytes(b"x")
@@ -276,7 +285,7 @@ def test_the_model_is_put_on_the_device_asked_for(tmp_path):
 def test_the_file_states_its_input_size_for_other_readers(tmp_path):
     from safetensors import safe_open
 
-    from DistilIQALib.model import architecture_from_preset
+    from DistilIQALib.quality.model import architecture_from_preset
 
     architecture = architecture_from_preset("tiny", input_size=128)
     path = save_weights(tmp_path / "m.safetensors", build_model(architecture, 1),

@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..progress import Progress
+from ..volume import CTVolume
 from .device import describe_device, resolve_device
 from .interpretation import (
     UNKNOWN,
@@ -31,9 +33,7 @@ from .interpretation import (
 from .model import score_from_outputs
 from .noise import global_noise_index, size_for_reference
 from .preprocessing import hu_to_tensor, prepare_batch
-from .progress import Progress
 from .regions import FEATURE_NAMES, RegionFeatures, SliceRegions, detect_regions, given_regions, region_features
-from .volume import CTVolume
 from .weights import ModelInfo, load_weights, resolve_weights
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .dicom_writing import write_series
+from ..io.dicom_writing import write_series
 from .phantoms import phantom_volume
 from .simulation import textured_noise
 
@@ -23,7 +23,7 @@ def make_sample_ct(folder: os.PathLike[str] | str, num_slices: int = 40, size: i
 
     Slices ``dip_slices[0]`` to ``dip_slices[1] - 1`` carry about 7% of the dose of the others
     (noise SD 38 HU instead of 10 HU), as when tube current modulation fails over a stretch of the scan.
-    The noise has CT texture (:func:`~DistilIQALib.simulation.textured_noise`).
+    The noise has CT texture (:func:`~DistilIQALib.training.simulation.textured_noise`).
     """
     folder = Path(folder)
     if folder.is_dir() and any(folder.glob("*.dcm")):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 ROLES = ("train", "calibration", "test")
 
@@ -75,7 +75,7 @@ def verify(entries: Iterable[CorpusEntry], root: Path | str) -> List[str]:
 
 
 def entry_sources(entry: CorpusEntry, root: Path | str, slices_per_volume: Optional[int] = None):
-    """The full-dose source slices of one corpus entry (:class:`~DistilIQALib.datasets.SourceSlice`),
+    """The full-dose source slices of one corpus entry (:class:`~DistilIQALib.training.datasets.SourceSlice`),
     each series or volume sampled evenly along z, all carrying the entry's patient and anatomy."""
     from .datasets import source_slices_from_folder
 

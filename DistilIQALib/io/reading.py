@@ -23,9 +23,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .preprocessing import DEFAULT_WINDOW, Window
-from .volume import CTVolume, to_axial
+from ..errors import InputError
+from ..quality.preprocessing import DEFAULT_WINDOW, Window
+from ..volume import CTVolume, to_axial
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".tif", ".tiff", ".png")

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
-from .errors import InputError
+from ..errors import InputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..errors import InputError
+from ..progress import PROGRESS_PREFIX
+from ..quality.device import resolve_device
+from ..quality.metrics import agreement
+from ..quality.model import QualityViT, architecture_from_preset, build_model, score_from_outputs
+from ..quality.weights import ModelInfo, ScoreDefinition, load_weights, save_weights
 from .datasets import dataset_info, load_images, load_split
-from .device import resolve_device
-from .errors import InputError
-from .metrics import agreement
-from .model import QualityViT, architecture_from_preset, build_model, score_from_outputs
-from .progress import PROGRESS_PREFIX
-from .weights import ModelInfo, ScoreDefinition, load_weights, save_weights
 
 ProgressCallback = Callable[[int, int, str], None]
 

@@ -14,13 +14,13 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..quality.device import resolve_device
+from ..quality.metrics import agreement
+from ..quality.model import QualityViT, score_from_outputs
+from ..quality.weights import ModelInfo, load_weights
 from .datasets import LabelledImages, load_images, load_split
-from .device import resolve_device
-from .errors import InputError
-from .metrics import agreement
-from .model import QualityViT, score_from_outputs
 from .training import predict
-from .weights import ModelInfo, load_weights
 
 
 @dataclass

@@ -10,8 +10,8 @@ from typing import IO, Optional
 
 import numpy as np
 
-from .interpretation import adequacy_measure, band_threshold
-from .scoring import SliceScores
+from ..quality.interpretation import adequacy_measure, band_threshold
+from ..quality.scoring import SliceScores
 
 CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "water_diameter_cm", "dose_equivalent",
                "adequacy", "region", "above_routine", "verdict_note")
@@ -93,7 +93,7 @@ _ABOVE_COLOUR = "#d6eaf8"
 def _draw_dose_panel(axis, scores: SliceScores, z: np.ndarray, dose: np.ndarray, order: np.ndarray) -> None:
     """Dose equivalent (log scale, 0.05-4 routine doses) with the bands of the scan's main body region and the
     range above its routine level; slices above routine are marked."""
-    from .interpretation import DOSE_RANGE, region_references
+    from ..quality.interpretation import DOSE_RANGE, region_references
 
     regions = [scores.region[n] for n in order]
     references = region_references(scores.info.noise_reference, scores.info.adequacy)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 DEVICE_CHOICES_TEXT = "auto, cpu, cuda, cuda:N or mps"
 

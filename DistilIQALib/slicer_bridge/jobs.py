@@ -1,11 +1,12 @@
 """The panel's long jobs as command lines for a child process, and reading their results back.
 
 Slicer's panel runs every long job (Assess Quality, the DICOM database batch, training, site
-adaptation) as ``<PythonSlicer> -m DistilIQALib ...`` through :class:`~DistilIQALib.background.BackgroundProcess`:
+adaptation) as ``<PythonSlicer> -m DistilIQALib ...`` through
+:class:`~DistilIQALib.slicer_bridge.background.BackgroundProcess`:
 a Python thread inside Slicer's process would starve, since Slicer's Python keeps the interpreter
 lock while the Qt event loop idles. This module builds those command lines from the panel's
 settings, turns the child's progress lines into progress-bar values, and reads a scoring run's
-CSV and JSON back into :class:`~DistilIQALib.scoring.SliceScores`. No Qt or Slicer here.
+CSV and JSON back into :class:`~DistilIQALib.quality.scoring.SliceScores`. No Qt or Slicer here.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def chosen_path(value) -> Optional[str]:
 
 def engine_root() -> str:
     """The folder that holds the ``DistilIQALib`` package (the child process imports it from there)."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parent.parent.parent)
 
 
 def engine_environment(environment: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -214,7 +215,7 @@ class ScoreJob:
         return error_line(self.log)
 
     def results(self):
-        """The run's :class:`~DistilIQALib.scoring.SliceScores` (after exit code 0)."""
+        """The run's :class:`~DistilIQALib.quality.scoring.SliceScores` (after exit code 0)."""
         return read_score_results(self.work_dir / SCORES_CSV, self.work_dir / SUMMARY_JSON, self.weights)
 
     def cleanup(self) -> None:
@@ -226,14 +227,14 @@ def _float_or_nan(text: str) -> float:
 
 
 def read_score_results(csv_path, json_path, weights=None):
-    """A ``score`` run's per-slice CSV and JSON summary as :class:`~DistilIQALib.scoring.SliceScores`.
+    """A ``score`` run's per-slice CSV and JSON summary as :class:`~DistilIQALib.quality.scoring.SliceScores`.
 
     ``weights`` is the model the run used (``None``: the shipped one); its metadata gives the score's
     meaning, adequacy bands and dose calibration. The CSV keeps each slice's score and the spread of the
     student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread."""
-    from .regions import UNKNOWN, SliceRegions
-    from .scoring import SliceScores
-    from .weights import read_info, resolve_weights
+    from ..quality.regions import UNKNOWN, SliceRegions
+    from ..quality.scoring import SliceScores
+    from ..quality.weights import read_info, resolve_weights
 
     info = read_info(resolve_weights(weights))
     with open(csv_path, newline="") as handle:

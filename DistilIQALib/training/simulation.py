@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .noise import global_noise_index, slice_noise_index
+from ..quality.noise import global_noise_index, slice_noise_index
 from .tomography import fbp, forward_project
 
 MU_WATER_PER_MM = 0.0193

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .errors import NoDefaultModelError, WeightsError
+from ..errors import NoDefaultModelError, WeightsError
 from .model import PRESETS, Architecture, QualityViT, build_model
 from .preprocessing import DEFAULT_WINDOW, Window
 
@@ -183,7 +183,7 @@ def default_weights_path() -> Path:
     override = os.environ.get(WEIGHTS_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME
+    return Path(__file__).resolve().parent.parent.parent / "Resources" / "Models" / DEFAULT_MODEL_NAME
 
 
 def resolve_weights(path: os.PathLike[str] | str | None) -> Path:

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ..errors import InputError, MissingPackageError
+from ..quality.scoring import Scorer
 from .archive import SeriesEntry, dicom_text
 from .batch import BatchSummary, read_series_folder, store_folder_series
-from .errors import InputError, MissingPackageError
-from .scoring import Scorer
 from .store import ResultStore
 
 DEFAULT_SERIES_TIMEOUT_S = 30.0

@@ -6,7 +6,7 @@
    and pydicom-data ship, and phantoms with full-dose noise), teachers and student from scratch. It
    teaches the network CT noise and streaks (skipped with ``--base-weights``).
 2. *real CT*: the public real-CT corpus of ``corpus/manifest.json``, degraded relative to each scan's own
-   noise (:class:`~DistilIQALib.simulation.DoseSimulator` with ``reference_noise_hu``); teachers and
+   noise (:class:`~DistilIQALib.training.simulation.DoseSimulator` with ``reference_noise_hu``); teachers and
    student start from stage 1's student and are fine-tuned; the score's dose table is fitted on the
    corpus's *calibration* patients, and the held-out table is measured on its *test* patients, neither
    ever trained on.
@@ -30,14 +30,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InputError
+from ..quality.device import resolve_device, simulation_device
+from ..quality.metrics import agreement
+from ..quality.weights import read_info, save_weights
 from .corpus import CorpusEntry
 from .datasets import builtin_sources, load_split, preprocess_simulated
-from .device import resolve_device, simulation_device
-from .errors import InputError
 from .evaluation import predict_split, write_evaluation
-from .metrics import agreement
 from .training import TrainingConfig, train_student, train_teachers
-from .weights import read_info, save_weights
 
 
 @dataclass(frozen=True)
@@ -172,14 +172,14 @@ REAL_STAGES: Dict[str, RealStage] = {
 
 
 def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dict:
-    """:func:`~DistilIQALib.interpretation.fit_noise_reference` over full-dose source slices: each slice's
-    global noise index, noise-equivalent diameter (:func:`~DistilIQALib.noise.noise_equivalent_diameter_cm`)
+    """:func:`~DistilIQALib.quality.interpretation.fit_noise_reference` over full-dose source slices: each slice's
+    global noise index, noise-equivalent diameter (:func:`~DistilIQALib.quality.noise.noise_equivalent_diameter_cm`)
     and its scan's slice thickness, patients weighing alike (``per_cm``: keep that size dependence and fit
     the level only)."""
     import torch
 
-    from .interpretation import fit_noise_reference
-    from .noise import NOISE_EQUIVALENT_DIAMETER, noise_equivalent_diameter_cm, slice_noise_index
+    from ..quality.interpretation import fit_noise_reference
+    from ..quality.noise import NOISE_EQUIVALENT_DIAMETER, noise_equivalent_diameter_cm, slice_noise_index
 
     noise, thickness, diameter, patients = [], [], [], []
     for source in sources:
@@ -200,7 +200,7 @@ def size_dependence_to_keep(base_reference: Optional[Dict], patients: int) -> Op
     with 5 or more, or with 3-4 when the base model has no reference on the same size measure; the base
     model's with fewer than 5 when it has one; 0 (no size dependence, the level only) with fewer than 3 and no
     base reference."""
-    from .noise import NOISE_EQUIVALENT_DIAMETER
+    from ..quality.noise import NOISE_EQUIVALENT_DIAMETER
 
     if base_reference and base_reference.get("size") == NOISE_EQUIVALENT_DIAMETER and patients < 5:
         return float(base_reference["per_cm"])
@@ -212,7 +212,7 @@ def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str],
     """Make ``info``'s verdicts rest on ``reference``: dose equivalent from noise, size and thickness, and
     adequacy bands on that dose equivalent, set by the spread of routine scans around it. A reference on too
     few patients to measure that spread keeps ``base_reference``'s (the model it was refitted from)."""
-    from .interpretation import adequacy_from_reference
+    from ..quality.interpretation import adequacy_from_reference
 
     reference = dict(reference, fitted_on=sorted(fitted_on))
     if "routine_range" not in reference and base_reference and base_reference.get("routine_range"):
@@ -247,7 +247,7 @@ def _measured(sources):
     """Noise index (HU), noise-equivalent diameter (cm), thickness (mm) and patient of each source slice."""
     import torch
 
-    from .noise import noise_equivalent_diameter_cm, slice_noise_index
+    from ..quality.noise import noise_equivalent_diameter_cm, slice_noise_index
 
     rows = []
     for source in sources:
@@ -259,7 +259,7 @@ def _measured(sources):
 
 
 def _fit_region(sources, per_cm: Optional[float]) -> Dict:
-    from .interpretation import fit_noise_reference
+    from ..quality.interpretation import fit_noise_reference
 
     noise, diameter, thickness, patients = zip(*_measured(sources))
     return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
@@ -267,11 +267,11 @@ def _fit_region(sources, per_cm: Optional[float]) -> Dict:
 
 def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> Dict:
     """A routine reference for every body region from full-dose source slices that carry their region
-    (:attr:`~DistilIQALib.datasets.SourceSlice.region`): chest and abdomen fitted on their slices (every patient
-    weighing alike; bands from how those routine scans spread), the head fitted with the fixed-technique size
+    (:attr:`~DistilIQALib.training.datasets.SourceSlice.region`): chest and abdomen fitted on their slices (every
+    patient weighing alike; bands from how those routine scans spread), the head fitted with the fixed-technique size
     dependence and reader-study bands, the neck from the abdomen and published thresholds. A region without
     slices here keeps ``base_reference``'s."""
-    from .interpretation import (
+    from ..quality.interpretation import (
         ABOVE_ROUTINE_DEFAULT,
         ABOVE_ROUTINE_QUANTILE,
         adequacy_from_reference,
@@ -279,7 +279,7 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
         region_references,
         valid_ranges,
     )
-    from .noise import NOISE_EQUIVALENT_DIAMETER
+    from ..quality.noise import NOISE_EQUIVALENT_DIAMETER
 
     base = region_references(base_reference) if base_reference else {}
     regions: Dict[str, Dict] = {}
@@ -383,8 +383,8 @@ def calibrate_weights(weights: Path | str, output: Path | str, manifest: Optiona
                       corpus_root: Optional[Path | str] = None) -> Path:
     """A copy of ``weights`` whose verdicts rest on a noise reference fitted on the corpus's non-test
     patients (the network and its scores are unchanged)."""
+    from ..quality.weights import load_weights
     from .corpus import corpus_sources, load_manifest, sha256_of
-    from .weights import load_weights
 
     manifest = Path(manifest) if manifest else default_manifest()
     entries = load_manifest(manifest)
@@ -399,7 +399,7 @@ def calibrate_weights(weights: Path | str, output: Path | str, manifest: Optiona
 
 def default_manifest() -> Path:
     """``corpus/manifest.json`` of the source tree."""
-    return Path(__file__).resolve().parent.parent / "corpus" / "manifest.json"
+    return Path(__file__).resolve().parent.parent.parent / "corpus" / "manifest.json"
 
 
 def site_entries(folders: Sequence[Path | str], seed: int = 0) -> Tuple[List[CorpusEntry], Path]:
@@ -407,7 +407,7 @@ def site_entries(folders: Sequence[Path | str], seed: int = 0) -> Tuple[List[Cor
     patient. Patients are assigned to roles by a seeded shuffle: a fifth (at least one) for the held-out
     test table, a fifth (at least one, with five or more patients) for calibration, the rest for
     training."""
-    from .reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series
+    from ..io.reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series
 
     found: List[Path] = []
     for folder in folders:
@@ -443,7 +443,7 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     if sources:
         entries, root = site_entries(sources, seed)
         if base_weights is None:
-            from .weights import default_weights_path
+            from ..quality.weights import default_weights_path
 
             base_weights = default_weights_path()
     else:

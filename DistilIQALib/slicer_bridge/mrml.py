@@ -26,10 +26,10 @@ import numpy as np
 import slicer
 import vtk
 
-from .interpretation import adequacy_measure, band_threshold, lowest_adequate_value, region_references
-from .regions import SliceRegions
-from .scoring import SliceScores
-from .volume import CTVolume, to_axial
+from ..quality.interpretation import adequacy_measure, band_threshold, lowest_adequate_value, region_references
+from ..quality.regions import SliceRegions
+from ..quality.scoring import SliceScores
+from ..volume import CTVolume, to_axial
 
 ATTRIBUTE_SOURCE = "DistilIQA.SourceVolumeID"
 ATTRIBUTE_ROLE = "DistilIQA.Role"

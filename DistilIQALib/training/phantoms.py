@@ -3,7 +3,7 @@
 A phantom slice has air, a patient table, a body outline with a subcutaneous fat layer,
 muscle, textured soft-tissue organs, lungs with vessels (upper slices), a spine and ribs
 (bone). Shapes vary smoothly along z and with the random seed; nothing is noisy until
-noise is added (see :mod:`DistilIQALib.simulation` for dose-like noise).
+noise is added (see :mod:`DistilIQALib.training.simulation` for dose-like noise).
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def phantom_volume(num_slices: int = 40, size: int = 512, pixel_mm: float = 0.7,
     """A ``(z, y, x)`` float32 volume in HU from pelvis-like (z=0) to chest-like (last slice).
 
     With ``noise_sd_hu`` white Gaussian noise of that SD is added (a simple, known noise
-    level for tests; dose-realistic noise is in :mod:`DistilIQALib.simulation`).
+    level for tests; dose-realistic noise is in :mod:`DistilIQALib.training.simulation`).
     """
     volume = np.empty((num_slices, size, size), dtype=np.float32)
     for n in range(num_slices):

@@ -3,7 +3,7 @@
 QIDO-RS lists the CT series (filtered by study date, patient, study or series UIDs, or only what is new
 since the last complete run); WADO-RS streams each series, one instance at a time, into a temporary folder
 that is removed once the series is read; the series is then scored through the same path as a folder of an
-archive (:func:`~DistilIQALib.batch.read_series_folder`) into the same store. The key is the
+archive (:func:`~DistilIQALib.archive.batch.read_series_folder`) into the same store. The key is the
 SeriesInstanceUID, so a series already scored from a folder (or an earlier run) is not fetched again.
 
 Connection failures, timeouts and the server's 5xx and 429 answers are retried with exponential back-off;
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
 
+from ..errors import InputError, MissingPackageError, ServerError
+from ..progress import Progress
+from ..quality.scoring import Scorer
 from .archive import SeriesEntry, dicom_text
 from .batch import BatchSummary, FolderSeries, ahead, in_shard, read_series_folder, store_folder_series
-from .errors import InputError, MissingPackageError, ServerError
-from .progress import Progress
-from .scoring import Scorer
 from .store import ResultStore
 
 #: Answers worth asking again after a pause (Part 18 names 503 and 429 for a busy origin server).

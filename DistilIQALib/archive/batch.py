@@ -1,9 +1,9 @@
 """Batch quality control of a DICOM archive (a folder tree or a Slicer DICOM database).
 
-Series are found by header (see :mod:`DistilIQALib.archive`), split into shards when
+Series are found by header (see :mod:`DistilIQALib.archive.archive`), split into shards when
 asked (``--shard k/n``: a stable hash of the SeriesInstanceUID, so every process or machine
 agrees), read in background threads while the model scores the previous series, and
-written to the :class:`~DistilIQALib.store.ResultStore` one series per transaction. A rerun
+written to the :class:`~DistilIQALib.archive.store.ResultStore` one series per transaction. A rerun
 skips what the store already holds for the same weights.
 """
 from __future__ import annotations
@@ -21,16 +21,16 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Ty
 
 import numpy as np
 
+from ..errors import DistilIQAError, InputError
+from ..io.reading import read_dicom_files
+from ..progress import Progress
+from ..quality.preprocessing import window_to_unit
+from ..quality.regions import UNKNOWN, SliceRegions
+from ..quality.scoring import Scorer, SliceScores
+from ..volume import CTVolume
 from .archive import MIN_SERIES_SLICES, SeriesEntry, instance_decodes, scan_archive, scan_folder
-from .errors import DistilIQAError, InputError
-from .preprocessing import window_to_unit
-from .progress import Progress
-from .reading import read_dicom_files
-from .regions import UNKNOWN, SliceRegions
 from .report import write_html_report  # noqa: F401  (the report was part of this module)
-from .scoring import Scorer, SliceScores
 from .store import ResultStore
-from .volume import CTVolume
 
 THUMBNAIL_PIXELS = 128
 #: The start of the note on a scored series whose slices are not all there.
@@ -166,7 +166,7 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
     ``region`` is ``auto`` (each slice's body region read from the image) or one region for every series.
 
     ``workers`` threads decode series ahead of the model and at least 2 workers read the headers
-    (``scan_executor``: ``thread``, ``process`` or ``auto``, see :func:`~DistilIQALib.archive.scan_folder`).
+    (``scan_executor``: ``thread``, ``process`` or ``auto``, see :func:`~DistilIQALib.archive.archive.scan_folder`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -341,7 +341,7 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
     adequacy bands and dose calibration. The store keeps each slice's score and the spread of the
     student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread.
     """
-    from .weights import read_info, resolve_weights
+    from ..quality.weights import read_info, resolve_weights
 
     info = read_info(resolve_weights(weights))
     with ResultStore(store_path) as store:

@@ -23,9 +23,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import InputError
-from .metrics import ssim
-from .preprocessing import DEFAULT_WINDOW, prepare_batch, window_to_unit
+from ..errors import InputError
+from ..quality.metrics import ssim
+from ..quality.preprocessing import DEFAULT_WINDOW, prepare_batch, window_to_unit
 
 PAPER_TRAIN_CASES = ("C002", "C004", "C016", "C021", "C030", "C050", "C052", "C067", "C081")
 PAPER_TEST_CASES = ("C012", "C077")
@@ -95,7 +95,7 @@ def dataset_info(folder: Path | str) -> Dict:
 def load_images(images: LabelledImages, input_size: int = 512,
                 progress: Optional[Callable[[int, int, str], None]] = None) -> torch.Tensor:
     """Every image, windowed and fitted by the shared preprocessing, as ``(N, 1, S, S)`` float16."""
-    from .reading import read_volume
+    from ..io.reading import read_volume
 
     tensor = torch.empty(len(images), 1, input_size, input_size, dtype=torch.float16)
     for n, relative in enumerate(images.paths):
@@ -131,8 +131,8 @@ def preprocess_tcia(root: Path | str, doses: Sequence[float] = (0.5, 0.75),
                     train_cases: Sequence[str] = PAPER_TRAIN_CASES, test_cases: Sequence[str] = PAPER_TEST_CASES,
                     progress: Optional[Callable[[int, int, str], None]] = None) -> Tuple[int, int]:
     """Simulate intermediate doses next to the sources, label by SSIM, split by patient."""
-    from .dicom_writing import write_like
-    from .reading import read_volume
+    from ..io.dicom_writing import write_like
+    from ..io.reading import read_volume
     from .simulation import paired_dose
 
     root = Path(root)
@@ -254,7 +254,8 @@ class SourceSlice:
     pixel_mm: float
     anatomy: str = ""
     thickness_mm: float = float("nan")
-    #: Body region read from the slice within its whole series (:mod:`DistilIQALib.regions`); empty when unknown.
+    #: Body region read from the slice within its whole series (:mod:`DistilIQALib.quality.regions`); empty when
+    #: unknown.
     region: str = ""
 
 
@@ -277,7 +278,7 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     (``dose`` or ``views``), dose or view count and the source's noise index."""
     import SimpleITK as sitk
 
-    from .noise import slice_noise_index
+    from ..quality.noise import slice_noise_index
     from .simulation import DoseSimulator, dense_reconstruction, matched_kernel_sharpness, sparse_view
 
     output = Path(output)
@@ -335,8 +336,8 @@ def image_records(folder: Path | str) -> Dict[str, Dict]:
 def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) -> List[SourceSlice]:
     """Full-dose slices from every CT under ``folder``: each DICOM series folder and each volume or
     image file is one patient; ``slices_per_volume`` slices are taken evenly along z."""
-    from .reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series, read_volume
-    from .regions import volume_regions
+    from ..io.reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series, read_volume
+    from ..quality.regions import volume_regions
 
     folder = Path(folder)
     sources: List[SourceSlice] = []
@@ -402,8 +403,8 @@ def builtin_sources(num_phantoms: int = 0, size: int = 512, seed: int = 0) -> Li
     A phantom slice is given the noise of a full-dose scan (projection-domain, default photon count), as
     real full-dose images have: the score then means degradation from a full dose, not from a noiseless
     ideal that no scanner makes."""
+    from ..io.reading import read_volume
     from .phantoms import phantom_slice
-    from .reading import read_volume
     from .simulation import DoseSimulator
 
     sources: List[SourceSlice] = []

@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .progress import PROGRESS_PREFIX
+from ..progress import PROGRESS_PREFIX
 
 
 def engine_command(arguments: Sequence[str], python: Optional[str] = None) -> List[str]:
