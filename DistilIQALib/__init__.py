@@ -16,15 +16,19 @@ from .volume import CTVolume  # noqa: E402
 
 
 def __getattr__(name: str):
-    # Reading files needs SimpleITK; importing the rest of the engine (scoring, training) does not.
+    # Loaded on first use: reading files needs SimpleITK, and scoring needs neither reading nor the archive scan.
     if name == "read_volume":
         from .io.reading import read_volume
 
         return read_volume
+    if name == "scan_folder":
+        from .archive.archive import scan_folder
+
+        return scan_folder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "CTVolume", "Cancelled", "DeviceError", "DistilIQAError", "InputError", "ModelInfo", "NoDefaultModelError",
-    "Progress", "Scorer", "SliceScores", "WeightsError", "load_weights", "read_volume", "save_weights",
+    "Progress", "Scorer", "SliceScores", "WeightsError", "load_weights", "read_volume", "save_weights", "scan_folder",
 ]

@@ -5,6 +5,7 @@ absolute) and resolved to the part it reaches: a sub-package, one of the shared 
 point. A new folder must be given its place in ``MAY_IMPORT`` before it can pass.
 """
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,3 +181,17 @@ def test_the_check_catches_a_wrong_way_import_and_a_loop():
     assert direction_errors("DistilIQALib.cli", "from .training import datasets\n") == []
     assert find_cycle({"io": {"quality"}, "quality": {"shared", "io"}}) == ["io", "quality", "io"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_names_the_readme_shows_import_from_the_package():
+    """The README's ``from DistilIQALib import ...`` and the engine functions it names survive the move to
+    sub-packages: they are re-exported at the top."""
+    import DistilIQALib
+
+    readme = (ROOT / "README.md").read_text()
+    shown = {name.strip() for names in re.findall(r"^from DistilIQALib import (.+)$", readme, re.M)
+             for name in names.split(",")}
+    assert {"Progress", "Scorer", "read_volume"} <= shown
+    assert shown | {"scan_folder"} <= set(DistilIQALib.__all__)  # scan_folder: named in the README's batch section
+    for name in DistilIQALib.__all__:
+        assert callable(getattr(DistilIQALib, name)), name
