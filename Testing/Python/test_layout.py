@@ -183,6 +183,13 @@ def test_the_check_catches_a_wrong_way_import_and_a_loop():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
+def test_readme_maps_every_sub_package():
+    readme = (ROOT / "README.md").read_text()
+    repository = readme[readme.index("## Repository"):]
+    for name in _sub_packages():
+        assert re.search(rf"^  {name}/ ", repository, re.M), name
+
+
 def test_names_the_readme_shows_import_from_the_package():
     """The README's ``from DistilIQALib import ...`` and the engine functions it names survive the move to
     sub-packages: they are re-exported at the top."""
