@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ _HEADER_TAGS = ["Modality", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUI
                 "PatientID", "PatientName", "StudyDate", "SeriesDescription", "SeriesNumber", "ConvolutionKernel",
                 "KVP", "Exposure", "ExposureTime", "XRayTubeCurrent", "Rows", "Columns", "SliceThickness",
                 "Manufacturer", "ManufacturerModelName", "ImageOrientationPatient", "ImagePositionPatient"]
+
+
+#: A DICOM UID: dotted digits (PS3.5 9.1); what a server or a sender may use as a folder or file name.
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def dicom_text(value) -> str:

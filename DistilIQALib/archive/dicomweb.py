@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import InputError, MissingPackageError, ServerError
 from ..progress import Progress
 from ..quality.scoring import Scorer
-from .archive import SeriesEntry, dicom_text
+from .archive import UID_PATTERN, SeriesEntry, dicom_text
 from .batch import BatchSummary, FolderSeries, ahead, in_shard, read_series_folder, store_folder_series
 from .store import ResultStore
 
@@ -48,7 +48,6 @@ ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 #: Folders of one retrieving process under the system's temporary folder: ``distiliqa-dicomweb-<pid>``.
 WORK_FOLDER_PREFIX = "distiliqa-dicomweb-"
 CHUNK_BYTES = 1 << 20
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DATE = re.compile(r"\d{8}")
 
 
@@ -147,7 +146,7 @@ def date_range(text: str) -> str:
 
 
 def checked_uid(text: str, option: str) -> str:
-    if len(text) > 64 or not _UID.fullmatch(text):
+    if len(text) > 64 or not UID_PATTERN.fullmatch(text):
         raise InputError(f"{option} {text!r} is not a DICOM UID (digits and dots, at most 64 characters)")
     return text
 
@@ -372,7 +371,7 @@ class Server:
             for dataset in instances:
                 _check_complete(dataset)
                 name = dicom_text(getattr(dataset, "SOPInstanceUID", None))
-                name = name if _UID.fullmatch(name) else f"instance{count:05d}"
+                name = name if UID_PATTERN.fullmatch(name) else f"instance{count:05d}"
                 dataset.save_as(folder / f"{name}.dcm", enforce_file_format=True)
                 count += 1
             if series.instances is not None and count < series.instances:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..errors import InputError, MissingPackageError
 from ..quality.scoring import Scorer
-from .archive import SeriesEntry, dicom_text
+from .archive import UID_PATTERN, SeriesEntry, dicom_text
 from .batch import BatchSummary, read_series_folder, store_folder_series
 from .store import ResultStore
 
@@ -35,7 +34,6 @@ PARTIAL_SUFFIX = ".part"
 POLL_S = 0.2
 #: C-STORE statuses (PS3.4 GG.4-1 and B.2.3).
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _pynetdicom():
@@ -140,7 +138,7 @@ class Receiver:
             instance_uid = dicom_text(getattr(dataset, "SOPInstanceUID", None))
         except Exception:  # whatever a sender may send: refuse it, never fall over
             return CANNOT_UNDERSTAND
-        if not _UID.fullmatch(series_uid) or not _UID.fullmatch(instance_uid):
+        if not UID_PATTERN.fullmatch(series_uid) or not UID_PATTERN.fullmatch(instance_uid):
             return CANNOT_UNDERSTAND  # no usable UIDs: nothing to file it under
         folder = self.storage / series_uid
         try:
@@ -162,7 +160,7 @@ class Receiver:
         stop, or a new model); half-written instances (never acknowledged) are removed."""
         due = time.monotonic() - self.series_timeout_s
         for folder in sorted(self.storage.iterdir()):
-            if not folder.is_dir() or not _UID.fullmatch(folder.name):
+            if not folder.is_dir() or not UID_PATTERN.fullmatch(folder.name):
                 continue
             for partial in folder.glob("*" + PARTIAL_SUFFIX):
                 partial.unlink()

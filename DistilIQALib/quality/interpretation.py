@@ -286,9 +286,7 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
         if why:
             notes[n] = why
             continue
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            fraction = float(reference_variance(diameter[n], reference)) / (noise[n] ** 2 * thickness[n])
-        dose[n] = min(max(fraction, DOSE_RANGE[0]), DOSE_RANGE[1])
+        dose[n] = noise_dose_equivalent(noise[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
         labels[n] = adequacy_labels(dose[n:n + 1], {"on": "dose_equivalent", "bands": reference["bands"]})[0]
         above[n] = dose[n] > float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT))
         remarks = [ABOVE_ROUTINE_NOTE] if above[n] else []

@@ -97,6 +97,11 @@ class RegionFeatures:
     #: Share of the image's edge covered by the body: a field of view that cuts the body.
     edge_share: np.ndarray
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[RegionFeatures]) -> RegionFeatures:
+        """The features of consecutive batches of one series, as one."""
+        return cls(*(np.concatenate([getattr(part, name) for part in parts]) for name in FEATURE_NAMES))
+
 
 def region_features(hu: torch.Tensor, pixel_spacing_mm: Sequence[float]) -> RegionFeatures:
     """Body area (cm^2), lung share, skull cover, soft-tissue share and teeth area (cm^2) of each slice of ``hu``
@@ -285,6 +290,4 @@ def volume_regions(volume, batch_size: int = 16, device: Optional[torch.device] 
     for start in range(0, volume.num_slices, batch_size):
         hu = torch.from_numpy(np.ascontiguousarray(volume.hu[start:start + batch_size], dtype=np.float32))
         parts.append(region_features(hu.to(device) if device is not None else hu, volume.spacing_mm[:2]))
-    features = RegionFeatures(*(np.concatenate([getattr(p, name) for p in parts]) for name in
-                                FEATURE_NAMES))
-    return detect_regions(features, volume.z_mm(), volume.hu.shape[1:], volume.spacing_mm[:2])
+    return detect_regions(RegionFeatures.concatenate(parts), volume.z_mm(), volume.hu.shape[1:], volume.spacing_mm[:2])

@@ -33,7 +33,7 @@ from .interpretation import (
 from .model import score_from_outputs
 from .noise import global_noise_index, size_for_reference
 from .preprocessing import hu_to_tensor, prepare_batch
-from .regions import FEATURE_NAMES, RegionFeatures, SliceRegions, detect_regions, given_regions, region_features
+from .regions import RegionFeatures, SliceRegions, detect_regions, given_regions, region_features
 from .weights import ModelInfo, load_weights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -280,9 +280,8 @@ class Scorer:
             progress.update(start, total, "scoring")
         scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
         if region == "auto":
-            regions = detect_regions(
-                RegionFeatures(*(np.concatenate([getattr(part, name) for part in features]) for name in FEATURE_NAMES)),
-                volume.z_mm(), volume.hu.shape[1:], volume.spacing_mm[:2])
+            regions = detect_regions(RegionFeatures.concatenate(features), volume.z_mm(), volume.hu.shape[1:],
+                                     volume.spacing_mm[:2])
         else:
             regions = given_regions(region, total)
         return SliceScores(

@@ -176,23 +176,9 @@ def noise_reference_from_sources(sources, per_cm: Optional[float] = None) -> Dic
     global noise index, noise-equivalent diameter (:func:`~DistilIQALib.quality.noise.noise_equivalent_diameter_cm`)
     and its scan's slice thickness, patients weighing alike (``per_cm``: keep that size dependence and fit
     the level only)."""
-    import torch
+    from ..quality.noise import NOISE_EQUIVALENT_DIAMETER
 
-    from ..quality.interpretation import fit_noise_reference
-    from ..quality.noise import NOISE_EQUIVALENT_DIAMETER, noise_equivalent_diameter_cm, slice_noise_index
-
-    noise, thickness, diameter, patients = [], [], [], []
-    for source in sources:
-        noise.append(slice_noise_index(source.hu, source.pixel_mm))
-        image = torch.from_numpy(np.ascontiguousarray(source.hu, dtype=np.float32))[None]
-        diameter.append(float(noise_equivalent_diameter_cm(image, (source.pixel_mm, source.pixel_mm))[0]))
-        thickness.append(source.thickness_mm)
-        patients.append(source.patient)
-    try:
-        reference = fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
-    except ValueError as error:  # too few patients with soft tissue: the user's data, not a bug
-        raise InputError(str(error)) from None
-    return dict(reference, size=NOISE_EQUIVALENT_DIAMETER)
+    return dict(_fit_region(sources, per_cm), size=NOISE_EQUIVALENT_DIAMETER)
 
 
 def size_dependence_to_keep(base_reference: Optional[Dict], patients: int) -> Optional[float]:
@@ -259,10 +245,16 @@ def _measured(sources):
 
 
 def _fit_region(sources, per_cm: Optional[float]) -> Dict:
+    """:func:`~DistilIQALib.quality.interpretation.fit_noise_reference` over :func:`_measured` source slices; too
+    few patients with soft tissue is the user's data, not a bug: one line."""
     from ..quality.interpretation import fit_noise_reference
 
-    noise, diameter, thickness, patients = zip(*_measured(sources))
-    return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
+    rows = _measured(sources)
+    noise, diameter, thickness, patients = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
+    try:
+        return fit_noise_reference(noise, thickness, diameter, patients, per_cm=per_cm)
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> Dict:
@@ -330,13 +322,14 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
     if head:
         fitted = _fit_region(head, body_per_cm)
         fitted.pop("routine_p75", None)
+        head_patients = sorted({s.patient for s in head})
         good, inadequate = HEAD_BANDS
         regions["head"] = dict(
             fitted, valid_diameter_cm=list(HEAD_DIAMETER_CM), **{k: v for k, v in valid_ranges(fitted).items()
                                                                   if k == "valid_thickness_mm"},
-            basis="fitted", fitted_on=sorted({s.patient for s in head}), bands=region_bands(good, inadequate),
+            basis="fitted", fitted_on=head_patients, bands=region_bands(good, inadequate),
             above_routine_from=ABOVE_ROUTINE_DEFAULT,
-            reasoning=(f"Level fitted on {len(fitted_on_of(head))} real routine head CT(s) with the chest's and "
+            reasoning=(f"Level fitted on {len(head_patients)} real routine head CT(s) with the chest's and "
                        f"abdomen's size dependence ({body_per_cm:.4f} per cm); checked against published brain "
                        "noise (4.0 HU at 5 mm, Nakamura et al. 2019). Bands from the reader study of Fletcher et "
                        f"al. 2017 (head: only 10% of a routine dose failed non-inferiority): good from {good:.0%}, "
@@ -363,10 +356,6 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
         raise InputError("no routine noise level could be fitted: no full-dose slice of a known body region with "
                          "soft tissue")
     return {"size": NOISE_EQUIVALENT_DIAMETER, "regions": regions}
-
-
-def fitted_on_of(sources) -> List[str]:
-    return sorted({s.patient for s in sources})
 
 
 def apply_regional_reference(info, reference: Dict) -> None:
