@@ -527,9 +527,11 @@ def _add_recipe_parser(commands) -> None:
     parser = commands.add_parser(
         "recipe", help="build the shipped model from scratch, or adapt it to a site's own scans (--sources)")
     parser.add_argument("--output", required=True, help="run folder (resumes when it exists)")
-    parser.add_argument("--size", default="default", choices=["default", "builtin", "tiny", "tiny-real"],
-                        help="default: built-in stage then the real-CT corpus; builtin: the first stage alone; "
-                             "tiny, tiny-real: quick checks")
+    parser.add_argument("--size", default="default", choices=["absolute", "default", "builtin", "tiny", "tiny-real", "tiny-absolute"],
+                        help="absolute: the shipped model (the SSIM-label model fine-tuned onto the learned dose "
+                             "equivalent, with heads and artefacts); default: built-in stage then the real-CT corpus "
+                             "on the SSIM label; builtin: the first stage alone; tiny, tiny-real, tiny-absolute: "
+                             "quick checks")
     parser.add_argument("--sources", nargs="+", type=Path, metavar="DIR",
                         help="fine-tune on these folders of a site's own full-dose scans (DICOM series, NIfTI, "
                              "NRRD; each series folder or volume file is one patient) instead of the corpus")
@@ -547,7 +549,7 @@ def _add_recipe_parser(commands) -> None:
 def _run_recipe(args: argparse.Namespace) -> int:
     import os
 
-    from .training.recipe import REAL_STAGES, run_real_recipe, run_recipe
+    from .training.recipe import ABSOLUTE_STAGES, REAL_STAGES, run_absolute_recipe, run_real_recipe, run_recipe
 
     if args.progress_lines:
         os.environ["DISTILIQA_PROGRESS_LINES"] = "1"
@@ -555,7 +557,10 @@ def _run_recipe(args: argparse.Namespace) -> int:
     for path in [*(args.sources or []), args.base_weights, args.manifest]:
         if path is not None and not path.exists():
             raise InputError(f"no such file or folder: {path}")
-    if args.sources or args.base_weights or args.manifest or args.corpus:
+    if args.size in ABSOLUTE_STAGES and not args.sources:
+        weights = run_absolute_recipe(args.output, args.size, args.seed, args.device, progress, manifest=args.manifest,
+                                      base_weights=args.base_weights, corpus_root=args.corpus)
+    elif args.sources or args.base_weights or args.manifest or args.corpus:
         name = args.size if args.size in REAL_STAGES else "default"
         weights = run_real_recipe(args.output, name, args.seed, args.device, progress, manifest=args.manifest,
                                   sources=args.sources, base_weights=args.base_weights, corpus_root=args.corpus)

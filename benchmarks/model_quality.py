@@ -104,7 +104,7 @@ def real_anatomy(weights: Path, device: torch.device, held_out: set) -> None:
         for kernel in KERNELS:
             simulator = DoseSimulator(hu, source.pixel_mm, seed=UNSEEN_SEED + n, kernel=kernel)
             images = np.stack([simulator.at_dose(d) for d in DOSES])
-            batch = prepare_batch(images, info.window, info.input_size, device)
+            batch = prepare_batch(images, info.window, info.input_size, device, info.extra_windows)
             with torch.inference_mode():
                 scores = score_from_outputs(model(batch).float()).cpu().numpy()
             ok = bool(np.all(np.diff(scores) < 0))

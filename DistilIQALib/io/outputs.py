@@ -14,7 +14,7 @@ from ..quality.interpretation import adequacy_measure, band_threshold
 from ..quality.scoring import SliceScores
 
 CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "water_diameter_cm", "dose_equivalent",
-               "adequacy", "region", "above_routine", "verdict_note")
+               "adequacy", "region", "above_routine", "verdict_note", "effective_noise_hu", "driver")
 
 
 def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]) -> None:

@@ -254,29 +254,47 @@ def region_bands(good: float, inadequate: float) -> List[Dict[str, Any]]:
             {"name": "inadequate", "min_value": None}]
 
 
+#: What drove a verdict: the measured noise (the physics estimate), or what the network sees beyond it.
+DRIVER_NOISE = "noise"
+DRIVER_ARTEFACTS = "artefacts"
+
+
 @dataclass
 class Verdicts:
-    """What the user reads for each slice: dose equivalent (fraction of a routine dose for its region; NaN where
-    there is none), adequacy band, whether it is above the routine level, and a note (why ``unknown``, that the
-    dose could be lowered, or that the routine level is from the literature)."""
+    """What the user reads for each slice: dose equivalent (fraction of a routine dose for its region, from the
+    measured noise; NaN where there is none), the learned dose equivalent (from the network's effective noise; NaN
+    where there is none), adequacy band (the worse of the two), what drove it (:data:`DRIVER_NOISE` or
+    :data:`DRIVER_ARTEFACTS`; '' without a verdict), whether it is above the routine level, and a note (why
+    ``unknown``, that the dose could be lowered, that artefacts set the verdict, or that the routine level is from
+    the literature)."""
 
     dose_equivalent: np.ndarray
     adequacy: List[str]
     above_routine: np.ndarray
     note: List[str]
+    learned_dose_equivalent: Optional[np.ndarray] = None
+    driver: Optional[List[str]] = None
 
 
 def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str], region_reasons: Sequence[str],
-                    references: Dict[str, Dict[str, Any]]) -> Verdicts:
+                    references: Dict[str, Dict[str, Any]], effective_noise_hu=None) -> Verdicts:
     """Verdicts of each slice against the routine reference of its body region; ``unknown`` with its reason
     wherever the slice lies outside what that reference was fitted on (region, size, thickness) or has no
-    noise figure. Never an extrapolation."""
+    noise figure. Never an extrapolation.
+
+    With ``effective_noise_hu`` (a learned model's: the noise of a pure dose reduction that degrades the slice as
+    much as what it shows) each slice also gets a learned dose equivalent through the same reference, and its
+    verdict is the worse of the two bands: the driver is ``noise`` when the measured noise alone gives that band,
+    ``artefacts`` when the network sees worse (streaks, rings, motion). A slice is above routine only when both
+    say so."""
     noise = np.asarray(noise_hu, dtype=np.float64)
     count = len(noise)
     thickness = np.broadcast_to(np.asarray(thickness_mm, dtype=np.float64), (count,))
     diameter = np.broadcast_to(np.asarray(diameter_cm, dtype=np.float64), (count,))
+    learned_noise = None if effective_noise_hu is None else np.asarray(effective_noise_hu, dtype=np.float64)
     dose = np.full(count, np.nan)
-    labels, notes = [UNKNOWN] * count, [""] * count
+    learned = np.full(count, np.nan)
+    labels, notes, drivers = [UNKNOWN] * count, [""] * count, [""] * count
     above = np.zeros(count, dtype=bool)
     for n in range(count):
         region = regions[n]
@@ -286,14 +304,28 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
         if why:
             notes[n] = why
             continue
+        bands = {"on": "dose_equivalent", "bands": reference["bands"]}
         dose[n] = noise_dose_equivalent(noise[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
-        labels[n] = adequacy_labels(dose[n:n + 1], {"on": "dose_equivalent", "bands": reference["bands"]})[0]
-        above[n] = dose[n] > float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT))
-        remarks = [ABOVE_ROUTINE_NOTE] if above[n] else []
+        labels[n] = adequacy_labels(dose[n:n + 1], bands)[0]
+        drivers[n] = DRIVER_NOISE
+        above_from = float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT))
+        above[n] = dose[n] > above_from
+        remarks = []
+        if learned_noise is not None and np.isfinite(learned_noise[n]) and learned_noise[n] > 0:
+            learned[n] = noise_dose_equivalent(learned_noise[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
+            seen = adequacy_labels(learned[n:n + 1], bands)[0]
+            names = [band["name"] for band in reference["bands"]]
+            if names.index(seen) > names.index(labels[n]):
+                labels[n], drivers[n] = seen, DRIVER_ARTEFACTS
+                remarks.append(f"artefacts: it looks like {learned[n]:.2f} of a routine dose while its noise reads "
+                               f"{dose[n]:.2f}")
+            above[n] = above[n] and learned[n] > above_from
+        if above[n]:
+            remarks.insert(0, ABOVE_ROUTINE_NOTE)
         if reference.get("basis") == "literature":
             remarks.append(f"{region} routine level from published measurements")
         notes[n] = "; ".join(remarks)
-    return Verdicts(dose, labels, above, notes)
+    return Verdicts(dose, labels, above, notes, None if learned_noise is None else learned, drivers)
 
 
 def _why_unknown(region: str, region_reason: str, reference: Optional[Dict[str, Any]], noise: float,

@@ -36,6 +36,9 @@ class Architecture:
     num_heads: int = 12
     mlp_dim: int = 3072
     input_size: int = 512
+    #: Windowed copies of the slice the network reads (the first is the W350/L40 window; more, e.g. a brain
+    #: window, are further channels).
+    input_channels: int = 1
 
     def to_dict(self) -> Dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
@@ -99,7 +102,7 @@ class ConvStem(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         blocks = []
-        channels = 1
+        channels = arch.input_channels
         for out_channels, stride in zip(arch.stem_channels, arch.stem_strides):
             blocks.append(_conv_block(channels, out_channels, 3, stride, arch.stem_padding))
             channels = out_channels
@@ -143,7 +146,7 @@ class EncoderBlock(nn.Module):
 
 
 class QualityViT(nn.Module):
-    """Slice ``(B, 1, S, S)`` in [0, 1] -> raw outputs ``(B, num_outputs)``."""
+    """Slice ``(B, C, S, S)`` in [0, 1] (``C``: one channel per window) -> raw outputs ``(B, num_outputs)``."""
 
     def __init__(self, arch: Architecture, num_outputs: int = 1) -> None:
         super().__init__()

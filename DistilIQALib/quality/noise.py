@@ -2,8 +2,9 @@
 
 After Christianson et al., AJR 2015: the local standard deviation of HU over a square
 kernel of about 6 mm is computed everywhere; pixels whose neighbourhood is soft tissue
-(local mean 0..150 HU) are kept; the mode of their local-SD histogram (1 HU bins) is the
-slice's noise. Runs on whichever device holds the batch.
+(local mean 0..150 HU) are kept; the mode of their local-SD histogram is the slice's noise,
+found in 1 HU bins and then in bins of a twentieth of that first mode (quiet head slices of 3-6 HU
+need the finer bins). Runs on whichever device holds the batch.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 KERNEL_MM = 6.0
 TISSUE_RANGE_HU = (0.0, 150.0)
 MAX_SD_HU = 500
+#: The mode of the local SDs is found in 1 HU bins, then again in bins of a twentieth of that first mode.
+FINE_BINS = 20
 #: Less soft tissue than this (cm^2) and the slice gets NaN: the mode of a sparse histogram of local SDs drifts up
 #: with the edges between tissues (at the vertex of a real head, 7-8 cm^2 of tissue read 30-80 HU where the brain
 #: below reads 6), so no meaningful noise figure. Every body slice has far more.
@@ -52,12 +55,10 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
         mean = _box_mean(tissue_from.float().unsqueeze(1) - 50.0, kernel)
     local_mean = (mean + 50.0).flatten(1)
     tissue = (local_mean >= TISSUE_RANGE_HU[0]) & (local_mean <= TISSUE_RANGE_HU[1]) & (sd < MAX_SD_HU)
-    bins = sd.long().clamp_(max=MAX_SD_HU - 1)
-    histogram = torch.zeros(sd.shape[0], MAX_SD_HU, device=sd.device)
-    histogram.scatter_add_(1, bins, tissue.float())
-    # A 3-bin running sum steadies the mode of sparse histograms.
-    smoothed = F.avg_pool1d(histogram.unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
-    noise = _histogram_mode(smoothed)
+    coarse = _tissue_sd_mode(sd, tissue, torch.ones(sd.shape[0], 1, device=sd.device), MAX_SD_HU)
+    # Second pass at a twentieth of that mode per bin: 1 HU bins are coarse for quiet (head) slices.
+    step = (coarse.clamp(min=0.5) / FINE_BINS)[:, None]
+    noise = _tissue_sd_mode(sd, tissue, step, 4 * FINE_BINS)
     pixel_cm2 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) / 100.0
     enough = tissue.sum(dim=1) >= max(MIN_TISSUE_PIXELS, MIN_TISSUE_CM2 / max(pixel_cm2, 1e-9))
     return torch.where(enough, noise, torch.full_like(noise, float("nan")))
@@ -149,6 +150,18 @@ def _box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     ky, kx = kernel
     sums = table[..., ky:, kx:] - table[..., :-ky, kx:] - table[..., ky:, :-kx] + table[..., :-ky, :-kx]
     return (sums / (ky * kx)).float()
+
+
+def _tissue_sd_mode(sd: torch.Tensor, tissue: torch.Tensor, step: torch.Tensor, bins: int) -> torch.Tensor:
+    """Mode of the local SDs ``sd`` ``(B, P)`` over the ``tissue`` pixels, in bins of ``step`` ``(B, 1)`` HU
+    (``bins`` of them; larger SDs are left out)."""
+    scaled = sd / step
+    inside = tissue & (scaled < bins)
+    histogram = torch.zeros(sd.shape[0], bins, device=sd.device)
+    histogram.scatter_add_(1, scaled.long().clamp_(max=bins - 1), inside.float())
+    # A 3-bin running sum steadies the mode of sparse histograms.
+    smoothed = F.avg_pool1d(histogram.unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
+    return _histogram_mode(smoothed) * step[:, 0]
 
 
 def _histogram_mode(histogram: torch.Tensor) -> torch.Tensor:

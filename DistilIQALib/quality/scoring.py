@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from functools import cached_property
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -21,6 +22,8 @@ from ..progress import Progress
 from ..volume import CTVolume
 from .device import describe_device, resolve_device
 from .interpretation import (
+    DRIVER_ARTEFACTS,
+    DRIVER_NOISE,
     UNKNOWN,
     Verdicts,
     adequacy_labels,
@@ -37,6 +40,10 @@ from .regions import RegionFeatures, SliceRegions, detect_regions, given_regions
 from .weights import ModelInfo, load_weights, resolve_weights
 
 log = logging.getLogger(__name__)
+
+#: ``score.name`` of a model whose outputs are the log of an effective noise (HU), turned into a learned dose
+#: equivalent through the routine reference of each slice's region.
+EFFECTIVE_NOISE = "effective_noise"
 
 #: Slices per forward pass on a GPU, and on the CPU, where small batches are faster: the activations of the
 #: full-resolution convolution stay in cache (``benchmarks/speed.py --batch-size``). On an H200
@@ -71,21 +78,35 @@ class SliceScores:
     thickness_mm: float = float("nan")
     #: Body region of each slice (read from the image, or given by the user); ``None``: not determined.
     regions: Optional[SliceRegions] = None
+    #: A learned model's effective noise of each slice (HU): the noise of a pure dose reduction that would degrade
+    #: it as much as what it shows; ``None`` for models whose score is something else.
+    effective_noise_hu: Optional[np.ndarray] = None
 
     @property
     def region(self) -> List[str]:
         """Body region of each slice (``unknown`` where it was not determined)."""
         return list(self.regions.region) if self.regions else [UNKNOWN] * len(self.score)
 
-    @property
+    @cached_property
     def verdicts(self) -> Optional[Verdicts]:
-        """Per-region verdicts from the model's noise reference (``None`` when its bands are on the score)."""
+        """Per-region verdicts from the model's noise reference, and the learned dose equivalent of a model that
+        gives an effective noise (``None`` when the bands are on the score). Computed once."""
         if adequacy_measure(self.info.adequacy) != "dose_equivalent" or not self.info.noise_reference:
             return None
         diameter = self.diameter_cm if self.diameter_cm is not None else np.full(len(self.score), np.nan)
         reasons = list(self.regions.reason) if self.regions else ["not determined"] * len(self.score)
         return region_verdicts(self.noise_hu, self.thickness_mm, diameter, self.region, reasons,
-                               region_references(self.info.noise_reference, self.info.adequacy))
+                               region_references(self.info.noise_reference, self.info.adequacy),
+                               self.effective_noise_hu)
+
+    @property
+    def driver(self) -> List[str]:
+        """What set each slice's verdict: ``noise`` (the measured noise), ``artefacts`` (the network sees worse than
+        the noise explains); '' without a verdict."""
+        verdicts = self.verdicts
+        if verdicts is None or verdicts.driver is None:
+            return [""] * len(self.score)
+        return list(verdicts.driver)
 
     @property
     def above_routine(self) -> np.ndarray:
@@ -135,12 +156,14 @@ class SliceScores:
         notes = verdicts.note if verdicts else [""] * len(self.score)
         regions = self.region
         spread = self.score_spread
+        drivers = self.driver
+        effective = self.effective_noise_hu
         rows = []
         for n in range(len(self.score)):
             rows.append({
                 "slice_index": int(self.slice_index[n]),
                 "z_mm": round(float(self.z_mm[n]), 3),
-                "score": round(float(self.score[n]), 5),
+                "score": round(float(self.score[n]), 5) if np.isfinite(self.score[n]) else None,
                 "score_spread": round(float(spread[n]), 5),
                 "noise_hu": None if np.isnan(self.noise_hu[n]) else round(float(self.noise_hu[n]), 1),
                 "water_diameter_cm": (round(float(self.diameter_cm[n]), 1) if self.diameter_cm is not None
@@ -150,13 +173,22 @@ class SliceScores:
                 "region": regions[n],
                 "above_routine": bool(above[n]),
                 "verdict_note": notes[n],
+                "effective_noise_hu": (round(float(effective[n]), 2) if effective is not None
+                                       and np.isfinite(effective[n]) else None),
+                "driver": drivers[n],
             })
         return rows
 
     def summary(self) -> Dict[str, Any]:
-        order = np.argsort(self.score, kind="stable")
+        finite = np.isfinite(self.score)
+        order = [n for n in np.argsort(self.score, kind="stable") if finite[n]]
         worst = [{"slice_index": int(self.slice_index[n]), "z_mm": round(float(self.z_mm[n]), 3),
                   "score": round(float(self.score[n]), 5)} for n in order[:WORST_SLICES]]
+        known_scores = self.score[finite]
+
+        def statistic(function) -> Optional[float]:
+            return round(float(function(known_scores)), 5) if known_scores.size else None
+
         noise = self.noise_hu[np.isfinite(self.noise_hu)]
         labels = self.adequacy
         worst_band = self.info.adequacy["bands"][-1]["name"] if labels else None
@@ -170,10 +202,10 @@ class SliceScores:
             "score_description": self.info.score.description,
             "score_range": [self.info.score.minimum, self.info.score.maximum],
             "higher_is_better": self.info.score.higher_is_better,
-            "mean_score": round(float(self.score.mean()), 5),
-            "median_score": round(float(np.median(self.score)), 5),
-            "min_score": round(float(self.score.min()), 5),
-            "max_score": round(float(self.score.max()), 5),
+            "mean_score": statistic(np.mean),
+            "median_score": statistic(np.median),
+            "min_score": statistic(np.min),
+            "max_score": statistic(np.max),
             "worst_slices": worst,
             "mean_noise_hu": round(float(noise.mean()), 2) if noise.size else None,
             "fraction_inadequate": (round(sum(label == worst_band for label in known) / len(known), 4)
@@ -181,6 +213,8 @@ class SliceScores:
             "adequacy_measure": adequacy_measure(self.info.adequacy) if labels else None,
             "adequacy_threshold": lowest_adequate_value(self.info.adequacy),
             "median_dose_equivalent": self._median_dose_equivalent(),
+            "drivers": {name: self.driver.count(name) for name in (DRIVER_NOISE, DRIVER_ARTEFACTS)
+                        if name in self.driver},
             **self._region_summary(),
             "slice_thickness_mm": round(float(self.thickness_mm), 3) if np.isfinite(self.thickness_mm) else None,
             "model_preset": self.info.preset,
@@ -279,18 +313,24 @@ class Scorer:
             start = stop
             progress.update(start, total, "scoring")
         scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
+        learned = self.info.score.name == EFFECTIVE_NOISE
         if region == "auto":
             regions = detect_regions(RegionFeatures.concatenate(features), volume.z_mm(), volume.hu.shape[1:],
                                      volume.spacing_mm[:2])
         else:
             regions = given_regions(region, total)
-        return SliceScores(
+        result = SliceScores(
             slice_index=np.arange(total), z_mm=volume.z_mm(), score=scores, outputs=outputs, noise_hu=noise,
             info=self.info, source=volume.source, device=self.device_name, elapsed_s=time.monotonic() - started,
             matrix=tuple(volume.hu.shape[:0:-1]), spacing_mm=tuple(volume.spacing_mm),
             warnings=self._warnings(volume), diameter_cm=diameter, thickness_mm=volume.slice_thickness_mm,
-            regions=regions,
+            regions=regions, effective_noise_hu=np.exp(scores.astype(np.float64)) if learned else None,
         )
+        if learned:
+            # the score of a learned model is its dose equivalent: one scale for every region, NaN without a verdict
+            verdicts = result.verdicts
+            result.score = verdicts.learned_dose_equivalent if verdicts is not None else np.full(total, np.nan)
+        return result
 
     def _score_batch(self, volume: CTVolume, start: int, stop: int, find_region: bool = True):
         with torch.inference_mode():
@@ -298,7 +338,7 @@ class Scorer:
             noise = global_noise_index(hu, volume.spacing_mm[:2])
             diameter = size_for_reference(hu, volume.spacing_mm[:2], self.info.noise_reference)
             found = region_features(hu, volume.spacing_mm[:2]) if find_region else None
-            batch = prepare_batch(hu, self.info.window, self.info.input_size)
+            batch = prepare_batch(hu, self.info.window, self.info.input_size, extra_windows=self.info.extra_windows)
             with self._autocast():
                 outputs = self.model(batch).float()
         return outputs.cpu().numpy(), noise.cpu().numpy(), diameter.cpu().numpy(), found

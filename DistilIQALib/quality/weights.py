@@ -24,8 +24,10 @@ from .preprocessing import DEFAULT_WINDOW, Window
 
 #: 2: adequacy bands may be on the dose equivalent, and a noise reference may be present (a reader of
 #: version 1 would misread both). 3: the noise reference holds one routine level per body region, each with its own
-#: bands (a reader of version 2 would apply none of them).
-FORMAT_VERSION = 3
+#: bands (a reader of version 2 would apply none of them). 4: the outputs may be the log of an effective noise that
+#: the score turns into a learned dose equivalent (``score.name == "effective_noise"``), and the input may have more
+#: than one window (``extra_windows``).
+FORMAT_VERSION = 4
 METADATA_KEY = "distiliqa"
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL_NAME = "distiliqa_student" + WEIGHTS_SUFFIX
@@ -53,6 +55,8 @@ class ModelInfo:
     num_outputs: int = 1
     score: ScoreDefinition = field(default_factory=ScoreDefinition)
     window: Window = DEFAULT_WINDOW
+    #: Further windows, one input channel each after the first (``architecture.input_channels - 1`` of them).
+    extra_windows: Tuple[Window, ...] = ()
     #: ``[{"name": "good", "min_score": 0.9}, ...]`` from best to worst, plus the reasoning.
     adequacy: Optional[Dict[str, Any]] = None
     #: ``{"score": [...], "dose_fraction": [...]}``: monotone table, interpolated linearly.
@@ -77,6 +81,7 @@ class ModelInfo:
             "num_outputs": self.num_outputs,
             "score": vars(self.score),
             "window": {"width_hu": self.window.width_hu, "level_hu": self.window.level_hu},
+            "extra_windows": [{"width_hu": w.width_hu, "level_hu": w.level_hu} for w in self.extra_windows],
             "input_size": self.input_size,
             "adequacy": self.adequacy,
             "dose_calibration": self.dose_calibration,
@@ -105,12 +110,20 @@ class ModelInfo:
         if preset not in PRESETS and preset != "custom":
             raise WeightsError(f"{source}: unknown model preset {preset!r} (known: {', '.join(PRESETS)})")
         window = record.get("window") or {}
+        try:
+            extra = tuple(Window(float(w["width_hu"]), float(w["level_hu"])) for w in record.get("extra_windows") or ())
+        except (KeyError, TypeError, ValueError):
+            raise WeightsError(f"{source}: invalid extra_windows in the model description") from None
+        if len(extra) + 1 != architecture.input_channels:
+            raise WeightsError(f"{source}: {architecture.input_channels} input channel(s) but {len(extra) + 1} "
+                               "window(s) in the model description")
         return cls(
             preset=preset,
             architecture=architecture,
             num_outputs=int(record.get("num_outputs", 1)),
             score=ScoreDefinition(**record.get("score", {})),
             window=Window(float(window.get("width_hu", 350.0)), float(window.get("level_hu", 40.0))),
+            extra_windows=extra,
             adequacy=record.get("adequacy"),
             dose_calibration=record.get("dose_calibration"),
             noise_reference=record.get("noise_reference"),

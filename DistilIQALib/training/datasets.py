@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..quality.metrics import ssim
-from ..quality.preprocessing import DEFAULT_WINDOW, prepare_batch, window_to_unit
+from ..quality.preprocessing import DEFAULT_WINDOW, Window, prepare_batch, window_to_unit
 
 PAPER_TRAIN_CASES = ("C002", "C004", "C016", "C021", "C030", "C050", "C052", "C067", "C081")
 PAPER_TEST_CASES = ("C012", "C077")
@@ -93,14 +93,16 @@ def dataset_info(folder: Path | str) -> Dict:
 
 
 def load_images(images: LabelledImages, input_size: int = 512,
-                progress: Optional[Callable[[int, int, str], None]] = None) -> torch.Tensor:
-    """Every image, windowed and fitted by the shared preprocessing, as ``(N, 1, S, S)`` float16."""
+                progress: Optional[Callable[[int, int, str], None]] = None,
+                extra_windows: Sequence[Window] = ()) -> torch.Tensor:
+    """Every image, windowed and fitted by the shared preprocessing, as ``(N, C, S, S)`` float16 (``C``: the
+    W350/L40 window and each of ``extra_windows``)."""
     from ..io.reading import read_volume
 
-    tensor = torch.empty(len(images), 1, input_size, input_size, dtype=torch.float16)
+    tensor = torch.empty(len(images), 1 + len(extra_windows), input_size, input_size, dtype=torch.float16)
     for n, relative in enumerate(images.paths):
         volume = read_volume(images.root / relative, force=True)
-        tensor[n] = prepare_batch(volume.hu[:1], input_size=input_size)[0].half()
+        tensor[n] = prepare_batch(volume.hu[:1], input_size=input_size, extra_windows=extra_windows)[0].half()
         if progress is not None:
             progress(n + 1, len(images), "loading images")
     return tensor
@@ -323,6 +325,115 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     info = {"type": "simulated", "score": SSIM_SCORE, "doses": list(doses), "sparse_views": list(sparse_views),
             "kernels": ["matched to each scan"] if relative else list(kernels),
             "noise": "relative to each scan's own noise index" if relative else "absolute photon count"}
+    _write_json(output / "sources.json", records)
+    return write_dataset_files(output, labels, patients, test_patients, info)
+
+
+#: The absolute label: the network predicts ``log`` of the *effective noise* (HU) of each image, the noise SD of a
+#: pure dose reduction of its source that degrades it as much. The learned dose equivalent is that noise through
+#: the routine reference of the slice's region, size and thickness, as the physics estimate is the measured noise.
+EFFECTIVE_NOISE_SCORE = {
+    "name": "effective_noise",
+    "description": ("learned dose equivalent: the fraction of a routine dose for the slice's body region, size and "
+                    "thickness whose noise would degrade the slice as much as what it shows (noise, streaks, rings, "
+                    "motion); 1 = a routine dose. The network's outputs are the log of that effective noise (HU)"),
+    "minimum": 0.05, "maximum": 4.0, "higher_is_better": True}
+#: Doses of the ladder an artefact image is matched against (its SSIM to the source is interpolated in log dose).
+MATCHING_DOSES = (1.0, 0.75, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.035, 0.025, 0.015, 0.01)
+#: Artefacts simulated for every ``every``-th source (offset 0: sparse views, 1: rings, 2: motion) and their levels.
+DEFAULT_ARTEFACTS = {"views": (256, 128, 64), "rings": (100.0, 300.0), "motion": (2.0, 5.0)}
+
+
+def equivalent_dose(similarity: float, ladder_doses: Sequence[float], ladder_similarity: Sequence[float]) -> float:
+    """The dose fraction whose noise gives the same SSIM to the source as ``similarity``: interpolated in log dose
+    on the ladder (SSIM falls as the dose falls), clipped to the ladder's ends."""
+    doses = np.asarray(ladder_doses, dtype=np.float64)
+    similarities = np.minimum.accumulate(np.asarray(ladder_similarity, dtype=np.float64))  # monotone in dose
+    order = np.argsort(similarities)
+    return float(np.exp(np.interp(similarity, similarities[order], np.log(doses[order]))))
+
+
+def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
+                        doses: Sequence[float] = DEFAULT_SIMULATED_DOSES, artefacts: Optional[Dict] = None,
+                        test_patients: Sequence[str] = (), seed: int = 0, every: int = 3,
+                        progress: Optional[Callable[[int, int, str], None]] = None, device=None) -> Tuple[int, int]:
+    """Each source at every dose (relative to its own noise) and with the artefacts of :data:`DEFAULT_ARTEFACTS`,
+    labelled with the log of its *effective noise* (HU).
+
+    The source's noise ``sigma`` is its global noise index. Dose ``d`` leaves noise ``sigma / sqrt(d)``: that is
+    the label. An artefact image (sparse views, rings, motion) is matched to the dose ``d*`` whose noise gives the
+    same SSIM (W350/L40) to the source, on a ladder of doses of the same noise realisation: its label is
+    ``sigma / sqrt(d*)``. Through a region's routine reference (noise x thickness at the patient's size) either
+    becomes a dose equivalent on one scale for every scan, region and artefact. ``sources.json`` records per image
+    its source, patient, region, kind, level, the equivalent dose ``d`` or ``d*``, the source's noise, thickness
+    and noise-equivalent diameter, and its SSIM to the source. Slices without soft tissue are left out."""
+    import SimpleITK as sitk
+
+    from ..quality.noise import noise_equivalent_diameter_cm, slice_noise_index
+    from .simulation import (
+        DoseSimulator,
+        dense_reconstruction,
+        matched_kernel_sharpness,
+        motion_artefact,
+        ring_artefact,
+        sparse_view,
+    )
+
+    artefacts = DEFAULT_ARTEFACTS if artefacts is None else artefacts
+    output = Path(output)
+    sources = list(sources)
+    labels: Dict[str, float] = {}
+    patients: Dict[str, str] = {}
+    records: Dict[str, Dict] = {}
+    for n, source in enumerate(sources):
+        hu = source.hu.astype(np.float32)
+        noise_hu = slice_noise_index(hu, source.pixel_mm)
+        if not np.isfinite(noise_hu) or noise_hu <= 0:
+            continue
+        simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, reference_noise_hu=noise_hu,
+                                  kernel=matched_kernel_sharpness(hu, source.pixel_mm), device=device)
+        images = {f"dose{dose:g}": (simulator.at_dose(dose), float(dose)) for dose in doses}
+        kinds = [kind for kind in ("views", "rings", "motion") if artefacts.get(kind)]
+        made = {}
+        if kinds and n % max(1, every) < len(kinds):
+            kind = kinds[n % max(1, every)]
+            dense = dense_reconstruction(hu, source.pixel_mm, device=device) if kind == "views" else None
+            for level in artefacts[kind]:
+                if kind == "views":
+                    made[f"views{int(level)}"] = sparse_view(hu, source.pixel_mm, int(level), dense, device)
+                elif kind == "rings":
+                    made[f"rings{level:g}"] = ring_artefact(hu, source.pixel_mm, float(level), seed * 7 + n,
+                                                           device=device)
+                else:
+                    made[f"motion{level:g}"] = motion_artefact(hu, source.pixel_mm, float(level), seed * 7 + n,
+                                                              device)
+        if made:
+            ladder = [window_label(hu, simulator.at_dose(dose)) for dose in MATCHING_DOSES]
+            for name, image in made.items():
+                images[name] = (image, equivalent_dose(window_label(hu, image), MATCHING_DOSES, ladder))
+        diameter = float(noise_equivalent_diameter_cm(torch.from_numpy(hu)[None], (source.pixel_mm,) * 2)[0])
+        folder = output / "images" / source.patient
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, (image, dose) in images.items():
+            relative_path = f"images/{source.patient}/{source.name}_{name}.mha"
+            itk_image = sitk.GetImageFromArray(image.astype(np.float32))
+            itk_image.SetSpacing((source.pixel_mm, source.pixel_mm))
+            sitk.WriteImage(itk_image, str(output / relative_path), True)
+            kind = re.match(r"[a-z]+", name).group(0)
+            labels[relative_path] = float(np.log(noise_hu / np.sqrt(dose)))
+            patients[relative_path] = source.patient
+            records[relative_path] = {
+                "source": source.name, "patient": source.patient, "anatomy": source.anatomy, "region": source.region,
+                "kind": kind, "value": float(name[len(kind):]), "equivalent_dose": round(dose, 5),
+                "source_noise_hu": round(float(noise_hu), 3), "thickness_mm": float(source.thickness_mm),
+                "diameter_cm": round(diameter, 2), "ssim": round(window_label(hu, image), 5)}
+        if progress is not None:
+            progress(n + 1, len(sources), "simulating")
+    if not labels:
+        raise InputError("none of the source slices has enough soft tissue to measure its noise")
+    info = {"type": "simulated", "score": EFFECTIVE_NOISE_SCORE, "label": "log effective noise (HU)",
+            "doses": list(doses), "artefacts": {k: list(v) for k, v in artefacts.items()},
+            "kernels": ["matched to each scan"], "noise": "relative to each scan's own noise index"}
     _write_json(output / "sources.json", records)
     return write_dataset_files(output, labels, patients, test_patients, info)
 

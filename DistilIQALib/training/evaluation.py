@@ -36,13 +36,14 @@ class Prediction:
 
 def predict_split(weights: Sequence[Path | str], split: LabelledImages, device: torch.device) -> List[Prediction]:
     """Predictions of each weights file on ``split`` (images loaded once per input size)."""
-    cache: Dict[int, torch.Tensor] = {}
+    cache: Dict[tuple, torch.Tensor] = {}
     predictions = []
     for path in weights:
         model, info = load_weights(path, device)
-        if info.input_size not in cache:
-            cache[info.input_size] = load_images(split, info.input_size)
-        outputs = predict(model, cache[info.input_size], device)
+        key = (info.input_size, info.extra_windows)
+        if key not in cache:
+            cache[key] = load_images(split, info.input_size, extra_windows=info.extra_windows)
+        outputs = predict(model, cache[key], device)
         predictions.append(Prediction(Path(path), model, info, outputs,
                                       score_from_outputs(torch.from_numpy(outputs)).numpy()))
     return predictions

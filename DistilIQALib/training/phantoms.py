@@ -101,6 +101,51 @@ def phantom_slice(position: float = 0.5, size: int = 512, pixel_mm: float = 0.7,
     return image.astype(np.float32)
 
 
+HU_WHITE_MATTER = 28.0
+HU_GREY_MATTER = 38.0
+HU_CSF = 6.0
+HU_SKULL = 1100.0
+HU_SCALP = 45.0
+
+
+def head_phantom_slice(position: float = 0.5, size: int = 512, pixel_mm: float = 0.47, seed: int = 0) -> np.ndarray:
+    """One noise-free axial head slice in HU, float32 ``(size, size)``: scalp, a skull with diploe, cortex (grey
+    matter) around white matter with a textured grey-white boundary, ventricles, and a curved head holder.
+
+    ``position`` runs from 0 (above the skull base, the largest section) to 1 (near the vertex, small);
+    ``seed`` varies the head's size, shape and the brain's folding."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    mm = 1.0 / pixel_mm
+    centre = size / 2.0
+    shrink = float(np.sqrt(max(0.05, 1.0 - position ** 2 * 0.85)))
+    ry = (92 + rng.uniform(-8, 8)) * mm * shrink
+    rx = (74 + rng.uniform(-7, 7)) * mm * shrink
+    image = np.full((size, size), HU_AIR, dtype=np.float64)
+    holder = _ellipse(y, x, centre, centre, ry + 14 * mm, rx + 14 * mm) & ~_ellipse(
+        y, x, centre, centre, ry + 9 * mm, rx + 9 * mm) & (y > centre + 0.3 * ry)
+    image[holder] = 250.0
+    image[_ellipse(y, x, centre, centre, ry, rx)] = HU_SCALP
+    skull = (6 + rng.uniform(0, 3)) * mm
+    image[_ellipse(y, x, centre, centre, ry - 4 * mm, rx - 4 * mm)] = HU_SKULL
+    diploe = _ellipse(y, x, centre, centre, ry - 4 * mm - skull * 0.35, rx - 4 * mm - skull * 0.35)
+    image[diploe] = 450.0
+    brain = _ellipse(y, x, centre, centre, ry - 4 * mm - skull, rx - 4 * mm - skull)
+    folding = _smooth_texture(rng, size, scale_px=4.0 * mm)
+    depth = np.hypot((y - centre) / max(ry, 1.0), (x - centre) / max(rx, 1.0))
+    grey = brain & ((depth > 0.72 * (ry - 4 * mm - skull) / max(ry, 1.0)) | (folding > 0.9))
+    image[brain] = HU_WHITE_MATTER + 1.5 * _smooth_texture(rng, size, scale_px=6.0 * mm)[brain]
+    image[grey] = HU_GREY_MATTER + 1.5 * folding[grey]
+    image[brain & (np.abs(x - centre) < 1.5 * mm)] = HU_CSF  # the falx's cistern
+    if position < 0.7:
+        ventricle_size = (1.0 - position) * (1.0 + rng.uniform(-0.2, 0.4))
+        for side in (-1, 1):
+            ventricle = _ellipse(y, x, centre - 5 * mm, centre + side * 9 * mm, 24 * mm * ventricle_size,
+                                 5 * mm * ventricle_size, side * 0.2) & brain
+            image[ventricle] = HU_CSF
+    return image.astype(np.float32)
+
+
 def phantom_volume(num_slices: int = 40, size: int = 512, pixel_mm: float = 0.7, slice_mm: float = 2.5,
                    seed: int = 0, noise_sd_hu: Optional[float] = None) -> np.ndarray:
     """A ``(z, y, x)`` float32 volume in HU from pelvis-like (z=0) to chest-like (last slice).

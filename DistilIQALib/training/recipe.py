@@ -491,3 +491,149 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
 
 def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
     return {key: round(float(value), 5) for key, value in metrics.items()}
+
+
+# --- the absolute score: a learned dose equivalent on one scale for every scan and region -----------------------------
+
+@dataclass(frozen=True)
+class AbsoluteStage:
+    """Fine-tuning onto the absolute label (:func:`~DistilIQALib.training.datasets.preprocess_absolute`): the log of
+    each image's effective noise, with head CT, artefacts and a brain-window channel."""
+
+    doses: Tuple[float, ...]
+    artefacts: Dict
+    every: int
+    head_phantoms: int
+    held_out_slices: int  # per held-out patient, evenly along z
+    teacher: Dict = field(default_factory=dict)
+    student: Dict = field(default_factory=dict)
+    slices_per_volume: Optional[int] = None  # None: each corpus entry's own count
+    phantom_size: int = 512
+    base: str = ""  # the recipe that makes the base model when no --base-weights is given ("": the shipped model)
+
+
+ABSOLUTE_STAGES: Dict[str, AbsoluteStage] = {
+    "absolute": AbsoluteStage(
+        doses=(1.0, 0.5, 0.25, 0.1, 0.05),
+        artefacts={"views": (256, 128, 64), "rings": (100.0, 300.0), "motion": (2.0, 5.0)}, every=3,
+        head_phantoms=9, held_out_slices=4,
+        teacher=dict(preset="fast", epochs=2, batch_size=8, optimizer="adamw", lr=3e-4, folds=5, gate=0.1,
+                     extra_windows=((80.0, 40.0),), reset_head=True),
+        student=dict(preset="fast", epochs=5, batch_size=8, optimizer="adamw", lr=3e-4, folds=5, gate=0.1,
+                     extra_windows=((80.0, 40.0),), reset_head=True)),
+    "tiny-absolute": AbsoluteStage(
+        doses=(1.0, 0.5, 0.25, 0.1), artefacts={"views": (64,), "rings": (150.0,), "motion": (5.0,)}, every=3,
+        head_phantoms=2, held_out_slices=1, slices_per_volume=1, phantom_size=128, base="tiny",
+        teacher=dict(preset="tiny", input_size=128, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, folds=2,
+                     augment=False, gate=0.1, extra_windows=((80.0, 40.0),), reset_head=True),
+        student=dict(preset="tiny", input_size=128, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, folds=2,
+                     augment=False, gate=0.1, extra_windows=((80.0, 40.0),), reset_head=True)),
+}
+
+
+def head_phantom_sources(count: int, size: int = 512, seed: int = 0) -> List:
+    """``count`` head phantom slices (skull base to vertex, a new head every 3) with full-dose noise of a routine
+    head scan: projection-domain noise at photon counts varied per head (noise about 3.5-6 HU at 5 mm)."""
+    from .datasets import SourceSlice
+    from .phantoms import head_phantom_slice
+    from .simulation import DEFAULT_I0, DoseSimulator
+
+    pixel_mm = 0.47 * 512 / size
+    sources = []
+    for n in range(count):
+        head = n // 3
+        ideal = head_phantom_slice((n % 3 + 0.5) / 3 * 0.9, size, pixel_mm, seed * 1000 + 500 + head)
+        photons = DEFAULT_I0 * float(np.random.default_rng(seed * 1000 + head).uniform(0.6, 1.6))
+        noise = DoseSimulator(ideal, pixel_mm, i0=photons, seed=(seed * 1000 + n) * 7919 + 3).full_dose_noise()
+        sources.append(SourceSlice(f"headphantom{head}", f"headphantom{head}_pos{n % 3}", ideal + noise, pixel_mm,
+                                   anatomy="head phantom", thickness_mm=5.0, region="head"))
+    return sources
+
+
+def absolute_sources(entries: Sequence[CorpusEntry], root: Path, stage: AbsoluteStage, seed: int = 0):
+    """(training sources, held-out sources): every slice the manifest lists of the *train* patients plus the head
+    phantoms; ``stage.held_out_slices`` per *calibration* and *test* patient whose verdicts count (region-only
+    entries are left out)."""
+    from .corpus import corpus_sources, entry_sources
+
+    train = corpus_sources([e for e in entries if e.role == "train"], root,
+                           slices_per_volume=stage.slices_per_volume)
+    train += head_phantom_sources(stage.head_phantoms, stage.phantom_size, seed)
+    kept = [e for e in entries if e.role != "train" and e.details.get("verdicts", True)]
+    corpus_sources(kept, root, slices_per_volume=1)  # one clear error when files are missing
+    held = [s for e in kept for s in entry_sources(e, root, min(stage.held_out_slices, e.slices_used))]
+    return train, held
+
+
+def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 0, device: str = "auto",
+                        progress=None, manifest: Optional[Path | str] = None, base_weights: Optional[Path | str] = None,
+                        corpus_root: Optional[Path | str] = None) -> Path:
+    """The shipped model: teachers and student fine-tuned from ``base_weights`` (the SSIM-label model) onto the
+    absolute label, routine references refitted, held-out tables stored. Resumes."""
+    from .corpus import load_manifest, sha256_of
+    from .datasets import image_records, preprocess_absolute
+
+    stage = ABSOLUTE_STAGES[name]
+    output = Path(output)
+    started = time.monotonic()
+    manifest = Path(manifest) if manifest else default_manifest()
+    entries = load_manifest(manifest)
+    root = Path(corpus_root) if corpus_root else manifest.parent / "files"
+    if base_weights is None and stage.base:
+        base_weights = run_recipe(output / "base", stage.base, seed, device, progress)
+    elif base_weights is None:
+        from ..quality.weights import default_weights_path
+
+        base_weights = default_weights_path()
+    base_weights = Path(base_weights)
+    data = output / "data"
+    if not (data / "dataset.json").is_file():
+        train, held = absolute_sources(entries, root, stage, seed)
+        preprocess_absolute(train + held, data, stage.doses, stage.artefacts, sorted({s.patient for s in held}),
+                            seed, stage.every, progress, device=simulation_device(device))
+    run = output / "run"
+    purpose = "release" if name == "absolute" else "test"
+    common = dict(seed=seed, device=device, purpose=purpose, init_weights=str(base_weights))
+    teachers = train_teachers(data, run, TrainingConfig(**common, **stage.teacher), progress=progress)
+    student = train_student(data, run, TrainingConfig(**common, **stage.student), teachers, progress=progress)
+    split = load_split(data, "test")
+    predictions = predict_split([student, *teachers], split, resolve_device(device))
+    write_evaluation(predictions, split, output / "evaluation")
+    records = image_records(data)
+    role_of = {e.patient: e.role for e in entries}
+    roles = np.array([role_of.get(p, "test") for p in split.patients])
+    model, info = predictions[0].model, predictions[0].info
+    references = [s for e in entries if e.role in ("train", "calibration")
+                  for s in _entry_or_nothing(e, root, stage.slices_per_volume)]
+    apply_regional_reference(info, regional_noise_reference(references, read_info(base_weights).noise_reference))
+    info.dose_calibration = None
+    held_out_tables = {}
+    kinds = np.array([records.get(p, {}).get("kind", "dose") for p in split.paths])
+    for role in ("calibration", "test"):
+        for label, mask in (("all", roles == role), ("dose", (roles == role) & (kinds == "dose")),
+                            ("artefacts", (roles == role) & (kinds != "dose"))):
+            if mask.sum() > 2:
+                held_out_tables.setdefault(role, {})[label] = {
+                    "images": int(mask.sum()), "patients": sorted(set(np.array(split.patients)[mask])),
+                    "student": _rounded(agreement(predictions[0].scores[mask], split.labels[mask])),
+                    "teacher_ensemble": _rounded(agreement(np.mean([p.scores[mask] for p in predictions[1:]], axis=0),
+                                                           split.labels[mask]))}
+    info.provenance.update(
+        recipe=name, seed=seed, recipe_parameters=json.loads(json.dumps(asdict(stage))),
+        base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
+        corpus=[{"id": e.id, "patient": e.patient, "role": e.role, "anatomy": e.anatomy} for e in entries],
+        manifest_sha256=sha256_of(manifest), label="log effective noise (HU); see the model card",
+        images={"train": len(load_split(data, "train")), "held_out": len(split),
+                "simulated_kinds": sorted({r["kind"] for r in records.values()})},
+        held_out_real=held_out_tables, wall_time_s=round(time.monotonic() - started, 1))
+    final = output / "distiliqa_student.safetensors"
+    save_weights(final, model, info, half=True)
+    return final
+
+
+def _entry_or_nothing(entry: CorpusEntry, root: Path, slices_per_volume: Optional[int]) -> List:
+    from .corpus import entry_sources
+
+    if entry.details.get("verdicts", True) is False:
+        return []
+    return entry_sources(entry, root, slices_per_volume)

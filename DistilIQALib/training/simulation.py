@@ -256,3 +256,48 @@ def _reconstruction(hu: np.ndarray, pixel_mm: float, views: int, device: Device)
     """``hu`` projected over ``views`` views and reconstructed by FBP (HU), computed on ``device``."""
     mu = hu_to_mu(_tensor(hu, device))[None]
     return mu_to_hu(fbp(forward_project(mu, views, pixel_mm), hu.shape[0], pixel_mm))[0].cpu().numpy()
+
+
+# --- artefacts the noise index cannot see ---------------------------------------------------------------------------
+
+def ring_artefact(hu: np.ndarray, pixel_mm: float, amplitude_hu: float, seed: int = 0, channels: int = 6,
+                  device: Device = None) -> np.ndarray:
+    """``hu`` with the rings of miscalibrated detector channels: ``channels`` random channels inside the body
+    carry a constant error in every view (a gain error of the post-log data), reconstructed by FBP. The strongest
+    ring reaches about ``amplitude_hu``."""
+    mu = hu_to_mu(_tensor(hu, device))[None]
+    sinogram = forward_project(mu, 1, pixel_mm)
+    size = hu.shape[0]
+    rng = np.random.default_rng(seed)
+    # channels the body covers: where the central view's line integral is clearly above air
+    covered = np.flatnonzero(sinogram[0, 0].cpu().numpy() > 0.5)
+    if covered.size == 0:
+        covered = np.arange(size // 4, 3 * size // 4)
+    picked = rng.choice(covered, size=min(channels, covered.size), replace=False)
+    offsets = torch.zeros(size, device=sinogram.device)
+    offsets[torch.from_numpy(picked).to(sinogram.device)] = torch.from_numpy(
+        rng.choice([-1.0, 1.0], size=picked.size) * rng.uniform(0.5, 1.0, size=picked.size)).float().to(sinogram.device)
+    rings = fbp(offsets.expand(NOISE_VIEWS, size)[None].contiguous(), size, pixel_mm)[0].cpu().numpy()
+    rings *= 1000.0 / MU_WATER_PER_MM
+    peak = float(np.abs(rings).max()) or 1.0
+    return hu.astype(np.float32) + np.float32(amplitude_hu / peak) * rings.astype(np.float32)
+
+
+def motion_artefact(hu: np.ndarray, pixel_mm: float, shift_mm: float, seed: int = 0, device: Device = None) -> np.ndarray:
+    """``hu`` with the streaks and blur of a patient who moves ``shift_mm`` (a random direction) during the
+    rotation: the views after a random point in the half-rotation see the moved body, and FBP mixes both. Only
+    the difference that the motion makes is added (both reconstructions from the same ``NOISE_VIEWS`` views)."""
+    rng = np.random.default_rng(seed)
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    dy, dx = (int(round(shift_mm / pixel_mm * f)) for f in (np.sin(angle), np.cos(angle)))
+    moved = np.full_like(hu, -1000.0, dtype=np.float32)
+    size = hu.shape[0]
+    moved[max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)] = \
+        hu[max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
+    both = hu_to_mu(torch.stack([_tensor(hu, device), _tensor(moved, device)]))
+    sinograms = forward_project(both, NOISE_VIEWS, pixel_mm)
+    start = int(rng.uniform(0.3, 0.7) * NOISE_VIEWS)
+    ramp = torch.clamp((torch.arange(NOISE_VIEWS, device=sinograms.device) - start) / (0.15 * NOISE_VIEWS), 0.0, 1.0)
+    mixed = sinograms[0] * (1.0 - ramp[:, None]) + sinograms[1] * ramp[:, None]
+    reconstructions = mu_to_hu(fbp(torch.stack([mixed, sinograms[0]]), size, pixel_mm)).cpu().numpy()
+    return hu.astype(np.float32) + (reconstructions[0] - reconstructions[1]).astype(np.float32)

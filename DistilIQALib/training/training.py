@@ -18,9 +18,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from ..progress import PROGRESS_PREFIX
 from ..quality.device import resolve_device
 from ..quality.metrics import agreement
 from ..quality.model import QualityViT, architecture_from_preset, build_model, score_from_outputs
+from ..quality.preprocessing import Window
 from ..quality.weights import ModelInfo, ScoreDefinition, load_weights, save_weights
 from .datasets import dataset_info, load_images, load_split
 
@@ -60,6 +61,20 @@ class TrainingConfig:
     #: A weights file to start from (fine-tuning) instead of random weights; output ``k`` of a new model
     #: starts from output ``k`` of this one (cycling when it has fewer).
     init_weights: Optional[str] = None
+    #: Further input windows as ``(width_hu, level_hu)`` pairs (a brain window: ``((80, 40),)``), one channel each.
+    extra_windows: Tuple[Tuple[float, float], ...] = ()
+    #: Start the output layer afresh (small weights, the mean training label as bias): for fine-tuning a model
+    #: onto a label of another scale.
+    reset_head: bool = False
+
+    @property
+    def windows(self) -> Tuple[Window, ...]:
+        """:attr:`extra_windows` as windows."""
+        return tuple(Window(float(width), float(level)) for width, level in self.extra_windows)
+
+    def architecture(self):
+        return architecture_from_preset(self.preset, input_size=self.input_size,
+                                        input_channels=1 + len(self.extra_windows))
 
 
 # --- distributed helpers --------------------------------------------------------------------------
@@ -94,19 +109,32 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def initial_model(config: TrainingConfig, num_outputs: int, first_output: int = 0) -> QualityViT:
+def initial_model(config: TrainingConfig, num_outputs: int, first_output: int = 0,
+                  label_mean: Optional[float] = None) -> QualityViT:
     """A new model of ``config.preset``: random, or ``config.init_weights`` with its outputs
-    ``first_output, first_output + 1, ...`` (cycling) as the new model's outputs."""
-    model = build_model(architecture_from_preset(config.preset, input_size=config.input_size), num_outputs)
+    ``first_output, first_output + 1, ...`` (cycling) as the new model's outputs. Input channels the base model
+    lacks (a further window) start with zero weights, so the new model starts out computing what the base did;
+    with ``config.reset_head`` the outputs start afresh at ``label_mean``."""
+    model = build_model(config.architecture(), num_outputs)
     if config.init_weights:
         base, info = load_weights(config.init_weights)
-        if info.architecture != model.arch:
+        if replace(info.architecture, input_channels=model.arch.input_channels) != model.arch or \
+                info.architecture.input_channels > model.arch.input_channels:
             raise InputError(f"{config.init_weights} is a '{info.preset}' model at {info.input_size} pixels; it "
                              f"cannot start a '{config.preset}' model at {config.input_size} pixels")
         state = base.state_dict()
         rows = [(first_output + k) % info.num_outputs for k in range(num_outputs)]
         state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
+        first = "stem.blocks.0.0.weight"
+        if state[first].shape[1] < model.arch.input_channels:
+            grown = torch.zeros_like(model.state_dict()[first])
+            grown[:, :state[first].shape[1]] = state[first]
+            state[first] = grown
         model.load_state_dict(state)
+    if config.reset_head:
+        with torch.no_grad():
+            model.head.weight.normal_(0.0, 1e-3)
+            model.head.bias.fill_(float(label_mean or 0.0))
     return model
 
 
@@ -338,7 +366,8 @@ def _model_info(config: TrainingConfig, num_outputs: int, data_dir: Path, role: 
     score = info.get("score") or {}
     return ModelInfo(
         preset=config.preset,
-        architecture=architecture_from_preset(config.preset, input_size=config.input_size),
+        architecture=config.architecture(),
+        extra_windows=config.windows,
         num_outputs=num_outputs,
         score=ScoreDefinition(**score) if score else ScoreDefinition(),
         provenance={"role": role, "purpose": config.purpose, "dataset_type": info.get("type", "list"),
@@ -357,7 +386,7 @@ def train_teachers(data_dir: Path | str, output_dir: Path | str, config: Trainin
     torch.manual_seed(config.seed)
     split = load_split(data_dir, "train")
     fold_indices = patient_folds(split.patients, config.folds, config.seed)
-    images = load_images(split, config.input_size)
+    images = load_images(split, config.input_size, extra_windows=config.windows)
     labels = torch.from_numpy(split.labels)[:, None]
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "teachers").mkdir(exist_ok=True)
@@ -366,7 +395,7 @@ def train_teachers(data_dir: Path | str, output_dir: Path | str, config: Trainin
         held_out = fold_indices[k]
         train_index = [i for fold, indices in enumerate(fold_indices) if fold != k for i in indices]
         torch.manual_seed(config.seed * 1000 + k)
-        model = initial_model(config, 1, first_output=k)
+        model = initial_model(config, 1, first_output=k, label_mean=float(split.labels[train_index].mean()))
         info = _model_info(config, 1, data_dir, "teacher", fold=k,
                            validation_patients=sorted({split.patients[i] for i in held_out}))
         run = _Run(f"teacher fold {k}", output_dir / f"snapshots_fold_{k}", output_dir / f"train_info_fold_{k}.csv",
@@ -400,18 +429,18 @@ def train_student(data_dir: Path | str, output_dir: Path | str, config: Training
     teacher_outputs = []
     for path in teacher_files:
         teacher, teacher_info = load_weights(path, device)
-        size = teacher_info.input_size
-        if size not in teacher_inputs:
-            teacher_inputs[size] = load_images(split, size)
+        key = (teacher_info.input_size, teacher_info.extra_windows)
+        if key not in teacher_inputs:
+            teacher_inputs[key] = load_images(split, key[0], extra_windows=key[1])
         teacher_outputs.append(score_from_outputs(torch.from_numpy(
-            predict(teacher, teacher_inputs[size], device))).numpy())
+            predict(teacher, teacher_inputs[key], device))).numpy())
     teacher_targets = torch.from_numpy(np.stack(teacher_outputs, axis=1).astype(np.float32))
-    images = teacher_inputs.get(config.input_size)
+    images = teacher_inputs.get((config.input_size, config.windows))
     if images is None:
-        images = load_images(split, config.input_size)
+        images = load_images(split, config.input_size, extra_windows=config.windows)
     labels = torch.from_numpy(split.labels)[:, None]
     torch.manual_seed(config.seed)
-    model = initial_model(config, len(teacher_files))
+    model = initial_model(config, len(teacher_files), label_mean=float(split.labels[train_index].mean()))
     info = _model_info(config, len(teacher_files), data_dir, "student",
                        teachers=[path.name for path in teacher_files],
                        selection_patients=sorted({split.patients[i] for i in validation}))
