@@ -139,10 +139,11 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DistilIQALogic()
         self.ui.worstSlicesTable.setHorizontalHeaderLabels([_("slice"), _("z (mm)"), _("score")])
-        self.ui.batchTable.setColumnCount(10)
+        self.ui.batchTable.setColumnCount(11)
         self.ui.batchTable.setHorizontalHeaderLabels([_("patient"), _("date"), _("series"), _("slices"),
                                                       _("mean"), _("min"), _("% inadequate"), _("region"),
-                                                      _("dose equivalent"), _("% above routine")])
+                                                      _("dose equivalent"), _("% above routine"),
+                                                      _("slices set by artefacts")])
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         # The overlay follows the parameter node (onParameterNodeModified), not the widgets' signals: those
         # can fire before the binding has written the new value into the node.
@@ -294,9 +295,12 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showSummary(self, scores):
         summary = scores.summary()
-        text = _("Mean score {mean:.3f}; worst slice {index} (score {worst:.3f}).").format(
-            mean=summary["mean_score"], index=summary["worst_slices"][0]["slice_index"],
-            worst=summary["worst_slices"][0]["score"])
+        if summary["worst_slices"]:
+            text = _("Mean score {mean:.3f}; worst slice {index} (score {worst:.3f}).").format(
+                mean=summary["mean_score"], index=summary["worst_slices"][0]["slice_index"],
+                worst=summary["worst_slices"][0]["score"])
+        else:  # a learned model scores only the slices it can give a verdict on
+            text = _("No slice has a score.")
         if summary["fraction_inadequate"] is not None:
             text += " " + _("{percent:.0f}% of slices inadequate.").format(
                 percent=100 * summary["fraction_inadequate"])
@@ -308,8 +312,13 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for warning in summary["warnings"]:
             text += "\n" + warning
         self.ui.summaryLabel.text = text
-        self.ui.statusLabel.text = _("{count} slices scored on {device} in {seconds:.1f} s.").format(
+        status = _("{count} slices scored on {device} in {seconds:.1f} s.").format(
             count=summary["num_slices"], device=summary["device"], seconds=summary["elapsed_s"])
+        drivers = summary.get("drivers") or {}
+        if drivers.get("artefacts"):
+            status += " " + _("Verdicts set by the noise: {noise}; by artefacts: {artefacts}.").format(
+                noise=drivers.get("noise", 0), artefacts=drivers["artefacts"])
+        self.ui.statusLabel.text = status
         table = self.ui.worstSlicesTable
         table.setRowCount(len(summary["worst_slices"]))
         for row, worst in enumerate(summary["worst_slices"]):
@@ -430,7 +439,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for r, row in enumerate(rows):
             values = (row["patient_id"], row["study_date"], row["description"], row["num_slices"],
                       row["mean_score"], row["min_score"], row["fraction_inadequate"], row.get("region"),
-                      row.get("median_dose_equivalent"), row.get("fraction_above_routine"))
+                      row.get("median_dose_equivalent"), row.get("fraction_above_routine"),
+                      row.get("artefact_slices"))
             for c, value in enumerate(values):
                 text = "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
                 item = qt.QTableWidgetItem(text)

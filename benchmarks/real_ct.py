@@ -50,6 +50,7 @@ from DistilIQALib.quality.interpretation import (  # noqa
     adequacy_measure,
     band_threshold,
     dose_equivalent,
+    effective_noise,
     region_references,
     region_verdicts,
 )
@@ -294,6 +295,9 @@ def agreement_tables(args) -> None:
     weights = args.weights or args.run / "distiliqa_student.safetensors"
     info = read_info(weights)
     run_info = read_info(args.run / "distiliqa_student.safetensors")
+    if run_info.score.name == "effective_noise":
+        absolute_tables(args, weights, info, run_info)
+        return
     roles = {entry["patient"]: entry["role"] for entry in run_info.provenance.get("corpus", [])}
     split = load_split(args.run / "data", "test")
     keep = [n for n, patient in enumerate(split.patients) if roles.get(patient, "test") == args.role]
@@ -384,6 +388,158 @@ def report(weights, info, role, data) -> None:
         f"{level:g}: {np.median(by_dose[level]):.3f}" for level in sorted(by_dose, reverse=True)))
     print(f"adequacy bands on the {adequacy_measure(info.adequacy)}: "
           f"{[(b['name'], band_threshold(b)) for b in info.adequacy['bands']]}")
+
+
+# --- the learned dose equivalent (a run of ``recipe --size absolute``) ------------------------------------------------
+
+def absolute_columns(args, weights, run_info):
+    """Per held-out image of the run (of ``args.role``): the log effective noise of the model and of the teacher
+    ensemble, the image's noise index, and what the run recorded (patient, source, region, kind, level, equivalent
+    dose, SSIM to the source, source noise, thickness and size)."""
+    roles = {entry["patient"]: entry["role"] for entry in run_info.provenance.get("corpus", [])}
+    split = load_split(args.run / "data", "test")
+    keep = [n for n, patient in enumerate(split.patients) if roles.get(patient, "test") == args.role]
+    split = _subset(split, keep)
+    records = image_records(args.run / "data")
+    teachers = sorted((args.run / "run" / "teachers").glob("teacher_*.safetensors"))
+    predictions = predict_split([weights, *teachers], split, resolve_device(args.device))
+    noise = []
+    for relative in split.paths:
+        volume = read_volume(split.root / relative, force=True)
+        noise.append(float(global_noise_index(torch.from_numpy(np.asarray(volume.hu[:1], np.float32)),
+                                              volume.spacing_mm[:2])[0]))
+    column = {key: np.array([records[p][key] for p in split.paths]) for key in
+              ("region", "kind", "value", "equivalent_dose", "ssim", "source_noise_hu", "thickness_mm", "diameter_cm")}
+    column.update(student=predictions[0].scores, ensemble=np.mean([p.scores for p in predictions[1:]], axis=0),
+                  label=split.labels, gni=np.array(noise), patient=np.array(split.patients),
+                  source=np.array([f"{pt}/{records[p]['source']}" for p, pt in zip(split.paths, split.patients)]))
+    return column
+
+
+def _log_dose(log_noise, column, references):
+    """Unclipped log dose equivalent of a log noise through each image's region reference (NaN without one)."""
+    out = np.full(len(log_noise), np.nan)
+    for n, region in enumerate(column["region"]):
+        reference = references.get(str(region))
+        if reference is None:
+            continue
+        log_reference = float(reference["intercept"]) + float(reference["per_cm"]) * float(column["diameter_cm"][n])
+        out[n] = log_reference - 2.0 * log_noise[n] - np.log(float(column["thickness_mm"][n]))
+    return out
+
+
+def _overall(values, labels) -> float:
+    finite = np.isfinite(values) & np.isfinite(labels)
+    if finite.sum() < 3 or np.std(values[finite]) == 0 or np.std(labels[finite]) == 0:
+        return float("nan")
+    return agreement(values[finite], labels[finite])["overall"]
+
+
+def absolute_tables(args, weights, info, run_info) -> None:
+    """The targets of the learned dose equivalent, per region: pooled and within-scan agreement, sparse-view
+    verdicts, the score at each dose, monotonicity and one scale."""
+    column = absolute_columns(args, weights, run_info)
+    references = region_references(info.noise_reference, info.adequacy)
+    label = _log_dose(column["label"], column, references)
+    gni = np.where(column["gni"] > 0, column["gni"], np.nan)
+
+    def combined(log_noise):  # the shipped score: the network's noise where it sees clearly more than the index
+        return _log_dose(np.log(effective_noise(gni, np.exp(log_noise), info.artefact_margin)), column, references)
+
+    model = combined(column["student"])
+    network = _log_dose(column["student"], column, references)
+    ensemble = combined(column["ensemble"])
+    physics = _log_dose(np.log(gni), column, references)
+    kind, value, region, patient = column["kind"], column["value"], column["region"], column["patient"]
+    regions = [r for r in ("head", "neck", "chest", "abdomen") if (region == r).any()]
+    groups = [(r, region == r) for r in regions] + [("all", np.isin(region, regions))]
+    print(f"\nweights {weights}; {args.role} patients: {len(set(patient))}, images: {len(label)}")
+    print("\nPooled across patients, against the absolute label (log dose equivalent: the source's noise over the "
+          "square root of\nthe equivalent dose, through the region's routine reference): overall (PLCC+SROCC+KROCC) "
+          "of the model (its score), the network alone,\nthe teacher ensemble (combined as the score is) and the "
+          f"physics estimate (measured noise index); artefact margin {info.artefact_margin}")
+    print(f"  {'region':<10} {'images':<14} {'n':>4} {'model':>7} {'network':>7} {'ensemble':>8} {'physics':>7}  "
+          "model-physics")
+    for name, mask in groups:
+        for images, chosen in (("dose", kind == "dose"), ("sparse views", kind == "views"), ("rings", kind == "rings"),
+                               ("motion", kind == "motion"), ("all", np.ones(len(kind), bool))):
+            rows = mask & chosen
+            if rows.sum() < 3:
+                continue
+            m, w, e, p = (_overall(v[rows], label[rows]) for v in (model, network, ensemble, physics))
+            print(f"  {name:<10} {images:<14} {rows.sum():4d} {m:7.3f} {w:7.3f} {e:8.3f} {p:7.3f}  {m - p:+7.3f}")
+    print("\nWithin each scan, against SSIM to its own full dose: mean over patients of the overall of the learned "
+          "dose equivalent\n(model, ensemble) and of -GNI; 'sparse-view slices': the slices that have sparse views, "
+          "their dose and sparse-view images")
+    print(f"  {'region':<10} {'images':<18} {'scans':>5} {'model':>7} {'network':>7} {'ensemble':>8} {'-GNI':>7}  "
+          "model-GNI")
+    with_views = set(column["source"][kind == "views"])
+    for name, mask in groups:
+        for images, chosen in (("all", np.ones(len(kind), bool)),
+                               ("sparse-view slices", np.isin(column["source"], list(with_views)) &
+                                np.isin(kind, ["dose", "views"]))):
+            scores = defaultdict(list)
+            for person in sorted(set(patient[mask])):
+                rows = mask & chosen & (patient == person)
+                if rows.sum() < 4:
+                    continue
+                ssim = column["ssim"][rows]
+                for key, values in (("model", model), ("network", network), ("ensemble", ensemble),
+                                    ("gni", -column["gni"])):
+                    scores[key].append(_overall(values[rows], ssim))
+            if scores:
+                m, w, e, g = (float(np.nanmean(scores[k])) for k in ("model", "network", "ensemble", "gni"))
+                print(f"  {name:<10} {images:<18} {len(scores['model']):5d} {m:7.3f} {w:7.3f} {e:8.3f} {g:7.3f}  "
+                      f"{m - g:+7.3f}")
+    found = region_verdicts(column["gni"], column["thickness_mm"], column["diameter_cm"], list(region),
+                            [""] * len(region), references, np.exp(column["student"]), info.artefact_margin)
+    bands = np.array(found.adequacy)
+    drivers = np.array(found.driver)
+    learned = found.learned_dose_equivalent
+    print("\nVerdicts (the worse of noise and network): % 'good' at full dose, % 'inadequate' at 10% and 5%, % of "
+          "sparse-view images\nnot 'good' (64 / 128 / 256 views), and % of those set by artefacts; rings and motion")
+    print(f"  {'region':<10} {'full good':>9} {'10/5% inadq':>11} {'64 not good':>11} {'128':>6} {'256':>6} "
+          f"{'by artefacts':>12} {'rings not good':>14} {'motion not good':>15}")
+    for name, mask in groups:
+        def share(rows, test):
+            return 100.0 * np.mean(test[rows]) if rows.any() else float("nan")
+        full = mask & (kind == "dose") & (value == 1.0)
+        low = mask & (kind == "dose") & np.isin(value, [0.1, 0.05])
+        views = {v: mask & (kind == "views") & (value == v) for v in (64, 128, 256)}
+        not_good = bands != "good"
+        print(f"  {name:<10} {share(full, bands == 'good'):9.1f} {share(low, bands == 'inadequate'):11.1f} "
+              + " ".join(f"{share(views[v], not_good):{w}.1f}" for v, w in ((64, 11), (128, 6), (256, 6)))
+              + f" {share(mask & (kind == 'views') & not_good, drivers == 'artefacts'):12.1f}"
+              f" {share(mask & (kind == 'rings'), not_good):14.1f} {share(mask & (kind == 'motion'), not_good):15.1f}")
+    print("\nThe score (learned dose equivalent) at each dose: median per region; % of source slices whose score falls "
+          "at every\nlower dose (monotone); one scale: the medians at full dose across regions against a tenth of the "
+          "gap full - 10%")
+    levels = sorted({float(v) for v in value[kind == "dose"]}, reverse=True)
+    print(f"  {'region':<10} " + " ".join(f"{lv:>6g}" for lv in levels) + f" {'monotone':>9}")
+    medians_full, gaps = {}, []
+    for name, mask in groups:
+        medians = [np.nanmedian(learned[mask & (kind == "dose") & (value == lv)]) if (mask & (kind == "dose") &
+                   (value == lv)).any() else np.nan for lv in levels]
+        monotone, count = 0, 0
+        for src in sorted(set(column["source"][mask & (kind == "dose")])):
+            rows = mask & (kind == "dose") & (column["source"] == src)
+            order = np.argsort(-value[rows])
+            steps = np.diff(model[rows][order])
+            if np.isfinite(steps).all():
+                count += 1
+                monotone += bool(np.all(steps < 0))
+        print(f"  {name:<10} " + " ".join(f"{m:6.2f}" for m in medians)
+              + f" {100.0 * monotone / max(count, 1):8.1f}% ({count})")
+        if name != "all":
+            medians_full[name] = medians[0]
+            if 0.1 in levels:
+                gaps.append(medians[0] - medians[levels.index(0.1)])
+    if len(medians_full) > 1 and gaps:
+        spread = max(medians_full.values()) - min(medians_full.values())
+        log_spread = np.log10(max(medians_full.values()) / min(medians_full.values()))
+        print(f"  full-dose medians {({k: round(float(v), 3) for k, v in medians_full.items()})}: spread {spread:.3f} "
+              f"against a tenth of the smallest gap {0.1 * min(gaps):.3f} (linear); {log_spread:.3f} against 0.1 "
+              "(log10: the gap is a factor 10)")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ import numpy as np
 from ..errors import DistilIQAError, InputError
 from ..io.reading import read_dicom_files
 from ..progress import Progress
+from ..quality.interpretation import DRIVER_ARTEFACTS
 from ..quality.preprocessing import window_to_unit
 from ..quality.regions import UNKNOWN, SliceRegions
-from ..quality.scoring import Scorer, SliceScores
+from ..quality.scoring import EFFECTIVE_NOISE, Scorer, SliceScores
 from ..volume import CTVolume
 from .archive import MIN_SERIES_SLICES, SeriesEntry, instance_decodes, scan_archive, scan_folder
 from .report import write_html_report  # noqa: F401  (the report was part of this module)
@@ -249,8 +250,10 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
     scores = scorer.score_volume(volume, region=region)
     notes = entry.notes() + [note for note in [_gap_note(volume, read.corrupt_files)] if note]
     record = _record(entry, weights_id, "scored", _joined(notes))
-    record.update(_summary_fields(scores), seconds=time.monotonic() - started,
-                  worst_thumbnail_png=_thumbnail_png(volume.hu[int(np.argmin(scores.score))]))
+    fields = _summary_fields(scores)
+    # the worst slice with a score; a learned model's score is NaN without a verdict, and may be NaN everywhere
+    worst = fields["worst_slice"] if fields["worst_slice"] is not None else len(scores.score) // 2
+    record.update(fields, seconds=time.monotonic() - started, worst_thumbnail_png=_thumbnail_png(volume.hu[worst]))
     if np.isfinite(scores.thickness_mm):
         # the thickness the verdicts rest on: the header's when it states a positive one, else the slice spacing
         record["slice_thickness_mm"] = scores.thickness_mm
@@ -306,14 +309,19 @@ def store_folder_series(store: ResultStore, scorer: Scorer, series: FolderSeries
 
 
 def _summary_fields(scores: SliceScores) -> Dict:
+    """The series' summary numbers the store keeps. ``worst_slice`` is ``None`` when no slice has a score (a
+    learned model gives none without a verdict); ``artefact_slices`` is ``None`` when no slice has a verdict."""
     facts = scores.summary()
     regions = facts["regions"]
+    drivers = facts.get("drivers") or {}
+    worst = facts["worst_slices"]
     return {"num_slices": facts["num_slices"], "mean_score": facts["mean_score"], "min_score": facts["min_score"],
-            "worst_slice": facts["worst_slices"][0]["slice_index"], "mean_noise_hu": facts["mean_noise_hu"],
+            "worst_slice": worst[0]["slice_index"] if worst else None, "mean_noise_hu": facts["mean_noise_hu"],
             "fraction_inadequate": facts["fraction_inadequate"],
             "region": max(regions, key=regions.get) if regions else None,
             "median_dose_equivalent": facts["median_dose_equivalent"],
-            "fraction_above_routine": facts["fraction_above_routine"]}
+            "fraction_above_routine": facts["fraction_above_routine"],
+            "artefact_slices": drivers.get(DRIVER_ARTEFACTS, 0) if drivers else None}
 
 
 # --- outputs --------------------------------------------------------------------------------------
@@ -321,7 +329,7 @@ def _summary_fields(scores: SliceScores) -> Dict:
 SUMMARY_COLUMNS = ("status", "reason", "patient_id", "study_date", "description", "scanner_model", "kernel", "kvp",
                    "slice_thickness_mm", "exposure_mas", "num_slices", "region", "mean_score", "min_score",
                    "worst_slice", "mean_noise_hu", "median_dose_equivalent", "fraction_inadequate",
-                   "fraction_above_routine", "series_uid", "weights_id", "folder")
+                   "fraction_above_routine", "artefact_slices", "series_uid", "weights_id", "folder")
 
 
 def write_summary_csv(store_path: os.PathLike[str] | str, csv_path: os.PathLike[str] | str) -> int:
@@ -349,17 +357,30 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
         series = [r for r in store.series_rows(info.weights_id) if r["series_uid"] == series_uid]
     if not rows:
         raise InputError(f"series {series_uid} has no stored scores from model {info.weights_id}; score it again")
-    score = np.array([r["score"] for r in rows], dtype=np.float32)
+    score = np.array([_or_nan(r["score"]) for r in rows], dtype=np.float32)
     spread = np.array([r["score_spread"] or 0.0 for r in rows], dtype=np.float32)
-    noise = np.array([np.nan if r["noise_hu"] is None else r["noise_hu"] for r in rows], dtype=np.float32)
-    diameter = np.array([np.nan if r.get("water_diameter_cm") is None else r["water_diameter_cm"] for r in rows],
-                        dtype=np.float32)
+    noise = np.array([_or_nan(r["noise_hu"]) for r in rows], dtype=np.float32)
+    diameter = np.array([_or_nan(r.get("water_diameter_cm")) for r in rows], dtype=np.float32)
+    # a learned model's effective noise (NULL for other models, and in stores written before it was kept)
+    effective = np.array([_or_nan(r.get("effective_noise_hu")) for r in rows], dtype=np.float64)
+    learned = info.score.name == EFFECTIVE_NOISE or bool(np.isfinite(effective).any())
     record = series[0] if series else {}
     thickness = record.get("slice_thickness_mm")
     regions = SliceRegions([r.get("region") or UNKNOWN for r in rows], [""] * len(rows), source="stored")
     return SliceScores(slice_index=np.array([r["slice_index"] for r in rows]),
                        z_mm=np.array([r["z_mm"] for r in rows], dtype=np.float64), score=score,
-                       outputs=np.stack([score - spread, score + spread], axis=1), noise_hu=noise, info=info,
+                       outputs=_outputs(score, spread), noise_hu=noise, info=info,
                        source=record.get("description") or series_uid, device="stored",
                        elapsed_s=float(record.get("seconds") or 0.0), diameter_cm=diameter,
-                       thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions)
+                       thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions,
+                       effective_noise_hu=effective if learned else None)
+
+
+def _outputs(score: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Two outputs, ``score -/+ spread``, whose spread is the stored one (around 0 where a slice has no score)."""
+    centre = np.nan_to_num(score)
+    return np.stack([centre - spread, centre + spread], axis=1)
+
+
+def _or_nan(value) -> float:
+    return float("nan") if value is None else float(value)

@@ -5,7 +5,9 @@ From a batch store it shows, for the scored series, what a group report of an ar
 model, reconstruction kernel, kVp, slice thickness), the distribution of series scores and noise (HU) by
 each of these factors as plots, the series whose mean score is an outlier within its protocol (robust
 z-score: 0.6745 (x - median) / MAD, |z| > 3.5, Iglewicz and Hoaglin), a sortable table of every series
-and the problems met, grouped by folder and reason.
+and the problems met, grouped by folder and reason. With a learned model it also counts, per series and per
+protocol, the slices whose verdict was set by artefacts (the model sees worse than their noise explains) and
+says what set the worst slice's verdict.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..quality.interpretation import DRIVER_ARTEFACTS
 from .store import ResultStore
 
 #: |robust z| above this is an outlier (Iglewicz and Hoaglin's cut-off for the modified z-score).
@@ -30,6 +33,7 @@ SCORE_COLOUR = "#1f4e9c"
 NOISE_COLOUR = "#c0392b"
 DOSE_COLOUR = "#6c3483"
 ABOVE_COLOUR = "#1a5276"
+ARTEFACT_COLOUR = "#d35400"
 #: A series is above routine when more than this share of its slices with a verdict is.
 ABOVE_ROUTINE_SHARE = 0.5
 
@@ -37,6 +41,23 @@ ABOVE_ROUTINE_SHARE = 0.5
 def above_routine(row: Dict) -> bool:
     """Whether a stored series used more dose than its body region's routine level (the dose could be lowered)."""
     return (row.get("fraction_above_routine") or 0.0) > ABOVE_ROUTINE_SHARE
+
+
+def artefact_slices(row: Dict) -> int:
+    """How many slices of a stored series had their verdict set by artefacts (0 when not recorded: a model without
+    a learned dose equivalent, or a store written before it was kept)."""
+    return int(row.get("artefact_slices") or 0)
+
+
+def worst_slice_driver(row: Dict, slices: Sequence[Dict]) -> Optional[str]:
+    """What set the verdict of a series' worst slice (``noise`` or ``artefacts``); ``None`` when unknown."""
+    worst = row.get("worst_slice")
+    for item in slices:
+        if worst is not None and item["slice_index"] == worst:
+            return item.get("driver") or None
+    return None
+
+
 #: The factors a protocol is made of: (title, row field).
 PROTOCOL_FACTORS = (("scanner model", "scanner_model"), ("kernel", "kernel"), ("kVp", "kvp"),
                     ("slice thickness (mm)", "slice_thickness_mm"))
@@ -94,6 +115,7 @@ def protocol_statistics(rows: List[Dict]) -> Tuple[List[Dict], Dict[Tuple[str, s
                         "median_noise_hu": float(np.median(noise)) if noise else None,
                         "inadequate_series": sum((r["fraction_inadequate"] or 0) > 0 for r in members),
                         "above_routine_series": sum(above_routine(r) for r in members),
+                        "artefact_series": sum(artefact_slices(r) > 0 for r in members),
                         "outliers": outliers if len(members) >= MIN_PROTOCOL_SERIES else None})
     return summary, z_of
 
@@ -167,18 +189,36 @@ def group_problems(problems: List[Dict]) -> List[Dict]:
 
 
 def _svg_plot(slices: List[Dict], threshold: Optional[float], width: int = 220, height: int = 48) -> str:
-    scores = [row["score"] for row in slices if row["score"] is not None]
-    if len(scores) < 2:
+    """The score along the scan; slices without a score (a learned model's without a verdict) leave a gap, and
+    slices whose verdict was set by artefacts are marked with a dot."""
+    known = [(n, row["score"]) for n, row in enumerate(slices) if row["score"] is not None]
+    if len(known) < 2:
         return ""
+    scores = [s for _, s in known]
     low, high = min(min(scores), threshold or 1.0) - 0.02, max(max(scores), 1.0) + 0.02
-    points = " ".join(f"{i * (width - 1) / (len(scores) - 1):.1f},{(high - s) / (high - low) * (height - 1):.1f}"
-                      for i, s in enumerate(scores))
+    step = (width - 1) / max(len(slices) - 1, 1)
+
+    def y_of(value: float) -> float:
+        return (high - value) / (high - low) * (height - 1)
+
+    runs: List[List[Tuple[float, float]]] = []  # unbroken stretches of scored slices
+    for position, (n, s) in enumerate(known):
+        if position == 0 or n != known[position - 1][0] + 1:
+            runs.append([])
+        runs[-1].append((n * step, y_of(s)))
+    lines = "".join(f'<polyline fill="none" stroke="{SCORE_COLOUR}" stroke-width="1.5" '
+                    f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in run)}"/>' if len(run) > 1 else
+                    f'<circle cx="{run[0][0]:.1f}" cy="{run[0][1]:.1f}" r="1.2" fill="{SCORE_COLOUR}"/>'
+                    for run in runs)
+    marks = "".join(f'<circle cx="{n * step:.1f}" cy="{y_of(row["score"]):.1f}" r="2.2" fill="{ARTEFACT_COLOUR}"/>'
+                    for n, row in enumerate(slices)
+                    if row.get("driver") == DRIVER_ARTEFACTS and row["score"] is not None)
     line = ""
     if threshold is not None:
-        y = (high - threshold) / (high - low) * (height - 1)
-        line = f'<line x1="0" x2="{width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#c0392b" stroke-dasharray="3,2"/>'
-    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">{line}'
-            f'<polyline fill="none" stroke="{SCORE_COLOUR}" stroke-width="1.5" points="{points}"/></svg>')
+        line = (f'<line x1="0" x2="{width}" y1="{y_of(threshold):.1f}" y2="{y_of(threshold):.1f}" stroke="#c0392b" '
+                'stroke-dasharray="3,2"/>')
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">{line}{lines}{marks}'
+            "</svg>")
 
 
 _REPORT_STYLE = """
@@ -193,6 +233,7 @@ td.uid{overflow-wrap:anywhere;font-size:11px}
 td.num{text-align:right;white-space:nowrap}
 tr.inadequate{background:#fadbd8}
 tr.above{background:#d6eaf8}
+tr.artefacts td.artefacts{background:#f5cba7;font-weight:bold}
 tr.outlier td.z{background:#f9e79f;font-weight:bold}
 tr.skipped,tr.failed{color:#777}
 details{margin:2px 0}
@@ -239,10 +280,11 @@ def _protocol_section(summary: List[Dict]) -> str:
                     + _cell(_fixed(p["median_score"], 4), "num")
                     + _cell(f"{p['score_range'][0]:.4f} - {p['score_range'][1]:.4f}", "num")
                     + _cell(_fixed(p["median_noise_hu"], 1), "num") + _cell(p["inadequate_series"], "num")
-                    + _cell(p["above_routine_series"], "num")
+                    + _cell(p["above_routine_series"], "num") + _cell(p.get("artefact_series", 0), "num")
                     + _cell("too few series" if p["outliers"] is None else p["outliers"], "num") + "</tr>")
     headers = ["protocol (scanner / kernel / kVp / slice)", "series", "median score", "score range",
-               "median noise (HU)", "series with inadequate slices", "series above routine", "outliers"]
+               "median noise (HU)", "series with inadequate slices", "series above routine",
+               "series with slices set by artefacts", "outliers"]
     return _table(headers, body)
 
 
@@ -271,6 +313,8 @@ def _series_section(rows: List[Dict], plots: Dict, z_of: Dict, threshold: Option
         css = "inadequate" if (row["fraction_inadequate"] or 0) > 0 else row["status"]
         if above_routine(row):
             css += " above"
+        if artefact_slices(row):
+            css += " artefacts"
         if z is not None and abs(z) > OUTLIER_Z:
             css += " outlier"
         status = row["status"] + (f": {row['reason']}" if row["reason"] else "")
@@ -284,12 +328,15 @@ def _series_section(rows: List[Dict], plots: Dict, z_of: Dict, threshold: Option
                  + _cell(_fixed(row["mean_noise_hu"], 1), "num") + _cell(row.get("region"))
                  + _cell(_fixed(row.get("median_dose_equivalent"), 2), "num")
                  + _cell(None if row.get("fraction_above_routine") is None
-                         else f"{100 * row['fraction_above_routine']:.0f}%", "num"))
+                         else f"{100 * row['fraction_above_routine']:.0f}%", "num")
+                 + _cell(row.get("artefact_slices"), "num artefacts")
+                 + _cell(worst_slice_driver(row, plots.get(key, []))))
         body.append(f'<tr class="{css}">{cells}<td>{_svg_plot(plots.get(key, []), threshold)}</td>'
                     f'<td>{thumbnail}</td>{_cell(row["series_uid"], "uid")}</tr>')
     headers = ["status", "patient", "study date", "series", "scanner", "kernel", "kVp", "slice (mm)", "slices",
                "mean score", "min score", "robust z", "% inadequate", "noise (HU)", "region",
-               "median dose equivalent", "% above routine", "score along the scan",
+               "median dose equivalent", "% above routine", "slices set by artefacts", "worst slice set by",
+               "score along the scan",
                "worst slice", "series key"]
     return _table(headers, body)
 
@@ -321,10 +368,12 @@ def write_html_report(store_path: os.PathLike[str] | str, report_path: os.PathLi
     scored = sum(r["status"] == "scored" for r in rows)
     flagged = sum((r["fraction_inadequate"] or 0) > 0 for r in rows)
     above = sum(above_routine(r) for r in rows)
+    artefacts = sum(artefact_slices(r) > 0 for r in rows)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_REPORT_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>{scored} series scored, {flagged} with inadequate slices, {above} above routine (the dose could "
-            f"be lowered), {len(rows) - scored} skipped or failed; "
+            f"be lowered), {artefacts} with slices whose verdict was set by artefacts (the model sees worse than "
+            f"their noise explains: streaks, rings, motion), {len(rows) - scored} skipped or failed; "
             f"{len(problems)} problem(s). Scores are DistilIQA's no-reference quality estimates, for quality "
             "assurance, not diagnosis. Click a column heading to sort.</p>"
             f"<h2>Protocols</h2>{_protocol_section(protocols)}"

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS series (
     kernel TEXT, kvp REAL, exposure_mas REAL, slice_thickness_mm REAL, scanner_model TEXT,
     num_files INTEGER, num_slices INTEGER,
     mean_score REAL, min_score REAL, worst_slice INTEGER, mean_noise_hu REAL, fraction_inadequate REAL,
-    region TEXT, median_dose_equivalent REAL, fraction_above_routine REAL,
+    region TEXT, median_dose_equivalent REAL, fraction_above_routine REAL, artefact_slices INTEGER,
     folder TEXT, seconds REAL, written_at TEXT, worst_thumbnail_png BLOB,
     PRIMARY KEY (series_uid, weights_id)
 );
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS slices (
     weights_id TEXT NOT NULL,
     slice_index INTEGER NOT NULL,
     z_mm REAL, score REAL, score_spread REAL, noise_hu REAL, dose_equivalent REAL, adequacy TEXT,
-    region TEXT, above_routine INTEGER, verdict_note TEXT,
+    region TEXT, above_routine INTEGER, verdict_note TEXT, effective_noise_hu REAL, driver TEXT,
     PRIMARY KEY (series_uid, weights_id, slice_index)
 );
 CREATE TABLE IF NOT EXISTS problems (
@@ -46,15 +46,20 @@ SERIES_COLUMNS = ("series_uid", "weights_id", "status", "reason", "patient_id", 
                   "study_date", "description", "kernel", "kvp", "exposure_mas", "slice_thickness_mm",
                   "scanner_model", "num_files", "num_slices",
                   "mean_score", "min_score", "worst_slice", "mean_noise_hu", "fraction_inadequate", "region",
-                  "median_dose_equivalent", "fraction_above_routine", "folder",
+                  "median_dose_equivalent", "fraction_above_routine", "artefact_slices", "folder",
                   "seconds", "written_at", "worst_thumbnail_png")
 #: Columns added after the first release, with their type: an older store gains them when opened.
 ADDED_SERIES_COLUMNS = {"slice_thickness_mm": "REAL", "scanner_model": "TEXT", "region": "TEXT",
-                        "median_dose_equivalent": "REAL", "fraction_above_routine": "REAL"}
+                        "median_dose_equivalent": "REAL", "fraction_above_routine": "REAL",
+                        "artefact_slices": "INTEGER"}
 ADDED_SLICE_COLUMNS = {"water_diameter_cm": "REAL", "region": "TEXT", "above_routine": "INTEGER",
-                       "verdict_note": "TEXT"}
+                       "verdict_note": "TEXT", "effective_noise_hu": "REAL", "driver": "TEXT"}
+#: ``effective_noise_hu``: a learned model's effective noise (HU), NULL for other models; ``driver``: what set the
+#: slice's verdict, ``noise`` (the measured noise) or ``artefacts`` (the network sees worse), '' or NULL without one.
+#: ``artefact_slices`` (series): how many of its slices had their verdict set by artefacts (NULL: no verdicts).
 SLICE_COLUMNS = ("series_uid", "weights_id", "slice_index", "z_mm", "score", "score_spread", "noise_hu",
-                 "water_diameter_cm", "dose_equivalent", "adequacy", "region", "above_routine", "verdict_note")
+                 "water_diameter_cm", "dose_equivalent", "adequacy", "region", "above_routine", "verdict_note",
+                 "effective_noise_hu", "driver")
 
 
 def _now() -> str:

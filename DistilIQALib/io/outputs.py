@@ -10,7 +10,7 @@ from typing import IO, Optional
 
 import numpy as np
 
-from ..quality.interpretation import adequacy_measure, band_threshold
+from ..quality.interpretation import DRIVER_ARTEFACTS, adequacy_measure, band_threshold
 from ..quality.scoring import SliceScores
 
 CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "water_diameter_cm", "dose_equivalent",
@@ -34,8 +34,10 @@ def write_json(scores: SliceScores, destination: os.PathLike[str] | str | IO[str
 
 def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optional[str] = None) -> None:
     """Score against slice position z (mm), with the noise index (HU) on a second axis. When the model's
-    verdicts rest on the dose equivalent, a panel below shows it with the adequacy bands; otherwise the
-    bands are drawn behind the score."""
+    verdicts rest on the dose equivalent, a panel below shows it with the adequacy bands (and, for a learned
+    model, its learned dose equivalent beside the one from the noise); otherwise the bands are drawn behind the
+    score. Slices without a score (a learned model's without a verdict) leave gaps; slices whose verdict was set
+    by artefacts are marked with triangles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,6 +48,8 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
     z = scores.z_mm[order]
     dose = scores.dose_equivalent
     on_dose = adequacy_measure(info.adequacy) == "dose_equivalent" and dose is not None
+    learned = scores.effective_noise_hu is not None
+    artefacts = np.array([driver == DRIVER_ARTEFACTS for driver in scores.driver], dtype=bool)
     if on_dose:
         figure, (axis, dose_axis) = plt.subplots(2, 1, figsize=(9, 5.6), dpi=110, sharex=True,
                                                  gridspec_kw={"height_ratios": [3, 2]})
@@ -54,15 +58,26 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
     try:
         if not on_dose:
             _draw_bands(axis, info.adequacy, info.score.minimum, info.score.maximum)
-        axis.plot(z, scores.score[order], color="#1f4e9c", marker="o", markersize=2.5, linewidth=1.4,
-                  label=f"quality score ({info.score.name})")
-        worst = np.argsort(scores.score, kind="stable")[:3]
-        axis.scatter(scores.z_mm[worst], scores.score[worst], s=40, facecolors="none", edgecolors="#c0392b",
-                     linewidths=1.5, zorder=5, label="worst slices")
-        axis.set_ylabel(f"score ({'higher' if info.score.higher_is_better else 'lower'} is better)")
-        low = min(info.score.minimum, float(np.nanmin(scores.score)))
-        high = max(info.score.maximum, float(np.nanmax(scores.score)))
-        axis.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
+        score = np.asarray(scores.score, dtype=np.float64)
+        known = np.isfinite(score)
+        axis.plot(z, score[order], color="#1f4e9c", marker="o", markersize=2.5, linewidth=1.4,
+                  label="learned dose equivalent" if learned else f"quality score ({info.score.name})")
+        worst = [n for n in np.argsort(score, kind="stable") if known[n]][:3]
+        if worst:
+            axis.scatter(scores.z_mm[worst], score[worst], s=40, facecolors="none", edgecolors="#c0392b",
+                         linewidths=1.5, zorder=5, label="worst slices")
+        marked = artefacts & known
+        if marked.any():
+            axis.scatter(scores.z_mm[marked], score[marked], s=28, marker="^", color=_ARTEFACT_COLOUR, zorder=6,
+                         label="verdict set by artefacts")
+        axis.set_ylabel("learned dose equivalent\n(routine doses)" if learned
+                        else f"score ({'higher' if info.score.higher_is_better else 'lower'} is better)")
+        if learned:  # a dose equivalent, on the dose panel's scale
+            _dose_scale(axis)
+        else:
+            low = min([info.score.minimum] + ([float(score[known].min())] if known.any() else []))
+            high = max([info.score.maximum] + ([float(score[known].max())] if known.any() else []))
+            axis.set_ylim(low - 0.02 * (high - low), high + 0.02 * (high - low))
         noise_axis = axis.twinx()
         if np.isfinite(scores.noise_hu).any():
             noise_axis.plot(z, scores.noise_hu[order], color="#7f7f7f", linewidth=1.0, linestyle="--",
@@ -75,7 +90,7 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
                        fontsize=10)
         bottom = axis
         if on_dose:
-            _draw_dose_panel(dose_axis, scores, z, dose[order], order)
+            _draw_dose_panel(dose_axis, scores, z, dose[order], order, artefacts[order])
             dose_axis.legend(loc="lower left", fontsize=8, ncol=4)
             bottom = dose_axis
         bottom.set_xlabel("slice position z (mm, superior +)")
@@ -88,11 +103,15 @@ def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optiona
 
 _BAND_COLOURS = ("#d5f5e3", "#fcf3cf", "#fadbd8", "#f2f3f4")
 _ABOVE_COLOUR = "#d6eaf8"
+_ARTEFACT_COLOUR = "#d35400"
 
 
-def _draw_dose_panel(axis, scores: SliceScores, z: np.ndarray, dose: np.ndarray, order: np.ndarray) -> None:
+def _draw_dose_panel(axis, scores: SliceScores, z: np.ndarray, dose: np.ndarray, order: np.ndarray,
+                     artefacts: np.ndarray) -> None:
     """Dose equivalent (log scale, 0.05-4 routine doses) with the bands of the scan's main body region and the
-    range above its routine level; slices above routine are marked."""
+    range above its routine level; slices above routine are marked. A learned model's dose equivalent is drawn
+    beside the one from the noise, with triangles where it set the verdict (artefacts). ``dose`` and
+    ``artefacts`` are in z order already."""
     from ..quality.interpretation import DOSE_RANGE, region_references
 
     regions = [scores.region[n] for n in order]
@@ -104,15 +123,32 @@ def _draw_dose_panel(axis, scores: SliceScores, z: np.ndarray, dose: np.ndarray,
     above_from = float(references[main].get("above_routine_from", 2.0)) if main else None
     if above_from:
         axis.axhspan(above_from, DOSE_RANGE[1] * 2.0, color=_ABOVE_COLOUR, zorder=0, label="above routine")
-    axis.plot(z, dose, color="#6c3483", marker="o", markersize=2.0, linewidth=1.2, label="dose equivalent")
+    learned = scores.verdicts.learned_dose_equivalent if scores.verdicts is not None else None
+    axis.plot(z, dose, color="#6c3483", marker="o", markersize=2.0, linewidth=1.2,
+              label="dose equivalent (noise)" if learned is not None else "dose equivalent")
+    if learned is not None:
+        learned = learned[order]
+        axis.plot(z, learned, color=_ARTEFACT_COLOUR, marker="o", markersize=1.5, linewidth=1.0, linestyle="-.",
+                  label="learned dose equivalent")
+        marked = artefacts & np.isfinite(learned)
+        if marked.any():
+            axis.scatter(z[marked], learned[marked], s=26, marker="^", color=_ARTEFACT_COLOUR, zorder=6,
+                         label="verdict set by artefacts")
     above = scores.above_routine[order]
     if above.any():
         axis.scatter(z[above], dose[above], s=22, color="#1a5276", zorder=5, label="above routine: could be lowered")
+    _dose_scale(axis)
+    axis.set_ylabel("dose equivalent\n(routine doses" + (f", {main}" if main else "") + ")")
+
+
+def _dose_scale(axis) -> None:
+    """Log scale over the reported dose equivalents, 0.05-4 routine doses."""
+    from ..quality.interpretation import DOSE_RANGE
+
     axis.set_yscale("log")
     axis.set_ylim(DOSE_RANGE[0] * 0.9, DOSE_RANGE[1] * 1.1)
     axis.set_yticks([0.05, 0.1, 0.25, 0.5, 1, 2, 4])
     axis.set_yticklabels(["0.05", "0.1", "0.25", "0.5", "1", "2", "4"])
-    axis.set_ylabel("dose equivalent\n(routine doses" + (f", {main}" if main else "") + ")")
 
 
 def _draw_bands(axis, adequacy, lowest: float, highest: float) -> None:

@@ -276,22 +276,40 @@ class Verdicts:
     driver: Optional[List[str]] = None
 
 
+#: Without a fitted margin, the network's effective noise sets the score where it exceeds the measured noise by
+#: more than this share.
+DEFAULT_ARTEFACT_MARGIN = 0.15
+
+
+def effective_noise(noise_hu, network_noise_hu, margin: Optional[float] = None) -> np.ndarray:
+    """The noise a slice's score rests on: the network's effective noise where it exceeds the measured noise by more
+    than ``margin`` (what the noise index cannot see: streaks, rings, motion), else the measured noise (the network
+    agrees with it within its own error). NaN where the measured noise is unknown."""
+    noise = np.asarray(noise_hu, dtype=np.float64)
+    network = np.asarray(network_noise_hu, dtype=np.float64)
+    margin = DEFAULT_ARTEFACT_MARGIN if margin is None else float(margin)
+    with np.errstate(invalid="ignore"):
+        beyond = np.isfinite(network) & np.isfinite(noise) & (network > noise * (1.0 + margin))
+    return np.where(beyond, network, noise)
+
+
 def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str], region_reasons: Sequence[str],
-                    references: Dict[str, Dict[str, Any]], effective_noise_hu=None) -> Verdicts:
+                    references: Dict[str, Dict[str, Any]], effective_noise_hu=None,
+                    artefact_margin: Optional[float] = None) -> Verdicts:
     """Verdicts of each slice against the routine reference of its body region; ``unknown`` with its reason
     wherever the slice lies outside what that reference was fitted on (region, size, thickness) or has no
     noise figure. Never an extrapolation.
 
     With ``effective_noise_hu`` (a learned model's: the noise of a pure dose reduction that degrades the slice as
-    much as what it shows) each slice also gets a learned dose equivalent through the same reference, and its
-    verdict is the worse of the two bands: the driver is ``noise`` when the measured noise alone gives that band,
-    ``artefacts`` when the network sees worse (streaks, rings, motion). A slice is above routine only when both
-    say so."""
+    much as what it shows) each slice also gets a learned dose equivalent: that of :func:`effective_noise` (the
+    network's where it sees clearly more than the measured noise, within ``artefact_margin``), through the same
+    reference. The verdict rests on it, so it is the worse of the physics' and the network's; the driver is
+    ``artefacts`` where the network moved the slice into a worse band than its noise gives, ``noise`` otherwise."""
     noise = np.asarray(noise_hu, dtype=np.float64)
     count = len(noise)
     thickness = np.broadcast_to(np.asarray(thickness_mm, dtype=np.float64), (count,))
     diameter = np.broadcast_to(np.asarray(diameter_cm, dtype=np.float64), (count,))
-    learned_noise = None if effective_noise_hu is None else np.asarray(effective_noise_hu, dtype=np.float64)
+    combined = None if effective_noise_hu is None else effective_noise(noise, effective_noise_hu, artefact_margin)
     dose = np.full(count, np.nan)
     learned = np.full(count, np.nan)
     labels, notes, drivers = [UNKNOWN] * count, [""] * count, [""] * count
@@ -308,24 +326,23 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
         dose[n] = noise_dose_equivalent(noise[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
         labels[n] = adequacy_labels(dose[n:n + 1], bands)[0]
         drivers[n] = DRIVER_NOISE
-        above_from = float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT))
-        above[n] = dose[n] > above_from
+        value = dose[n]
         remarks = []
-        if learned_noise is not None and np.isfinite(learned_noise[n]) and learned_noise[n] > 0:
-            learned[n] = noise_dose_equivalent(learned_noise[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
+        if combined is not None:
+            learned[n] = value = noise_dose_equivalent(combined[n:n + 1], thickness[n], diameter[n:n + 1],
+                                                       reference)[0]
             seen = adequacy_labels(learned[n:n + 1], bands)[0]
-            names = [band["name"] for band in reference["bands"]]
-            if names.index(seen) > names.index(labels[n]):
+            if seen != labels[n]:
                 labels[n], drivers[n] = seen, DRIVER_ARTEFACTS
-                remarks.append(f"artefacts: it looks like {learned[n]:.2f} of a routine dose while its noise reads "
-                               f"{dose[n]:.2f}")
-            above[n] = above[n] and learned[n] > above_from
+                remarks.append(f"artefacts (streaks, rings or motion): it looks like {learned[n]:.2f} of a routine "
+                               f"dose while its noise reads {dose[n]:.2f}")
+        above[n] = value > float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT))
         if above[n]:
             remarks.insert(0, ABOVE_ROUTINE_NOTE)
         if reference.get("basis") == "literature":
             remarks.append(f"{region} routine level from published measurements")
         notes[n] = "; ".join(remarks)
-    return Verdicts(dose, labels, above, notes, None if learned_noise is None else learned, drivers)
+    return Verdicts(dose, labels, above, notes, learned if combined is not None else None, drivers)
 
 
 def _why_unknown(region: str, region_reason: str, reference: Optional[Dict[str, Any]], noise: float,

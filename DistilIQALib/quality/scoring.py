@@ -97,7 +97,7 @@ class SliceScores:
         reasons = list(self.regions.reason) if self.regions else ["not determined"] * len(self.score)
         return region_verdicts(self.noise_hu, self.thickness_mm, diameter, self.region, reasons,
                                region_references(self.info.noise_reference, self.info.adequacy),
-                               self.effective_noise_hu)
+                               self.effective_noise_hu, self.info.artefact_margin)
 
     @property
     def driver(self) -> List[str]:

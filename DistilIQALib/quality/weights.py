@@ -64,6 +64,9 @@ class ModelInfo:
     #: Routine full-dose noise by patient size and slice thickness (``interpretation.noise_dose_equivalent``);
     #: when present it gives the dose equivalent instead of ``dose_calibration``.
     noise_reference: Optional[Dict[str, Any]] = None
+    #: A learned model's tolerance: its effective noise sets the score where it exceeds the measured noise by more
+    #: than this share (``interpretation.effective_noise``); fitted on held-out dose images.
+    artefact_margin: Optional[float] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     #: Short hash of the file the model was loaded from (set on load).
@@ -86,6 +89,7 @@ class ModelInfo:
             "adequacy": self.adequacy,
             "dose_calibration": self.dose_calibration,
             "noise_reference": self.noise_reference,
+            "artefact_margin": self.artefact_margin,
             "provenance": self.provenance,
         }
         return json.dumps(record, sort_keys=True)
@@ -127,6 +131,7 @@ class ModelInfo:
             adequacy=record.get("adequacy"),
             dose_calibration=record.get("dose_calibration"),
             noise_reference=record.get("noise_reference"),
+            artefact_margin=record.get("artefact_margin"),
             provenance=record.get("provenance") or {},
             format_version=version,
         )

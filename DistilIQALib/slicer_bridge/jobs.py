@@ -233,7 +233,7 @@ def read_score_results(csv_path, json_path, weights=None):
     meaning, adequacy bands and dose calibration. The CSV keeps each slice's score and the spread of the
     student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread."""
     from ..quality.regions import UNKNOWN, SliceRegions
-    from ..quality.scoring import SliceScores
+    from ..quality.scoring import EFFECTIVE_NOISE, SliceScores
     from ..quality.weights import read_info, resolve_weights
 
     info = read_info(resolve_weights(weights))
@@ -242,22 +242,32 @@ def read_score_results(csv_path, json_path, weights=None):
     summary = json.loads(Path(json_path).read_text())
     if not rows or len(rows) != summary.get("num_slices"):
         raise ValueError(f"{csv_path} does not hold the {summary.get('num_slices')} slices its summary names")
-    score = np.array([float(r["score"]) for r in rows], dtype=np.float32)
+    # a learned model's score is empty where a slice has no verdict
+    score = np.array([_float_or_nan(r["score"]) for r in rows], dtype=np.float32)
+    effective = np.array([_float_or_nan(r.get("effective_noise_hu", "")) for r in rows], dtype=np.float64)
+    learned = summary.get("score_name") == EFFECTIVE_NOISE or bool(np.isfinite(effective).any())
     spread = np.array([_float_or_nan(r["score_spread"]) for r in rows], dtype=np.float32)
     spread = np.nan_to_num(spread)
     return SliceScores(
         slice_index=np.array([int(r["slice_index"]) for r in rows]),
         z_mm=np.array([float(r["z_mm"]) for r in rows], dtype=np.float64), score=score,
-        outputs=np.stack([score - spread, score + spread], axis=1),
+        outputs=_outputs(score, spread),
         noise_hu=np.array([_float_or_nan(r["noise_hu"]) for r in rows], dtype=np.float32), info=info,
         source=summary.get("source", ""), device=summary.get("device", ""),
         elapsed_s=float(summary.get("elapsed_s") or 0.0), matrix=tuple(summary.get("matrix") or ()),
         spacing_mm=tuple(summary.get("spacing_mm") or ()), warnings=list(summary.get("warnings") or ()),
         diameter_cm=np.array([_float_or_nan(r.get("water_diameter_cm", "")) for r in rows], dtype=np.float32),
         thickness_mm=_float_or_nan(summary.get("slice_thickness_mm")),
+        effective_noise_hu=effective if learned else None,
         regions=SliceRegions([r.get("region") or UNKNOWN for r in rows],
                              [_region_reason(r.get("verdict_note") or "") for r in rows],
                              summary.get("region_source") or "image"))
+
+
+def _outputs(score: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Two outputs, ``score -/+ spread``, whose spread is the stored one (around 0 where a slice has no score)."""
+    centre = np.nan_to_num(score)
+    return np.stack([centre - spread, centre + spread], axis=1)
 
 
 def _region_reason(note: str) -> str:

@@ -26,7 +26,13 @@ import numpy as np
 import slicer
 import vtk
 
-from ..quality.interpretation import adequacy_measure, band_threshold, lowest_adequate_value, region_references
+from ..quality.interpretation import (
+    DRIVER_ARTEFACTS,
+    adequacy_measure,
+    band_threshold,
+    lowest_adequate_value,
+    region_references,
+)
 from ..quality.regions import SliceRegions
 from ..quality.scoring import SliceScores
 from ..volume import CTVolume, to_axial
@@ -122,16 +128,31 @@ def quality_color_table(scene):
     return table
 
 
+#: Column of the results table with a learned model's dose equivalent (present only for such a model).
+LEARNED_DOSE_COLUMN = "learned_dose_equivalent"
+
+
+def _learned_dose(scores: SliceScores) -> Optional[np.ndarray]:
+    """A learned model's dose equivalent of each slice (NaN without a verdict); ``None`` for other models."""
+    verdicts = scores.verdicts
+    return None if verdicts is None else verdicts.learned_dose_equivalent
+
+
 def _fill_table(table_node, scores: SliceScores, thresholds) -> None:
+    """The per-slice rows (:meth:`SliceScores.rows`; ``driver``: what set the verdict, ``noise`` or ``artefacts``),
+    a learned model's dose equivalent, and the band thresholds of each slice."""
     table = vtk.vtkTable()
     rows = scores.rows()
     columns = [("slice_index", vtk.vtkIntArray), ("z_mm", vtk.vtkDoubleArray), ("score", vtk.vtkDoubleArray),
                ("score_spread", vtk.vtkDoubleArray), ("noise_hu", vtk.vtkDoubleArray),
                ("dose_equivalent", vtk.vtkDoubleArray), ("adequacy", vtk.vtkStringArray),
                ("water_diameter_cm", vtk.vtkDoubleArray), ("region", vtk.vtkStringArray),
-               ("above_routine", vtk.vtkIntArray), ("verdict_note", vtk.vtkStringArray)]
+               ("above_routine", vtk.vtkIntArray), ("verdict_note", vtk.vtkStringArray),
+               ("driver", vtk.vtkStringArray), ("effective_noise_hu", vtk.vtkDoubleArray)]
     fixed = len(columns)
-    columns += [(name, vtk.vtkDoubleArray) for name, _ in thresholds]
+    learned = _learned_dose(scores)
+    extra = [] if learned is None else [(LEARNED_DOSE_COLUMN, learned)]
+    columns += [(name, vtk.vtkDoubleArray) for name, _ in extra + list(thresholds)]
     arrays = {}
     for name, array_class in columns:
         array = array_class()
@@ -148,8 +169,8 @@ def _fill_table(table_node, scores: SliceScores, thresholds) -> None:
                 arrays[name].SetValue(n, int(bool(value)))
             else:
                 arrays[name].SetValue(n, np.nan if value is None else value)
-        for name, threshold in thresholds:
-            arrays[name].SetValue(n, threshold[n])
+        for name, values in extra + list(thresholds):
+            arrays[name].SetValue(n, float(values[n]))
     table_node.SetAndObserveTable(table)
     table_node.Modified()
 
@@ -219,7 +240,9 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     _series(scene, ct_node, "noise series", f"{name} noise (HU)", table, "noise_hu", (0.5, 0.5, 0.5))
     score_chart.SetTitle(f"DistilIQA: {name}")
     score_chart.SetXAxisTitle("z (mm)")
-    score_chart.SetYAxisTitle(f"{info.score.name} ({'higher' if info.score.higher_is_better else 'lower'} is better)")
+    learned = _learned_dose(scores) is not None
+    score_chart.SetYAxisTitle("learned dose equivalent (fraction of a routine dose)" if learned else
+                              f"{info.score.name} ({'higher' if info.score.higher_is_better else 'lower'} is better)")
     adequacy_chart = _find_or_add(scene, "vtkMRMLPlotChartNode", ct_node, "adequacy chart",
                                   f"{name} dose adequacy")
     adequacy_chart.RemoveAllPlotSeriesNodeIDs()
@@ -228,8 +251,12 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
         measure_series = _series(scene, ct_node, "dose series", f"{name} dose equivalent", table, "dose_equivalent",
                                  (0.12, 0.3, 0.61))
     adequacy_chart.AddAndObservePlotSeriesNodeID(measure_series.GetID())
+    if on_dose and learned:  # a learned model's dose equivalent beside the one from the noise
+        learned_series = _series(scene, ct_node, "learned dose series", f"{name} learned dose equivalent", table,
+                                 LEARNED_DOSE_COLUMN, (0.83, 0.33, 0.0))
+        adequacy_chart.AddAndObservePlotSeriesNodeID(learned_series.GetID())
     band_colors = [(0.15, 0.6, 0.3), (0.85, 0.6, 0.1), (0.75, 0.2, 0.2)]
-    for n, (column, _) in enumerate(thresholds):
+    for n, (column, _) in enumerate(thresholds):  # the band lines
         color = (0.1, 0.35, 0.6) if column == "above_routine_from" else band_colors[min(n, len(band_colors) - 1)]
         line = _series(scene, ct_node, f"band {column}", f"{name} {column}", table, column, color, dashed=True)
         adequacy_chart.AddAndObservePlotSeriesNodeID(line.GetID())
@@ -258,6 +285,8 @@ def show_stored_results(ct_node, scores: SliceScores) -> ResultNodes:
                           matrix=scores.matrix, spacing_mm=scores.spacing_mm,
                           diameter_cm=None if scores.diameter_cm is None else scores.diameter_cm[order],
                           thickness_mm=scores.thickness_mm,
+                          effective_noise_hu=(None if scores.effective_noise_hu is None
+                                              else scores.effective_noise_hu[order]),
                           regions=None if scores.regions is None else SliceRegions(
                               [scores.regions.region[n] for n in order], [scores.regions.reason[n] for n in order],
                               scores.regions.source))
@@ -266,12 +295,19 @@ def show_stored_results(ct_node, scores: SliceScores) -> ResultNodes:
 
 def _quality_map(scene, ct_node, volume: CTVolume, scores: SliceScores):
     """A volume with the CT's axial slicing and extent, 2x2 voxels per slice, each slice set to the quantity its
-    verdict rests on: the score, or the dose equivalent when the bands are on it (0 where unknown)."""
+    verdict rests on: the score, or the dose equivalent when the bands are on it (0 where unknown); for a learned
+    model, the learned dose equivalent on the slices whose verdict artefacts set."""
     node = _find_or_add(scene, "vtkMRMLScalarVolumeNode", ct_node, "quality map",
                         f"{ct_node.GetName()} DistilIQA quality map")
     nz, ny, nx = volume.hu.shape
     on_dose = adequacy_measure(scores.info.adequacy) == "dose_equivalent" and scores.dose_equivalent is not None
-    per_slice = np.nan_to_num(scores.dose_equivalent, nan=0.0) if on_dose else scores.score
+    per_slice = np.asarray(scores.score, dtype=np.float64)
+    if on_dose:
+        per_slice = np.asarray(scores.dose_equivalent, dtype=np.float64)
+        learned = _learned_dose(scores)
+        if learned is not None:
+            per_slice = np.where([driver == DRIVER_ARTEFACTS for driver in scores.driver], learned, per_slice)
+    per_slice = np.nan_to_num(per_slice, nan=0.0)
     values = np.repeat(per_slice.astype(np.float32)[:, None, None], 2, axis=1).repeat(2, axis=2)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(values))
     spacing = (nx * volume.spacing_mm[0] / 2.0, ny * volume.spacing_mm[1] / 2.0, volume.spacing_mm[2])
@@ -306,7 +342,8 @@ def _place_in_hierarchy(ct_node, nodes) -> None:
 
 def score_text_at(table_node, z_mm: float) -> str:
     """``"slice 12: score 0.912, dose 0.85 (good)"`` for the scored slice whose centre is nearest to ``z_mm``
-    (the text a slice view's corner shows while the user scrolls); empty when ``z_mm`` is more than
+    (the text a slice view's corner shows while the user scrolls; ``(inadequate, set by artefacts)`` where a
+    learned model's view set the verdict, no score where there is none); empty when ``z_mm`` is more than
     one slice spacing away from every scored slice."""
     table = table_node.GetTable() if table_node is not None else None
     if table is None or table.GetNumberOfRows() == 0:
@@ -320,8 +357,11 @@ def score_text_at(table_node, z_mm: float) -> str:
     dose = table.GetValue(nearest, 5).ToDouble()
     verdict = table.GetValue(nearest, 6).ToString()
     index = table.GetValue(nearest, 0).ToInt()
-    return (f"slice {index}: score {score:.3f}" + (f", dose {dose:.2f}" if np.isfinite(dose) else "")
-            + (f" ({verdict})" if verdict else ""))
+    driver = table.GetColumnIndex("driver")  # -1 in a table saved before it was added
+    if verdict and driver >= 0 and table.GetValue(nearest, driver).ToString() == DRIVER_ARTEFACTS:
+        verdict += ", set by artefacts"
+    return (f"slice {index}:" + (f" score {score:.3f}" if np.isfinite(score) else " no score")
+            + (f", dose {dose:.2f}" if np.isfinite(dose) else "") + (f" ({verdict})" if verdict else ""))
 
 
 def show_in_slice_views(scene, ct_node, quality_map=None, opacity: float = 0.35) -> None:

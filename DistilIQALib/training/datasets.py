@@ -339,7 +339,7 @@ EFFECTIVE_NOISE_SCORE = {
                     "motion); 1 = a routine dose. The network's outputs are the log of that effective noise (HU)"),
     "minimum": 0.05, "maximum": 4.0, "higher_is_better": True}
 #: Doses of the ladder an artefact image is matched against (its SSIM to the source is interpolated in log dose).
-MATCHING_DOSES = (1.0, 0.75, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.035, 0.025, 0.015, 0.01)
+MATCHING_DOSES = (1.0, 0.7, 0.45, 0.3, 0.2, 0.12, 0.07, 0.04, 0.02, 0.01)
 #: Artefacts simulated for every ``every``-th source (offset 0: sparse views, 1: rings, 2: motion) and their levels.
 DEFAULT_ARTEFACTS = {"views": (256, 128, 64), "rings": (100.0, 300.0), "motion": (2.0, 5.0)}
 
@@ -376,6 +376,7 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
         matched_kernel_sharpness,
         motion_artefact,
         ring_artefact,
+        ring_pattern,
         sparse_view,
     )
 
@@ -398,12 +399,12 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
         if kinds and n % max(1, every) < len(kinds):
             kind = kinds[n % max(1, every)]
             dense = dense_reconstruction(hu, source.pixel_mm, device=device) if kind == "views" else None
+            rings = ring_pattern(hu, source.pixel_mm, seed * 7 + n, device=device) if kind == "rings" else None
             for level in artefacts[kind]:
                 if kind == "views":
                     made[f"views{int(level)}"] = sparse_view(hu, source.pixel_mm, int(level), dense, device)
                 elif kind == "rings":
-                    made[f"rings{level:g}"] = ring_artefact(hu, source.pixel_mm, float(level), seed * 7 + n,
-                                                           device=device)
+                    made[f"rings{level:g}"] = ring_artefact(hu, source.pixel_mm, float(level), pattern=rings)
                 else:
                     made[f"motion{level:g}"] = motion_artefact(hu, source.pixel_mm, float(level), seed * 7 + n,
                                                               device)
@@ -415,6 +416,7 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
         folder = output / "images" / source.patient
         folder.mkdir(parents=True, exist_ok=True)
         for name, (image, dose) in images.items():
+            similarity = 1.0 if name == "dose1" else window_label(hu, image)
             relative_path = f"images/{source.patient}/{source.name}_{name}.mha"
             itk_image = sitk.GetImageFromArray(image.astype(np.float32))
             itk_image.SetSpacing((source.pixel_mm, source.pixel_mm))
@@ -426,7 +428,7 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
                 "source": source.name, "patient": source.patient, "anatomy": source.anatomy, "region": source.region,
                 "kind": kind, "value": float(name[len(kind):]), "equivalent_dose": round(dose, 5),
                 "source_noise_hu": round(float(noise_hu), 3), "thickness_mm": float(source.thickness_mm),
-                "diameter_cm": round(diameter, 2), "ssim": round(window_label(hu, image), 5)}
+                "diameter_cm": round(diameter, 2), "ssim": round(similarity, 5)}
         if progress is not None:
             progress(n + 1, len(sources), "simulating")
     if not labels:

@@ -260,27 +260,32 @@ def _reconstruction(hu: np.ndarray, pixel_mm: float, views: int, device: Device)
 
 # --- artefacts the noise index cannot see ---------------------------------------------------------------------------
 
-def ring_artefact(hu: np.ndarray, pixel_mm: float, amplitude_hu: float, seed: int = 0, channels: int = 6,
-                  device: Device = None) -> np.ndarray:
-    """``hu`` with the rings of miscalibrated detector channels: ``channels`` random channels inside the body
-    carry a constant error in every view (a gain error of the post-log data), reconstructed by FBP. The strongest
-    ring reaches about ``amplitude_hu``."""
+def ring_pattern(hu: np.ndarray, pixel_mm: float, seed: int = 0, channels: int = 6, device: Device = None) -> np.ndarray:
+    """The rings of miscalibrated detector channels (HU), scaled so that the strongest reaches 1 HU: ``channels``
+    random channels inside the body carry a constant error in every view (a gain error of the post-log data),
+    reconstructed by FBP. Multiply by an amplitude and add to the slice (:func:`ring_artefact`)."""
     mu = hu_to_mu(_tensor(hu, device))[None]
-    sinogram = forward_project(mu, 1, pixel_mm)
+    profile = forward_project(mu, 1, pixel_mm)[0, 0]
     size = hu.shape[0]
     rng = np.random.default_rng(seed)
-    # channels the body covers: where the central view's line integral is clearly above air
-    covered = np.flatnonzero(sinogram[0, 0].cpu().numpy() > 0.5)
+    covered = np.flatnonzero(profile.cpu().numpy() > 0.5)  # channels the body covers in the first view
     if covered.size == 0:
         covered = np.arange(size // 4, 3 * size // 4)
     picked = rng.choice(covered, size=min(channels, covered.size), replace=False)
-    offsets = torch.zeros(size, device=sinogram.device)
-    offsets[torch.from_numpy(picked).to(sinogram.device)] = torch.from_numpy(
-        rng.choice([-1.0, 1.0], size=picked.size) * rng.uniform(0.5, 1.0, size=picked.size)).float().to(sinogram.device)
+    offsets = torch.zeros(size, device=profile.device)
+    offsets[torch.from_numpy(picked).to(profile.device)] = torch.from_numpy(
+        rng.choice([-1.0, 1.0], size=picked.size) * rng.uniform(0.5, 1.0, size=picked.size)).float().to(profile.device)
     rings = fbp(offsets.expand(NOISE_VIEWS, size)[None].contiguous(), size, pixel_mm)[0].cpu().numpy()
-    rings *= 1000.0 / MU_WATER_PER_MM
-    peak = float(np.abs(rings).max()) or 1.0
-    return hu.astype(np.float32) + np.float32(amplitude_hu / peak) * rings.astype(np.float32)
+    return (rings / (float(np.abs(rings).max()) or 1.0)).astype(np.float32)
+
+
+def ring_artefact(hu: np.ndarray, pixel_mm: float, amplitude_hu: float, seed: int = 0, channels: int = 6,
+                  device: Device = None, pattern: Optional[np.ndarray] = None) -> np.ndarray:
+    """``hu`` with rings whose strongest reaches about ``amplitude_hu`` (``pattern``: a :func:`ring_pattern` to
+    reuse across amplitudes)."""
+    if pattern is None:
+        pattern = ring_pattern(hu, pixel_mm, seed, channels, device)
+    return hu.astype(np.float32) + np.float32(amplitude_hu) * pattern
 
 
 def motion_artefact(hu: np.ndarray, pixel_mm: float, shift_mm: float, seed: int = 0, device: Device = None) -> np.ndarray:

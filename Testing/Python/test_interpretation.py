@@ -96,11 +96,11 @@ def test_rows_hold_each_slices_verdict_dose_and_spread():
     assert scores.rows() == [
         {"slice_index": 0, "z_mm": -10.0, "score": 0.8, "score_spread": 0.1, "noise_hu": 11.0,
          "water_diameter_cm": None, "dose_equivalent": 0.6, "adequacy": "good", "region": "unknown",
-         "above_routine": False, "verdict_note": ""},
+         "above_routine": False, "verdict_note": "", "effective_noise_hu": None, "driver": ""},
         # dose: 0.05 + 0.2 * (0.2 / 0.3) = 0.18333
         {"slice_index": 1, "z_mm": -7.5, "score": 0.4, "score_spread": 0.0, "noise_hu": None,
          "water_diameter_cm": None, "dose_equivalent": 0.183, "adequacy": "inadequate", "region": "unknown",
-         "above_routine": False, "verdict_note": ""},
+         "above_routine": False, "verdict_note": "", "effective_noise_hu": None, "driver": ""},
     ]
     plain = _scores([0.8], adequacy=None, calibration=None).rows()[0]
     assert plain["dose_equivalent"] is None and plain["adequacy"] is None and plain["score_spread"] == 0.0
@@ -152,3 +152,19 @@ def test_the_worst_slices_of_a_long_scan_keep_ties_in_slice_order():
     score = np.tile([0.5, 0.2, 0.9, 0.2], 60)  # 240 slices, the worst score on every second one of four
     worst = _scores(score).summary()["worst_slices"]
     assert [w["slice_index"] for w in worst] == [1, 3, 5, 7, 9]
+
+
+def test_an_older_models_rows_say_the_noise_set_each_verdict_and_have_no_effective_noise():
+    from .learned import NO_VERDICT_SLICE, learned_scores
+
+    # A model without an effective noise, with a routine level for the abdomen: where a slice has a verdict the
+    # measured noise set it; slice 4 has no noise figure, hence no verdict and no driver.
+    rows = learned_scores(effective=None).rows()
+    assert [row["driver"] for row in rows] == ["noise", "noise", "noise", "noise", "", "noise"]
+    assert all(row["effective_noise_hu"] is None for row in rows)
+    assert rows[NO_VERDICT_SLICE]["adequacy"] == "unknown"
+    # slice 0: 200 / 10^2 = 2.0 routine doses; good from 0.5
+    assert {key: rows[0][key] for key in ("dose_equivalent", "adequacy", "region")} == {
+        "dose_equivalent": 2.0, "adequacy": "good", "region": "abdomen"}
+    # chest slices: this model has no routine level there, so no verdict and no driver anywhere
+    assert [row["driver"] for row in learned_scores(effective=None, region="chest").rows()] == [""] * 6

@@ -344,3 +344,37 @@ def test_dose_equivalent_verdicts_drive_the_adequacy_chart_and_map(scene, axial_
     np.testing.assert_allclose(values, np.nan_to_num(expected, nan=0.0), rtol=1e-6)
     assert mrml.score_text_at(nodes.table, float(volume.z_mm()[3])) == (
         f"slice 3: score {scores.score[3]:.3f}, dose 0.26 (borderline)")
+
+
+def test_a_learned_models_table_charts_and_map_show_what_set_each_verdict(scene, axial_hu):
+    from .learned import ARTEFACT_SLICE, DRIVERS, NO_VERDICT_SLICE, learned_scores
+
+    ct = _coronal_node(scene, axial_hu[:6])
+    volume = mrml.volume_from_node(ct)
+    scores = learned_scores(z_mm=volume.z_mm())
+    learned = scores.verdicts.learned_dose_equivalent
+    nodes = mrml.show_results(ct, scores, volume)
+    table = nodes.table.GetTable()
+    assert [str(v) for v in _column(table, "driver")] == DRIVERS
+    np.testing.assert_allclose([float(v) for v in _column(table, "effective_noise_hu")],
+                               [10.5, 40.0, 18.0, 12.0, 30.0, np.nan])
+    np.testing.assert_allclose([float(v) for v in _column(table, mrml.LEARNED_DOSE_COLUMN)], learned)
+    assert np.isnan(float(_column(table, "score")[NO_VERDICT_SLICE]))  # no verdict, no learned dose equivalent
+    # the adequacy chart: the dose equivalent from the noise, the learned one beside it, then the band lines
+    chart = nodes.adequacy_chart
+    names = [chart.GetNthPlotSeriesNode(n).GetYColumnName() for n in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert names[:2] == ["dose_equivalent", mrml.LEARNED_DOSE_COLUMN] and names[-1] == "above_routine_from"
+    assert nodes.score_chart.GetYAxisTitle().startswith("learned dose equivalent")
+    # the map shows what each verdict rests on: the learned dose equivalent where artefacts set it (0.125 at
+    # slice 1), the one from the noise elsewhere, 0 where there is none
+    expected = np.nan_to_num(np.where(np.array(DRIVERS) == "artefacts", learned, scores.dose_equivalent))
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(nodes.quality_map)[:, 0, 0], expected, rtol=1e-6)
+    assert expected[ARTEFACT_SLICE] == pytest.approx(0.125) and expected[NO_VERDICT_SLICE] == 0.0
+    z = volume.z_mm()
+    assert mrml.score_text_at(nodes.table, float(z[ARTEFACT_SLICE])) == (
+        "slice 1: score 0.125, dose 2.00 (inadequate, set by artefacts)")
+    assert mrml.score_text_at(nodes.table, float(z[NO_VERDICT_SLICE])) == "slice 4: no score (unknown)"
+    # stored results shown again keep the effective noise, hence the learned verdicts
+    again = mrml.show_stored_results(ct, scores)
+    assert [str(v) for v in _column(again.table.GetTable(), "driver")] == DRIVERS
+    assert again.table.GetID() == nodes.table.GetID()

@@ -46,7 +46,8 @@ def test_rewriting_a_series_replaces_its_row_and_its_slices(tmp_path):
                                                   "z_mm": 15.0, "score": 0.56, "score_spread": 0.01,
                                                   "noise_hu": 10.0, "water_diameter_cm": 36.0,
                                                   "dose_equivalent": 0.3, "adequacy": "borderline",
-                                                  "region": None, "above_routine": None, "verdict_note": None}
+                                                  "region": None, "above_routine": None, "verdict_note": None,
+                                                  "effective_noise_hu": None, "driver": None}
         assert len(store.slice_rows("B", "w1")) == 2 and store.slice_rows("B", "w2") == []
 
 
@@ -227,3 +228,67 @@ def test_a_writer_waits_for_another_process_holding_the_store(tmp_path):
         other.close()
     assert time.monotonic() - started >= 5.5
     assert _count(path, "SELECT COUNT(*) FROM slices") == 2
+
+
+#: The tables as the release before the learned dose equivalent wrote them (no effective noise, driver or count
+#: of slices artefacts set).
+PREVIOUS_SCHEMA = """
+CREATE TABLE series (series_uid TEXT NOT NULL, weights_id TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+    patient_id TEXT, patient_name TEXT, study_uid TEXT, study_date TEXT, description TEXT, kernel TEXT, kvp REAL,
+    exposure_mas REAL, slice_thickness_mm REAL, scanner_model TEXT, num_files INTEGER, num_slices INTEGER,
+    mean_score REAL, min_score REAL, worst_slice INTEGER, mean_noise_hu REAL, fraction_inadequate REAL, region TEXT,
+    median_dose_equivalent REAL, fraction_above_routine REAL, folder TEXT, seconds REAL, written_at TEXT,
+    worst_thumbnail_png BLOB, PRIMARY KEY (series_uid, weights_id));
+CREATE TABLE slices (series_uid TEXT NOT NULL, weights_id TEXT NOT NULL, slice_index INTEGER NOT NULL, z_mm REAL,
+    score REAL, score_spread REAL, noise_hu REAL, dose_equivalent REAL, adequacy TEXT, water_diameter_cm REAL,
+    region TEXT, above_routine INTEGER, verdict_note TEXT, PRIMARY KEY (series_uid, weights_id, slice_index));
+CREATE TABLE problems (path TEXT, series_uid TEXT, message TEXT, written_at TEXT);
+INSERT INTO series (series_uid, weights_id, status, mean_score) VALUES ('old', 'w1', 'scored', 0.7);
+INSERT INTO slices (series_uid, weights_id, slice_index, z_mm, score, verdict_note) VALUES ('old', 'w1', 0, 0.0, 0.7,
+    'above routine: the dose could be lowered');
+"""
+
+
+def _learned_slices():
+    return [dict(row, effective_noise_hu=12.5 + n, driver="artefacts" if n == 1 else "noise")
+            for n, row in enumerate(_slices(3))]
+
+
+def test_a_store_of_the_previous_release_gains_the_effective_noise_driver_and_artefact_count(tmp_path):
+    path = tmp_path / "previous.sqlite"
+    connection = sqlite3.connect(path)
+    connection.executescript(PREVIOUS_SCHEMA)
+    connection.close()
+    with ResultStore(path) as store:
+        store.write_series(_record("new", artefact_slices=1), _learned_slices())
+        rows = {row["series_uid"]: row for row in store.series_rows()}
+        old_slices, new_slices = store.slice_rows("old", "w1"), store.slice_rows("new", "w1")
+    assert rows["new"]["artefact_slices"] == 1 and rows["old"]["artefact_slices"] is None
+    assert [row["driver"] for row in new_slices] == ["noise", "artefacts", "noise"]
+    assert [row["effective_noise_hu"] for row in new_slices] == [12.5, 13.5, 14.5]
+    assert old_slices[0]["driver"] is None and old_slices[0]["effective_noise_hu"] is None
+    assert old_slices[0]["verdict_note"] == "above routine: the dose could be lowered"  # what it held is kept
+    connection = sqlite3.connect(path)
+    try:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(slices)")}
+    finally:
+        connection.close()
+    assert {"effective_noise_hu", "driver"} <= columns
+    with ResultStore(path) as again:  # opening twice adds nothing twice
+        assert len(again.slice_rows("new", "w1")) == 3
+
+
+def test_merging_a_store_of_the_previous_release_leaves_the_new_columns_empty(tmp_path):
+    previous = tmp_path / "previous.sqlite"
+    connection = sqlite3.connect(previous)
+    connection.executescript(PREVIOUS_SCHEMA)
+    connection.close()
+    with ResultStore(tmp_path / "main.sqlite") as store:
+        store.write_series(_record("new", artefact_slices=1), _learned_slices())
+        assert store.merge_from(previous) == 1
+        assert store.slice_rows("old", "w1")[0]["driver"] is None
+        assert store.slice_rows("new", "w1")[1]["driver"] == "artefacts"
+    # and the other way round: the previous store, opened (upgraded), takes the new one's rows
+    with ResultStore(previous) as store:
+        assert store.merge_from(tmp_path / "main.sqlite") == 2
+        assert [row["effective_noise_hu"] for row in store.slice_rows("new", "w1")] == [12.5, 13.5, 14.5]
