@@ -757,8 +757,9 @@ class DistilIQATest(ScriptedLoadableModuleTest):
         self.assertEqual(table.GetNumberOfRows(), 24)
         self.assertEqual(slicer.util.arrayFromVolume(nodes.quality_map).shape[0], 24)
         if shipped:
+            # a learned model leaves slices without a verdict unscored (NaN): compare the scored ones
             scores = np.array([table.GetValue(row, 2).ToDouble() for row in range(24)])
-            self.assertLess(scores[10:14].max(), np.delete(scores, range(10, 14)).min())
+            self.assertLess(np.nanmax(scores[10:14]), np.nanmin(np.delete(scores, range(10, 14))))
         again = logic.process(ct, str(weights), device="auto")
         self.assertEqual(again.table.GetID(), nodes.table.GetID())
         self.delayDisplay("DistilIQA self-test passed")

@@ -113,9 +113,13 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     if plot:
         write_plot(scores, plot)
     summary = scores.summary()
-    worst = summary["worst_slices"][0]
-    _note(f"mean score {summary['mean_score']:.4f}, worst slice {worst['slice_index']} (z {worst['z_mm']:.1f} mm, "
-          f"score {worst['score']:.4f}); {summary['num_slices']} slices in {summary['elapsed_s']:.1f} s"
+    if summary["worst_slices"]:
+        worst = summary["worst_slices"][0]
+        found = (f"mean score {summary['mean_score']:.4f}, worst slice {worst['slice_index']} (z {worst['z_mm']:.1f} "
+                 f"mm, score {worst['score']:.4f})")
+    else:
+        found = "no slice has a score (no verdict: see verdict_note)"
+    _note(f"{found}; {summary['num_slices']} slices in {summary['elapsed_s']:.1f} s"
           + (f"; wrote {out}" if out else ""))
     verdict = verdict_line(summary)
     if verdict:
@@ -527,7 +531,8 @@ def _add_recipe_parser(commands) -> None:
     parser = commands.add_parser(
         "recipe", help="build the shipped model from scratch, or adapt it to a site's own scans (--sources)")
     parser.add_argument("--output", required=True, help="run folder (resumes when it exists)")
-    parser.add_argument("--size", default="default", choices=["absolute", "default", "builtin", "tiny", "tiny-real", "tiny-absolute"],
+    parser.add_argument("--size", default="absolute",
+                        choices=["absolute", "default", "builtin", "tiny", "tiny-real", "tiny-absolute"],
                         help="absolute: the shipped model (the SSIM-label model fine-tuned onto the learned dose "
                              "equivalent, with heads and artefacts); default: built-in stage then the real-CT corpus "
                              "on the SSIM label; builtin: the first stage alone; tiny, tiny-real, tiny-absolute: "
@@ -536,7 +541,8 @@ def _add_recipe_parser(commands) -> None:
                         help="fine-tune on these folders of a site's own full-dose scans (DICOM series, NIfTI, "
                              "NRRD; each series folder or volume file is one patient) instead of the corpus")
     parser.add_argument("--base-weights", type=Path, help="start from this model (default: the shipped model "
-                        "with --sources; the built-in stage otherwise)")
+                        "with --sources; otherwise the stage before: 'default' for 'absolute', 'builtin' for "
+                        "'default')")
     parser.add_argument("--manifest", type=Path, help="real-CT corpus manifest (default: corpus/manifest.json)")
     parser.add_argument("--corpus", type=Path, help="folder holding the corpus files (default: beside the manifest)")
     parser.add_argument("--seed", type=int, default=0)
@@ -557,9 +563,9 @@ def _run_recipe(args: argparse.Namespace) -> int:
     for path in [*(args.sources or []), args.base_weights, args.manifest]:
         if path is not None and not path.exists():
             raise InputError(f"no such file or folder: {path}")
-    if args.size in ABSOLUTE_STAGES and not args.sources:
+    if args.size in ABSOLUTE_STAGES:
         weights = run_absolute_recipe(args.output, args.size, args.seed, args.device, progress, manifest=args.manifest,
-                                      base_weights=args.base_weights, corpus_root=args.corpus)
+                                      base_weights=args.base_weights, corpus_root=args.corpus, sources=args.sources)
     elif args.sources or args.base_weights or args.manifest or args.corpus:
         name = args.size if args.size in REAL_STAGES else "default"
         weights = run_real_recipe(args.output, name, args.seed, args.device, progress, manifest=args.manifest,

@@ -410,7 +410,20 @@ def absolute_columns(args, weights, run_info):
                                               volume.spacing_mm[:2])[0]))
     column = {key: np.array([records[p][key] for p in split.paths]) for key in
               ("region", "kind", "value", "equivalent_dose", "ssim", "source_noise_hu", "thickness_mm", "diameter_cm")}
+    silent = None
+    if predictions[0].info.architecture.input_channels > 1:
+        # the brain channel measured: the same network with that channel's first-layer weights set to zero
+        from DistilIQALib.training.datasets import load_images
+        from DistilIQALib.training.training import predict
+
+        model = predictions[0].model
+        with torch.no_grad():
+            model.stem.blocks[0][0].weight[:, 1:] = 0.0
+        info = predictions[0].info
+        images = load_images(split, info.input_size, extra_windows=info.extra_windows)
+        silent = predict(model, images, resolve_device(args.device)).mean(axis=1)
     column.update(student=predictions[0].scores, ensemble=np.mean([p.scores for p in predictions[1:]], axis=0),
+                  no_brain=silent if silent is not None else np.full(len(split), np.nan),
                   label=split.labels, gni=np.array(noise), patient=np.array(split.patients),
                   source=np.array([f"{pt}/{records[p]['source']}" for p, pt in zip(split.paths, split.patients)]))
     return column
@@ -448,6 +461,7 @@ def absolute_tables(args, weights, info, run_info) -> None:
 
     model = combined(column["student"])
     network = _log_dose(column["student"], column, references)
+    no_brain = _log_dose(column["no_brain"], column, references)
     ensemble = combined(column["ensemble"])
     physics = _log_dose(np.log(gni), column, references)
     kind, value, region, patient = column["kind"], column["value"], column["region"], column["patient"]
@@ -491,6 +505,24 @@ def absolute_tables(args, weights, info, run_info) -> None:
                 m, w, e, g = (float(np.nanmean(scores[k])) for k in ("model", "network", "ensemble", "gni"))
                 print(f"  {name:<10} {images:<18} {len(scores['model']):5d} {m:7.3f} {w:7.3f} {e:8.3f} {g:7.3f}  "
                       f"{m - g:+7.3f}")
+    if np.isfinite(no_brain).any():
+        print("\nThe brain-window channel: the network alone, and the same network with that channel's weights set "
+              "to zero (overall)")
+        print(f"  {'region':<10} {'images':<14} {'n':>4} {'pooled':>7} {'no brain':>8} | {'within':>7} {'no brain':>8}")
+        for name, mask in groups:
+            for images, chosen in (("dose", kind == "dose"), ("artefacts", kind != "dose")):
+                rows = mask & chosen
+                if rows.sum() < 3:
+                    continue
+                within = defaultdict(list)
+                for person in sorted(set(patient[rows])):
+                    own = rows & (patient == person)
+                    if own.sum() >= 4:
+                        within["with"].append(_overall(network[own], column["ssim"][own]))
+                        within["without"].append(_overall(no_brain[own], column["ssim"][own]))
+                print(f"  {name:<10} {images:<14} {rows.sum():4d} {_overall(network[rows], label[rows]):7.3f} "
+                      f"{_overall(no_brain[rows], label[rows]):8.3f} | {np.nanmean(within['with'] or [np.nan]):7.3f} "
+                      f"{np.nanmean(within['without'] or [np.nan]):8.3f}")
     found = region_verdicts(column["gni"], column["thickness_mm"], column["diameter_cm"], list(region),
                             [""] * len(region), references, np.exp(column["student"]), info.artefact_margin)
     bands = np.array(found.adequacy)

@@ -85,8 +85,9 @@ def verdict_line(record: Dict, images: int) -> str:
     fraction = record.get("fraction_inadequate")
     verdict = ("adequacy unknown" if fraction is None
                else f"inadequate ({fraction:.0%} of slices)" if fraction > 0 else "adequate (no slice inadequate)")
-    return (head + f"scored {record['num_slices']} slices: {verdict}, mean score {record['mean_score']:.4f}, "
-            f"worst slice {record['worst_slice']} ({record['min_score']:.4f})" + (f"; {reason}" if reason else ""))
+    scores = ("no slice has a score" if record.get("mean_score") is None else
+              f"mean score {record['mean_score']:.4f}, worst slice {record['worst_slice']} ({record['min_score']:.4f})")
+    return head + f"scored {record['num_slices']} slices: {verdict}, {scores}" + (f"; {reason}" if reason else "")
 
 
 class Receiver:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from functools import cached_property
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Dict, List, Optional
 
 import numpy as np

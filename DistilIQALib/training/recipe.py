@@ -509,7 +509,7 @@ class AbsoluteStage:
     student: Dict = field(default_factory=dict)
     slices_per_volume: Optional[int] = None  # None: each corpus entry's own count
     phantom_size: int = 512
-    base: str = ""  # the recipe that makes the base model when no --base-weights is given ("": the shipped model)
+    base: str = "default"  # the recipe that makes the base model (the SSIM-label model) when no base is given
 
 
 ABSOLUTE_STAGES: Dict[str, AbsoluteStage] = {
@@ -567,24 +567,31 @@ def absolute_sources(entries: Sequence[CorpusEntry], root: Path, stage: Absolute
 
 def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 0, device: str = "auto",
                         progress=None, manifest: Optional[Path | str] = None, base_weights: Optional[Path | str] = None,
-                        corpus_root: Optional[Path | str] = None) -> Path:
+                        corpus_root: Optional[Path | str] = None,
+                        sources: Optional[Sequence[Path | str]] = None) -> Path:
     """The shipped model: teachers and student fine-tuned from ``base_weights`` (the SSIM-label model) onto the
-    absolute label, routine references refitted, held-out tables stored. Resumes."""
+    absolute label, routine references refitted, held-out tables stored. With ``sources`` (folders of a site's own
+    full-dose scans) the same on those scans instead of the corpus, starting from the shipped model (site
+    adaptation). Resumes."""
     from .corpus import load_manifest, sha256_of
     from .datasets import image_records, preprocess_absolute
 
     stage = ABSOLUTE_STAGES[name]
     output = Path(output)
     started = time.monotonic()
-    manifest = Path(manifest) if manifest else default_manifest()
-    entries = load_manifest(manifest)
-    root = Path(corpus_root) if corpus_root else manifest.parent / "files"
-    if base_weights is None and stage.base:
-        base_weights = run_recipe(output / "base", stage.base, seed, device, progress)
-    elif base_weights is None:
-        from ..quality.weights import default_weights_path
+    if sources:
+        entries, root = site_entries(sources, seed)
+        manifest = None
+        if base_weights is None:
+            from ..quality.weights import default_weights_path
 
-        base_weights = default_weights_path()
+            base_weights = default_weights_path()
+    else:
+        manifest = Path(manifest) if manifest else default_manifest()
+        entries = load_manifest(manifest)
+        root = Path(corpus_root) if corpus_root else manifest.parent / "files"
+    if base_weights is None:
+        base_weights = run_recipe(output / "base", stage.base, seed, device, progress)
     base_weights = Path(base_weights)
     data = output / "data"
     if not (data / "dataset.json").is_file():
@@ -592,7 +599,7 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
         preprocess_absolute(train + held, data, stage.doses, stage.artefacts, sorted({s.patient for s in held}),
                             seed, stage.every, progress, device=simulation_device(device))
     run = output / "run"
-    purpose = "release" if name == "absolute" else "test"
+    purpose = "site" if sources else "release" if name == "absolute" else "test"
     common = dict(seed=seed, device=device, purpose=purpose, init_weights=str(base_weights))
     teachers = train_teachers(data, run, TrainingConfig(**common, **stage.teacher), progress=progress)
     student = train_student(data, run, TrainingConfig(**common, **stage.student), teachers, progress=progress)
@@ -624,7 +631,8 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
         recipe=name, seed=seed, recipe_parameters=json.loads(json.dumps(asdict(stage))),
         base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
         corpus=[{"id": e.id, "patient": e.patient, "role": e.role, "anatomy": e.anatomy} for e in entries],
-        manifest_sha256=sha256_of(manifest), label="log effective noise (HU); see the model card",
+        manifest_sha256=sha256_of(manifest) if manifest else None,
+        label="log effective noise (HU); see the model card",
         images={"train": len(load_split(data, "train")), "held_out": len(split),
                 "simulated_kinds": sorted({r["kind"] for r in records.values()})},
         held_out_real=held_out_tables, wall_time_s=round(time.monotonic() - started, 1))

@@ -260,7 +260,8 @@ def _reconstruction(hu: np.ndarray, pixel_mm: float, views: int, device: Device)
 
 # --- artefacts the noise index cannot see ---------------------------------------------------------------------------
 
-def ring_pattern(hu: np.ndarray, pixel_mm: float, seed: int = 0, channels: int = 6, device: Device = None) -> np.ndarray:
+def ring_pattern(hu: np.ndarray, pixel_mm: float, seed: int = 0, channels: int = 6,
+                 device: Device = None) -> np.ndarray:
     """The rings of miscalibrated detector channels (HU), scaled so that the strongest reaches 1 HU: ``channels``
     random channels inside the body carry a constant error in every view (a gain error of the post-log data),
     reconstructed by FBP. Multiply by an amplitude and add to the slice (:func:`ring_artefact`)."""
@@ -288,7 +289,8 @@ def ring_artefact(hu: np.ndarray, pixel_mm: float, amplitude_hu: float, seed: in
     return hu.astype(np.float32) + np.float32(amplitude_hu) * pattern
 
 
-def motion_artefact(hu: np.ndarray, pixel_mm: float, shift_mm: float, seed: int = 0, device: Device = None) -> np.ndarray:
+def motion_artefact(hu: np.ndarray, pixel_mm: float, shift_mm: float, seed: int = 0,
+                    device: Device = None) -> np.ndarray:
     """``hu`` with the streaks and blur of a patient who moves ``shift_mm`` (a random direction) during the
     rotation: the views after a random point in the half-rotation see the moved body, and FBP mixes both. Only
     the difference that the motion makes is added (both reconstructions from the same ``NOISE_VIEWS`` views)."""

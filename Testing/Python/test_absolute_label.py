@@ -26,7 +26,7 @@ from DistilIQALib.training.datasets import (
     window_label,
 )
 from DistilIQALib.training.phantoms import head_phantom_slice, phantom_slice
-from DistilIQALib.training.simulation import DoseSimulator, motion_artefact, ring_artefact, sparse_view
+from DistilIQALib.training.simulation import DoseSimulator, motion_artefact, ring_artefact
 from DistilIQALib.training.training import TrainingConfig, initial_model
 
 SIZE = 160

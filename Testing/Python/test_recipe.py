@@ -1,5 +1,7 @@
 """The shipped model's recipe at tiny size: every step runs, the result carries its calibration and
 bands, scores with the scorer, and the same seed gives the same model."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,34 @@ def test_site_adaptation_from_the_command_line(tmp_path, capsys):
     assert _tensors(adapted)["head.weight"].shape[0] == read_info(base).num_outputs
     before, after = _tensors(base), _tensors(adapted)
     assert any(not torch.equal(before[k].float(), after[k].float()) for k in before)  # it was fine-tuned
+
+
+def test_absolute_site_adaptation_learns_the_effective_noise(tmp_path):
+    """`recipe --size tiny-absolute --sources`: teachers and student fine-tuned from a one-channel SSIM model onto
+    the log effective noise, with the brain window as a second channel, an artefact margin fitted on held-out dose
+    images and the site's routine references; the learned dose equivalent then falls with dose on a scan."""
+    from DistilIQALib.cli import main
+    from DistilIQALib.io.reading import read_volume
+    from DistilIQALib.quality.preprocessing import BRAIN_WINDOW
+
+    base = run_recipe(tmp_path / "base", "tiny", seed=1, device="cpu")
+    site = _site_folders(tmp_path / "site", 5)
+    code = main(["recipe", "--output", str(tmp_path / "adapted"), "--size", "tiny-absolute", "--sources", str(site),
+                 "--base-weights", str(base), "--device", "cpu"])
+    assert code == 0
+    adapted = tmp_path / "adapted" / "distiliqa_student.safetensors"
+    info = read_info(adapted)
+    assert info.score.name == "effective_noise" and info.extra_windows == (BRAIN_WINDOW,)
+    assert info.architecture.input_channels == 2 and info.provenance["purpose"] == "site"
+    assert info.artefact_margin is not None and info.artefact_margin >= 0.05
+    assert {"dose", "views", "rings", "motion"} <= set(info.provenance["images"]["simulated_kinds"])
+    labels = json.loads((tmp_path / "adapted" / "data" / "train.json").read_text())
+    assert 0.0 < np.median(list(labels.values())) < 5.0  # log HU, not SSIM
+    scan = read_volume(next(p for p in sorted(site.rglob("*")) if p.is_file()))
+    scores = Scorer(str(adapted), device="cpu").score_volume(scan)
+    assert scores.effective_noise_hu is not None and np.isfinite(scores.effective_noise_hu).all()
+    rows = scores.rows()
+    assert all(row["driver"] in ("noise", "artefacts", "") for row in rows)
 
 
 def test_site_adaptation_refuses_bad_sources_in_one_line(tmp_path, capsys):
