@@ -28,8 +28,14 @@ def measure(preset: str, batch_size: int, seconds: float, device_name: str) -> d
 
     device = resolve_device(device_name)
     torch.manual_seed(0)
-    model = build_model(PRESETS[preset], 5).to(device).eval()
-    batch = torch.rand(batch_size, 1, 512, 512, device=device)
+    if preset == "shipped":  # the shipped file itself: its preset, outputs and input channels (windows)
+        from DistilIQALib.quality.weights import default_weights_path, load_weights
+
+        model, info = load_weights(default_weights_path(), device)
+        channels = info.architecture.input_channels
+    else:
+        model, channels = build_model(PRESETS[preset], 5).to(device).eval(), 1
+    batch = torch.rand(batch_size, channels, 512, 512, device=device)
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -48,6 +54,7 @@ def measure(preset: str, batch_size: int, seconds: float, device_name: str) -> d
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {
         "preset": preset,
+        "input_channels": channels,
         "device": describe_device(device),
         "ms_per_slice": 1000.0 * elapsed / slices,
         "slices_timed": slices,
@@ -65,7 +72,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--presets", default="paper,fast,tiny")
+    parser.add_argument("--presets", default="paper,fast,tiny,shipped",
+                        help="presets to time; 'shipped' is the shipped weights file with its own input channels")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -80,7 +88,8 @@ def main() -> int:
             check=True, capture_output=True, text=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
     paper = next((r for r in results if r["preset"] == "paper"), results[0])
-    print(f"device: {results[0]['device']}, batch size {args.batch_size}, 512x512 slices, 5 outputs")
+    print(f"device: {results[0]['device']}, batch size {args.batch_size}, 512x512 slices, 5 outputs "
+          "(shipped: the shipped file's own)")
     print(f"{'preset':<8}{'ms/slice':>10}{'x faster than paper':>22}{'params (M)':>12}{'peak RSS (MiB)':>16}"
           f"{'RSS increase':>14}")
     for r in results:

@@ -270,7 +270,7 @@ def referenced_weights(tmp_path_factory) -> Path:
 def test_weights_keep_the_reference_and_a_file_written_without_one_has_none(referenced_weights, tmp_path):
     info = read_info(referenced_weights)
     assert info.noise_reference == REFERENCE and info.adequacy["on"] == "dose_equivalent"
-    assert FORMAT_VERSION == 3 and info.format_version == 3
+    assert FORMAT_VERSION == 4 and info.format_version == 4
     assert read_info(write_untrained_weights(tmp_path / "plain.safetensors")).noise_reference is None
 
 
