@@ -20,6 +20,14 @@ Printed, per source (corpus patient) and per anatomy, then for all:
 3. Verdicts: % of full-dose slices "good", % of 10% and 5% dose slices "inadequate", median dose-equivalent
    per simulated dose, and % of source slices whose score falls strictly at every lower dose.
 
+A run of ``recipe --size absolute`` (the learned dose equivalent) prints instead, per region: pooled agreement
+against the absolute label (the score, the network alone, the teacher ensemble, the physics estimate) on dose,
+sparse-view, ring and motion images; within-scan agreement against SSIM to the scan's own full dose (the score, the
+network, the ensemble, -GNI); the brain-window channel measured (the network with that channel's first-layer
+weights set to zero); the verdicts (full dose good, 10/5% inadequate, sparse views not good, set by artefacts); the
+score at each dose, monotonicity and one scale. ``--views-slices N`` adds N more slices per held-out patient at
+every dose and from 256/128/64 views; ``--network-only`` skips the per-region verdict tables below.
+
 Per body region (the verdicts rest on the routine level of each slice's region), from the corpus patients of
 the role, each source slice degraded in the projection domain relative to its own noise at 100, 75, 50, 25, 10
 and 5% dose (no network involved):
@@ -270,14 +278,21 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=ROOT / "corpus" / "manifest.json",
                         help="corpus manifest: each patient's anatomy, and test patients added after the run")
     parser.add_argument("--slices", type=int, default=12, help="source slices per patient for the verdict tables")
+    parser.add_argument("--views-slices", type=int, default=6,
+                        help="with a run of the learned dose equivalent: simulate this many more slices per held-out "
+                        "patient at every dose and from 256/128/64 views (0: the run's images only)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dump", type=Path, help="also write one CSV row per image (patient, kind, value, label, "
                         "model, ensemble, GNI) for further analysis")
+    parser.add_argument("--network-only", action="store_true",
+                        help="with --run: only the network's tables (not the per-region verdicts of the physics)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.run:
         agreement_tables(args)
+        if args.network_only:
+            return
     weights = args.weights or (args.run / "distiliqa_student.safetensors" if args.run else None)
     from DistilIQALib.quality.weights import resolve_weights
 
@@ -392,15 +407,36 @@ def report(weights, info, role, data) -> None:
 
 # --- the learned dose equivalent (a run of ``recipe --size absolute``) ------------------------------------------------
 
-def absolute_columns(args, weights, run_info):
-    """Per held-out image of the run (of ``args.role``): the log effective noise of the model and of the teacher
-    ensemble, the image's noise index, and what the run recorded (patient, source, region, kind, level, equivalent
-    dose, SSIM to the source, source noise, thickness and size)."""
-    roles = {entry["patient"]: entry["role"] for entry in run_info.provenance.get("corpus", [])}
-    split = load_split(args.run / "data", "test")
-    keep = [n for n, patient in enumerate(split.patients) if roles.get(patient, "test") == args.role]
-    split = _subset(split, keep)
-    records = image_records(args.run / "data")
+def sparse_view_split(args, run_info, folder: Path):
+    """More sparse views for the tables: ``args.views_slices`` slices of each held-out patient of ``args.role``
+    (other slices than the run's, a different seed), each at the run's doses and from 256, 128 and 64 views,
+    labelled as the run labels (``preprocess_absolute``)."""
+    from DistilIQALib.training.corpus import entry_sources
+    from DistilIQALib.training.datasets import preprocess_absolute
+
+    entries = [e for e in load_manifest(args.manifest) if e.role == args.role and e.details.get("verdicts", True)]
+    stage = run_info.provenance.get("recipe_parameters", {})
+    sources = []
+    for entry in entries:
+        picked = entry_sources(entry, args.manifest.parent / "files", min(args.views_slices + 1, entry.slices_used))
+        for source in picked[1:] if len(picked) > 1 else picked:  # not the run's first slice
+            source.name = "more_" + source.name  # its own name beside the run's images
+            sources.append(source)
+    preprocess_absolute(sources, folder, tuple(stage.get("doses", (1.0, 0.5, 0.25, 0.1, 0.05))),
+                        {"views": (256, 128, 64)}, [e.patient for e in entries], seed=7, every=1)
+    return load_split(folder, "test"), image_records(folder)
+
+
+def absolute_columns(args, weights, run_info, split=None, records=None):
+    """Per held-out image of the run (of ``args.role``; or of ``split``): the log effective noise of the model and
+    of the teacher ensemble, the image's noise index, and what the run recorded (patient, source, region, kind,
+    level, equivalent dose, SSIM to the source, source noise, thickness and size)."""
+    if split is None:
+        roles = {entry["patient"]: entry["role"] for entry in run_info.provenance.get("corpus", [])}
+        split = load_split(args.run / "data", "test")
+        keep = [n for n, patient in enumerate(split.patients) if roles.get(patient, "test") == args.role]
+        split = _subset(split, keep)
+        records = image_records(args.run / "data")
     teachers = sorted((args.run / "run" / "teachers").glob("teacher_*.safetensors"))
     predictions = predict_split([weights, *teachers], split, resolve_device(args.device))
     noise = []
@@ -429,6 +465,17 @@ def absolute_columns(args, weights, run_info):
     return column
 
 
+def _all_columns(args, weights, run_info):
+    """The run's held-out images, plus :func:`sparse_view_split`'s when ``args.views_slices``."""
+    column = absolute_columns(args, weights, run_info)
+    if args.views_slices:
+        with tempfile.TemporaryDirectory() as folder:
+            split, records = sparse_view_split(args, run_info, Path(folder))
+            more = absolute_columns(args, weights, run_info, split, records)
+        column = {key: np.concatenate([column[key], more[key]]) for key in column}
+    return column
+
+
 def _log_dose(log_noise, column, references):
     """Unclipped log dose equivalent of a log noise through each image's region reference (NaN without one)."""
     out = np.full(len(log_noise), np.nan)
@@ -451,7 +498,7 @@ def _overall(values, labels) -> float:
 def absolute_tables(args, weights, info, run_info) -> None:
     """The targets of the learned dose equivalent, per region: pooled and within-scan agreement, sparse-view
     verdicts, the score at each dose, monotonicity and one scale."""
-    column = absolute_columns(args, weights, run_info)
+    column = _all_columns(args, weights, run_info)
     references = region_references(info.noise_reference, info.adequacy)
     label = _log_dose(column["label"], column, references)
     gni = np.where(column["gni"] > 0, column["gni"], np.nan)

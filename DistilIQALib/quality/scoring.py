@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -81,16 +80,24 @@ class SliceScores:
     #: A learned model's effective noise of each slice (HU): the noise of a pure dose reduction that would degrade
     #: it as much as what it shows; ``None`` for models whose score is something else.
     effective_noise_hu: Optional[np.ndarray] = None
+    _verdicts: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def region(self) -> List[str]:
         """Body region of each slice (``unknown`` where it was not determined)."""
         return list(self.regions.region) if self.regions else [UNKNOWN] * len(self.score)
 
-    @cached_property
+    @property
     def verdicts(self) -> Optional[Verdicts]:
         """Per-region verdicts from the model's noise reference, and the learned dose equivalent of a model that
-        gives an effective noise (``None`` when the bands are on the score). Computed once."""
+        gives an effective noise (``None`` when the bands are on the score). Computed once for the same inputs."""
+        inputs = (self.info, self.regions, self.noise_hu, self.diameter_cm, self.thickness_mm, self.effective_noise_hu)
+        cached = self._verdicts
+        if cached is None or len(cached[0]) != len(inputs) or any(a is not b for a, b in zip(cached[0], inputs)):
+            self._verdicts = cached = (inputs, self._compute_verdicts())
+        return cached[1]
+
+    def _compute_verdicts(self) -> Optional[Verdicts]:
         if adequacy_measure(self.info.adequacy) != "dose_equivalent" or not self.info.noise_reference:
             return None
         diameter = self.diameter_cm if self.diameter_cm is not None else np.full(len(self.score), np.nan)

@@ -517,9 +517,9 @@ ABSOLUTE_STAGES: Dict[str, AbsoluteStage] = {
         doses=(1.0, 0.5, 0.25, 0.1, 0.05),
         artefacts={"views": (256, 128, 64), "rings": (100.0, 300.0), "motion": (2.0, 5.0)}, every=3,
         head_phantoms=9, held_out_slices=3,
-        teacher=dict(preset="fast", epochs=2, batch_size=8, optimizer="adamw", lr=3e-4, folds=5, gate=0.1,
+        teacher=dict(preset="fast", epochs=4, batch_size=8, optimizer="adamw", lr=5e-4, folds=5, gate=0.1,
                      extra_windows=((80.0, 40.0),), reset_head=True),
-        student=dict(preset="fast", epochs=5, batch_size=8, optimizer="adamw", lr=3e-4, folds=5, gate=0.1,
+        student=dict(preset="fast", epochs=6, batch_size=8, optimizer="adamw", lr=5e-4, folds=5, gate=0.1,
                      extra_windows=((80.0, 40.0),), reset_head=True)),
     "tiny-absolute": AbsoluteStage(
         doses=(1.0, 0.5, 0.25, 0.1), artefacts={"views": (64,), "rings": (150.0,), "motion": (5.0,)}, every=3,
