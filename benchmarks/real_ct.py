@@ -69,7 +69,7 @@ from DistilIQALib.quality.weights import read_info  # noqa: E402
 from DistilIQALib.training.corpus import corpus_sources, load_manifest  # noqa: E402
 from DistilIQALib.training.datasets import LabelledImages, image_records, load_split, preprocess_simulated  # noqa: E402
 from DistilIQALib.training.evaluation import predict_split  # noqa: E402
-from DistilIQALib.training.simulation import DoseSimulator, matched_kernel_sharpness  # noqa: E402
+from DistilIQALib.training.simulation import own_noise_simulator  # noqa: E402
 
 
 def noise_and_size(split, reference):
@@ -195,11 +195,9 @@ def simulated_verdicts(entries, root: Path, info, slices: int, seed: int = 11):
     for entry in entries:
         for n, source in enumerate(entry_sources(entry, root, min(slices, entry.slices_used))):
             hu = source.hu.astype(np.float32)
-            own = slice_noise_index(hu, source.pixel_mm)
-            if not np.isfinite(own) or own <= 0:
+            simulator = own_noise_simulator(hu, source.pixel_mm, seed * 1000 + n)
+            if simulator is None:
                 continue
-            simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 1000 + n, reference_noise_hu=own,
-                                      kernel=matched_kernel_sharpness(hu, source.pixel_mm))
             for dose in VERDICT_DOSES:
                 image = simulator.at_dose(dose) if dose < 1.0 else hu
                 tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]

@@ -278,10 +278,8 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     ``sparse_every``-th source. ``device`` runs the projections and reconstructions (a GPU: many times faster,
     same random numbers). ``sources.json`` records, per image, its source, patient, anatomy, kind
     (``dose`` or ``views``), dose or view count and the source's noise index."""
-    import SimpleITK as sitk
-
     from ..quality.noise import slice_noise_index
-    from .simulation import DoseSimulator, dense_reconstruction, matched_kernel_sharpness, sparse_view
+    from .simulation import DoseSimulator, dense_reconstruction, own_noise_simulator, sparse_view
 
     output = Path(output)
     sources = list(sources)
@@ -290,13 +288,13 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
     records: Dict[str, Dict] = {}
     for n, source in enumerate(sources):
         hu = source.hu.astype(np.float32)
-        noise_hu = slice_noise_index(hu, source.pixel_mm)
         if relative:
-            if not np.isfinite(noise_hu) or noise_hu <= 0:
+            simulator = own_noise_simulator(hu, source.pixel_mm, seed * 100003 + n, device)
+            if simulator is None:
                 continue
-            simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, reference_noise_hu=noise_hu,
-                                      kernel=matched_kernel_sharpness(hu, source.pixel_mm), device=device)
+            noise_hu = simulator.reference_noise_hu
         else:
+            noise_hu = slice_noise_index(hu, source.pixel_mm)
             simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, kernel=kernels[n % len(kernels)],
                                       device=device)
         images = {f"dose{dose:g}": simulator.at_dose(dose) for dose in doses}
@@ -304,13 +302,8 @@ def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
             dense = dense_reconstruction(hu, source.pixel_mm, device=device)
             for views in sparse_views:
                 images[f"views{views}"] = sparse_view(hu, source.pixel_mm, views, dense, device)
-        folder = output / "images" / source.patient
-        folder.mkdir(parents=True, exist_ok=True)
         for kind, image in images.items():
-            relative_path = f"images/{source.patient}/{source.name}_{kind}.mha"
-            itk_image = sitk.GetImageFromArray(image.astype(np.float32))
-            itk_image.SetSpacing((source.pixel_mm, source.pixel_mm))
-            sitk.WriteImage(itk_image, str(output / relative_path), True)
+            relative_path = _write_source_image(output, source, kind, image)
             labels[relative_path] = window_label(hu, image)
             patients[relative_path] = source.patient
             records[relative_path] = {
@@ -367,14 +360,11 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
     becomes a dose equivalent on one scale for every scan, region and artefact. ``sources.json`` records per image
     its source, patient, region, kind, level, the equivalent dose ``d`` or ``d*``, the source's noise, thickness
     and noise-equivalent diameter, and its SSIM to the source. Slices without soft tissue are left out."""
-    import SimpleITK as sitk
-
-    from ..quality.noise import noise_equivalent_diameter_cm, slice_noise_index
+    from ..quality.noise import noise_equivalent_diameter_cm
     from .simulation import (
-        DoseSimulator,
         dense_reconstruction,
-        matched_kernel_sharpness,
         motion_artefact,
+        own_noise_simulator,
         ring_artefact,
         ring_pattern,
         sparse_view,
@@ -388,11 +378,10 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
     records: Dict[str, Dict] = {}
     for n, source in enumerate(sources):
         hu = source.hu.astype(np.float32)
-        noise_hu = slice_noise_index(hu, source.pixel_mm)
-        if not np.isfinite(noise_hu) or noise_hu <= 0:
+        simulator = own_noise_simulator(hu, source.pixel_mm, seed * 100003 + n, device)
+        if simulator is None:
             continue
-        simulator = DoseSimulator(hu, source.pixel_mm, seed=seed * 100003 + n, reference_noise_hu=noise_hu,
-                                  kernel=matched_kernel_sharpness(hu, source.pixel_mm), device=device)
+        noise_hu = simulator.reference_noise_hu
         images = {f"dose{dose:g}": (simulator.at_dose(dose), float(dose)) for dose in doses}
         kinds = [kind for kind in ("views", "rings", "motion") if artefacts.get(kind)]
         made = {}
@@ -411,16 +400,12 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
         if made:
             ladder = [window_label(hu, simulator.at_dose(dose)) for dose in MATCHING_DOSES]
             for name, image in made.items():
-                images[name] = (image, equivalent_dose(window_label(hu, image), MATCHING_DOSES, ladder))
+                similarity = window_label(hu, image)
+                images[name] = (image, equivalent_dose(similarity, MATCHING_DOSES, ladder), similarity)
         diameter = float(noise_equivalent_diameter_cm(torch.from_numpy(hu)[None], (source.pixel_mm,) * 2)[0])
-        folder = output / "images" / source.patient
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, (image, dose) in images.items():
-            similarity = 1.0 if name == "dose1" else window_label(hu, image)
-            relative_path = f"images/{source.patient}/{source.name}_{name}.mha"
-            itk_image = sitk.GetImageFromArray(image.astype(np.float32))
-            itk_image.SetSpacing((source.pixel_mm, source.pixel_mm))
-            sitk.WriteImage(itk_image, str(output / relative_path), True)
+        for name, (image, dose, *known) in images.items():
+            similarity = known[0] if known else 1.0 if name == "dose1" else window_label(hu, image)
+            relative_path = _write_source_image(output, source, name, image)
             kind = re.match(r"[a-z]+", name).group(0)
             labels[relative_path] = float(np.log(noise_hu / np.sqrt(dose)))
             patients[relative_path] = source.patient
@@ -438,6 +423,19 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
             "kernels": ["matched to each scan"], "noise": "relative to each scan's own noise index"}
     _write_json(output / "sources.json", records)
     return write_dataset_files(output, labels, patients, test_patients, info)
+
+
+def _write_source_image(output: Path, source: SourceSlice, name: str, image: np.ndarray) -> str:
+    """Write one simulated image of ``source`` as ``images/<patient>/<source>_<name>.mha`` under ``output`` (float32,
+    the source's pixel size); returns that relative path."""
+    import SimpleITK as sitk
+
+    relative_path = f"images/{source.patient}/{source.name}_{name}.mha"
+    (output / relative_path).parent.mkdir(parents=True, exist_ok=True)
+    itk_image = sitk.GetImageFromArray(image.astype(np.float32))
+    itk_image.SetSpacing((source.pixel_mm, source.pixel_mm))
+    sitk.WriteImage(itk_image, str(output / relative_path), True)
+    return relative_path
 
 
 def image_records(folder: Path | str) -> Dict[str, Dict]:

@@ -193,6 +193,18 @@ class DoseSimulator:
         return self.hu.astype(np.float32) + self.added_noise(dose_fraction)
 
 
+def own_noise_simulator(hu: np.ndarray, pixel_mm: float, seed: int = 0,
+                        device: Device = None) -> Optional[DoseSimulator]:
+    """A :class:`DoseSimulator` relative to a real slice's own noise: its global noise index as the full-dose noise,
+    added noise with the texture of its own kernel (:func:`matched_kernel_sharpness`). ``None`` when the slice has
+    too little soft tissue to measure its noise (the index is NaN)."""
+    noise = slice_noise_index(hu, pixel_mm)
+    if not np.isfinite(noise) or noise <= 0:
+        return None
+    return DoseSimulator(hu, pixel_mm, seed=seed, reference_noise_hu=noise,
+                         kernel=matched_kernel_sharpness(hu, pixel_mm), device=device)
+
+
 def tissue_noise_sd(noise_hu: np.ndarray, slice_hu: np.ndarray, pixel_mm: float) -> float:
     """SD (HU) of a noise image measured as the global noise index measures a slice: the mode of the
     local SD over the slice's soft tissue (picked on ``slice_hu``)."""
