@@ -423,42 +423,24 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
                     manifest: Optional[Path | str] = None, sources: Optional[Sequence[Path | str]] = None,
                     base_weights: Optional[Path | str] = None, corpus_root: Optional[Path | str] = None) -> Path:
     """Stage 2 (or stage 1 + 2): fine-tune on real CT, calibrate on held-out patients; the weights file."""
-    from .corpus import corpus_sources, load_manifest, sha256_of
+    from .corpus import corpus_sources, sha256_of
     from .datasets import image_records
 
     stage = REAL_STAGES[name]
     output = Path(output)
     started = time.monotonic()
-    if sources:
-        entries, root = site_entries(sources, seed)
-        if base_weights is None:
-            from ..quality.weights import default_weights_path
-
-            base_weights = default_weights_path()
-    else:
-        manifest = Path(manifest) if manifest else default_manifest()
-        entries = load_manifest(manifest)
-        root = Path(corpus_root) if corpus_root else manifest.parent / "files"
-    if base_weights is None:
-        base_weights = run_recipe(output / "base", stage.base, seed, device, progress)
-    base_weights = Path(base_weights)
+    entries, root, manifest, base_weights = _patients_and_base(output, stage.base, seed, device, progress, manifest,
+                                                               sources, base_weights, corpus_root)
     data = output / "data"
     held_out = [e.patient for e in entries if e.role != "train"]
     if not (data / "dataset.json").is_file():
         slices = corpus_sources(entries, root, slices_per_volume=stage.slices_per_volume)
         preprocess_simulated(slices, data, stage.doses, stage.sparse_views, held_out, seed, progress,
                              relative=True, sparse_every=stage.sparse_every, device=simulation_device(device))
-    run = output / "run"
     purpose = "site" if sources else "release" if name == "default" else "test"
-    common = dict(seed=seed, device=device, purpose=purpose, init_weights=str(base_weights))
-    teachers = train_teachers(data, run, TrainingConfig(**common, **stage.teacher), progress=progress)
-    student = train_student(data, run, TrainingConfig(**common, **stage.student), teachers, progress=progress)
-    split = load_split(data, "test")
-    predictions = predict_split([student, *teachers], split, resolve_device(device))
-    write_evaluation(predictions, split, output / "evaluation")
+    split, predictions, roles = _train_and_predict(output, stage, purpose, entries, base_weights, seed, device,
+                                                   progress)
     records = image_records(data)
-    role_of = {e.patient: e.role for e in entries}
-    roles = np.array([role_of.get(p, "test") for p in split.patients])
     fit_role = "calibration" if (roles == "calibration").any() else "test"
     doses = np.array([dose_of(path) or np.nan for path in split.paths])
     fit = (roles == fit_role) & np.isfinite(doses)
@@ -471,22 +453,65 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     for role in ("calibration", "test"):
         mask = roles == role
         if mask.sum() > 2:
-            held_out_tables[role] = {
-                "images": int(mask.sum()), "patients": sorted(set(np.array(split.patients)[mask])),
-                "student": _rounded(agreement(predictions[0].scores[mask], split.labels[mask])),
-                "teacher_ensemble": _rounded(agreement(np.mean([p.scores[mask] for p in predictions[1:]], axis=0),
-                                                       split.labels[mask]))}
+            held_out_tables[role] = _held_out_table(predictions, split, mask)
     info.provenance.update(
         recipe=name, seed=seed, recipe_parameters=json.loads(json.dumps(asdict(stage))),
         base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
         corpus=[{"id": e.id, "patient": e.patient, "role": e.role, "anatomy": e.anatomy} for e in entries],
-        manifest_sha256=None if sources else sha256_of(Path(manifest)),
+        manifest_sha256=sha256_of(manifest) if manifest else None,
         images={"train": len(load_split(data, "train")), "held_out": len(split),
                 "simulated_kinds": sorted({r["kind"] for r in records.values()})},
         held_out_real=held_out_tables, wall_time_s=round(time.monotonic() - started, 1))
     final = output / "distiliqa_student.safetensors"
     save_weights(final, model, info, half=True)
     return final
+
+
+def _patients_and_base(output: Path, base_recipe: str, seed: int, device: str, progress, manifest, sources,
+                       base_weights, corpus_root):
+    """(corpus entries, their root, the manifest or ``None`` for a site's ``sources``, the base weights): a site's
+    scans start from the shipped model, the corpus from ``base_weights`` or the ``base_recipe`` run first."""
+    from .corpus import load_manifest
+
+    if sources:
+        entries, root = site_entries(sources, seed)
+        manifest = None
+        if base_weights is None:
+            from ..quality.weights import default_weights_path
+
+            base_weights = default_weights_path()
+    else:
+        manifest = Path(manifest) if manifest else default_manifest()
+        entries = load_manifest(manifest)
+        root = Path(corpus_root) if corpus_root else manifest.parent / "files"
+    if base_weights is None:
+        base_weights = run_recipe(output / "base", base_recipe, seed, device, progress)
+    return entries, root, manifest, Path(base_weights)
+
+
+def _train_and_predict(output: Path, stage, purpose: str, entries, base_weights: Path, seed: int, device: str,
+                       progress):
+    """Teachers and student of ``stage`` fine-tuned from ``base_weights`` on ``output/data``, their predictions on
+    its held-out split (``output/evaluation``), and the corpus role of each held-out image: (split, predictions,
+    roles)."""
+    run = output / "run"
+    common = dict(seed=seed, device=device, purpose=purpose, init_weights=str(base_weights))
+    teachers = train_teachers(output / "data", run, TrainingConfig(**common, **stage.teacher), progress=progress)
+    student = train_student(output / "data", run, TrainingConfig(**common, **stage.student), teachers,
+                            progress=progress)
+    split = load_split(output / "data", "test")
+    predictions = predict_split([student, *teachers], split, resolve_device(device))
+    write_evaluation(predictions, split, output / "evaluation")
+    role_of = {e.patient: e.role for e in entries}
+    return split, predictions, np.array([role_of.get(p, "test") for p in split.patients])
+
+
+def _held_out_table(predictions, split, mask: np.ndarray) -> Dict:
+    """Agreement of the student and of the teacher ensemble with the labels of the ``mask`` images."""
+    return {"images": int(mask.sum()), "patients": sorted(set(np.array(split.patients)[mask])),
+            "student": _rounded(agreement(predictions[0].scores[mask], split.labels[mask])),
+            "teacher_ensemble": _rounded(agreement(np.mean([p.scores[mask] for p in predictions[1:]], axis=0),
+                                                   split.labels[mask]))}
 
 
 def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
@@ -573,45 +598,26 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
     absolute label, routine references refitted, held-out tables stored. With ``sources`` (folders of a site's own
     full-dose scans) the same on those scans instead of the corpus, starting from the shipped model (site
     adaptation). Resumes."""
-    from .corpus import load_manifest, sha256_of
+    from .corpus import corpus_sources, sha256_of
     from .datasets import image_records, preprocess_absolute
 
     stage = ABSOLUTE_STAGES[name]
     output = Path(output)
     started = time.monotonic()
-    if sources:
-        entries, root = site_entries(sources, seed)
-        manifest = None
-        if base_weights is None:
-            from ..quality.weights import default_weights_path
-
-            base_weights = default_weights_path()
-    else:
-        manifest = Path(manifest) if manifest else default_manifest()
-        entries = load_manifest(manifest)
-        root = Path(corpus_root) if corpus_root else manifest.parent / "files"
-    if base_weights is None:
-        base_weights = run_recipe(output / "base", stage.base, seed, device, progress)
-    base_weights = Path(base_weights)
+    entries, root, manifest, base_weights = _patients_and_base(output, stage.base, seed, device, progress, manifest,
+                                                               sources, base_weights, corpus_root)
     data = output / "data"
     if not (data / "dataset.json").is_file():
         train, held = absolute_sources(entries, root, stage, seed)
         preprocess_absolute(train + held, data, stage.doses, stage.artefacts, sorted({s.patient for s in held}),
                             seed, stage.every, progress, device=simulation_device(device))
-    run = output / "run"
     purpose = "site" if sources else "release" if name == "absolute" else "test"
-    common = dict(seed=seed, device=device, purpose=purpose, init_weights=str(base_weights))
-    teachers = train_teachers(data, run, TrainingConfig(**common, **stage.teacher), progress=progress)
-    student = train_student(data, run, TrainingConfig(**common, **stage.student), teachers, progress=progress)
-    split = load_split(data, "test")
-    predictions = predict_split([student, *teachers], split, resolve_device(device))
-    write_evaluation(predictions, split, output / "evaluation")
+    split, predictions, roles = _train_and_predict(output, stage, purpose, entries, base_weights, seed, device,
+                                                   progress)
     records = image_records(data)
-    role_of = {e.patient: e.role for e in entries}
-    roles = np.array([role_of.get(p, "test") for p in split.patients])
     model, info = predictions[0].model, predictions[0].info
-    references = [s for e in entries if e.role in ("train", "calibration")
-                  for s in _entry_or_nothing(e, root, stage.slices_per_volume)]
+    references = corpus_sources(entries, root, roles=("train", "calibration"),
+                                slices_per_volume=stage.slices_per_volume)
     apply_regional_reference(info, regional_noise_reference(references, read_info(base_weights).noise_reference))
     info.dose_calibration = None
     kinds = np.array([records.get(p, {}).get("kind", "dose") for p in split.paths])
@@ -622,11 +628,7 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
         for label, mask in (("all", roles == role), ("dose", (roles == role) & (kinds == "dose")),
                             ("artefacts", (roles == role) & (kinds != "dose"))):
             if mask.sum() > 2:
-                held_out_tables.setdefault(role, {})[label] = {
-                    "images": int(mask.sum()), "patients": sorted(set(np.array(split.patients)[mask])),
-                    "student": _rounded(agreement(predictions[0].scores[mask], split.labels[mask])),
-                    "teacher_ensemble": _rounded(agreement(np.mean([p.scores[mask] for p in predictions[1:]], axis=0),
-                                                           split.labels[mask]))}
+                held_out_tables.setdefault(role, {})[label] = _held_out_table(predictions, split, mask)
     info.provenance.update(
         recipe=name, seed=seed, recipe_parameters=json.loads(json.dumps(asdict(stage))),
         base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
@@ -666,11 +668,3 @@ def fit_artefact_margin(split, log_noise: np.ndarray, mask: np.ndarray) -> float
     if len(ratios) < 10:
         return DEFAULT_ARTEFACT_MARGIN
     return round(max(0.05, float(np.quantile(ratios, ARTEFACT_MARGIN_QUANTILE)) - 1.0), 4)
-
-
-def _entry_or_nothing(entry: CorpusEntry, root: Path, slices_per_volume: Optional[int]) -> List:
-    from .corpus import entry_sources
-
-    if entry.details.get("verdicts", True) is False:
-        return []
-    return entry_sources(entry, root, slices_per_volume)
