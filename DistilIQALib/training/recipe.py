@@ -455,7 +455,7 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
         if mask.sum() > 2:
             held_out_tables[role] = _held_out_table(predictions, split, mask)
     info.provenance.update(
-        recipe=name, seed=seed, recipe_parameters=json.loads(json.dumps(asdict(stage))),
+        recipe=name, seed=seed, purpose=purpose, recipe_parameters=json.loads(json.dumps(asdict(stage))),
         base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
         corpus=[{"id": e.id, "patient": e.patient, "role": e.role, "anatomy": e.anatomy} for e in entries],
         manifest_sha256=sha256_of(manifest) if manifest else None,
@@ -544,7 +544,7 @@ ABSOLUTE_STAGES: Dict[str, AbsoluteStage] = {
         head_phantoms=9, held_out_slices=3,
         teacher=dict(preset="fast", epochs=4, batch_size=8, optimizer="adamw", lr=5e-4, folds=5, gate=0.1,
                      extra_windows=((80.0, 40.0),), reset_head=True),
-        student=dict(preset="fast", epochs=6, batch_size=8, optimizer="adamw", lr=5e-4, folds=5, gate=0.1,
+        student=dict(preset="fast", epochs=12, batch_size=8, optimizer="adamw", lr=5e-4, folds=5, gate=0.1,
                      extra_windows=((80.0, 40.0),), reset_head=True)),
     "tiny-absolute": AbsoluteStage(
         doses=(1.0, 0.5, 0.25, 0.1), artefacts={"views": (64,), "rings": (150.0,), "motion": (5.0,)}, every=3,
@@ -630,7 +630,7 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
             if mask.sum() > 2:
                 held_out_tables.setdefault(role, {})[label] = _held_out_table(predictions, split, mask)
     info.provenance.update(
-        recipe=name, seed=seed, recipe_parameters=json.loads(json.dumps(asdict(stage))),
+        recipe=name, seed=seed, purpose=purpose, recipe_parameters=json.loads(json.dumps(asdict(stage))),
         base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
         corpus=[{"id": e.id, "patient": e.patient, "role": e.role, "anatomy": e.anatomy} for e in entries],
         manifest_sha256=sha256_of(manifest) if manifest else None,
