@@ -282,7 +282,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dump", type=Path, help="also write one CSV row per image (patient, kind, value, label, "
-                        "model, ensemble, GNI) for further analysis")
+                        "model, ensemble, GNI; with a learned dose equivalent's run every column its tables use) for "
+                        "further analysis")
     parser.add_argument("--network-only", action="store_true",
                         help="with --run: only the network's tables (not the per-region verdicts of the physics)")
     args = parser.parse_args()
@@ -497,6 +498,11 @@ def absolute_tables(args, weights, info, run_info) -> None:
     """The targets of the learned dose equivalent, per region: pooled and within-scan agreement, sparse-view
     verdicts, the score at each dose, monotonicity and one scale."""
     column = _all_columns(args, weights, run_info)
+    if args.dump:
+        with open(args.dump, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(list(column))
+            writer.writerows(zip(*column.values()))
     references = region_references(info.noise_reference, info.adequacy)
     label = _log_dose(column["label"], column, references)
     gni = np.where(column["gni"] > 0, column["gni"], np.nan)
