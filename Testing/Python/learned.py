@@ -10,12 +10,13 @@ from DistilIQALib.quality.scoring import EFFECTIVE_NOISE, SliceScores
 from DistilIQALib.quality.weights import ModelInfo, ScoreDefinition
 
 #: One routine level, for the abdomen only: 1000 HU^2 mm at any size, so at 5 mm a slice's dose equivalent is
-#: 200 / noise^2 (10 HU -> 2.0, 18 HU -> 0.62, 40 HU -> 0.125); good from 0.5, inadequate below 0.2.
+#: 200 / noise^2 (10 HU -> 2.0, 18 HU -> 0.62, 40 HU -> 0.125); good from 0.5, inadequate below 0.2. The network's
+#: effective noise counts divided by 1.15 (the default artefact margin): 46 HU -> 40 HU.
 REFERENCE = {"regions": {"abdomen": {"intercept": math.log(1000.0), "per_cm": 0.0, "bands": region_bands(0.5, 0.2),
                                      "above_routine_from": 2.5, "basis": "fitted", "patients": 12}}}
 THICKNESS_MM = 5.0
 NOISE_HU = [10.0, 10.0, 18.0, 18.0, float("nan"), 10.0]
-EFFECTIVE_HU = [10.5, 40.0, 18.0, 12.0, 30.0, float("nan")]
+EFFECTIVE_HU = [10.5, 46.0, 18.0, 12.0, 30.0, float("nan")]
 #: slice 1: the noise says 2.0 (good), the network 0.125 (inadequate): artefacts set the verdict. Slice 4 has no
 #: noise figure: no verdict, no score. Elsewhere the network sees no worse band than the noise gives.
 DRIVERS = ["noise", "artefacts", "noise", "noise", "", "noise"]

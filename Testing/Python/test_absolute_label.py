@@ -148,16 +148,20 @@ REFERENCE = {"chest": {"intercept": 5.0, "per_cm": 0.05, "bands": region_bands(0
                        "above_routine_from": 1.77, "basis": "fitted"}}
 
 
-def test_the_networks_noise_counts_only_beyond_its_margin():
-    noise = np.array([10.0, 10.0, 10.0, np.nan])
-    network = np.array([11.0, 12.5, 8.0, 30.0])
-    np.testing.assert_allclose(effective_noise(noise, network, 0.2), [10.0, 12.5, 10.0, np.nan])
+def test_the_networks_noise_counts_beyond_its_margin_discounted_by_it():
+    noise = np.array([10.0, 10.0, 10.0, 10.0, np.nan, 10.0])
+    network = np.array([11.0, 12.0, 15.0, 8.0, 30.0, np.nan])
+    # within the margin the measured noise; beyond it the network's figure over 1.2, which meets the measured noise
+    # at the margin without a jump
+    np.testing.assert_allclose(effective_noise(noise, network, 0.2), [10.0, 10.0, 12.5, 10.0, np.nan, 10.0])
+    just_beyond = effective_noise(np.array([10.0]), np.array([12.0001]), 0.2)[0]
+    assert 10.0 < just_beyond < 10.001
 
 
 def test_the_verdict_is_the_worse_and_names_its_driver():
     routine = np.sqrt(np.exp(5.0 + 0.05 * 30.0) / 2.0)  # noise of a routine dose at 30 cm and 2 mm
     noise = np.array([routine, routine, routine / np.sqrt(3.0), routine])
-    network = np.array([routine * 1.05, routine * 3.0, routine / np.sqrt(3.0), np.nan])
+    network = np.array([routine * 1.05, routine * 3.0 * 1.15, routine / np.sqrt(3.0), np.nan])
     found = region_verdicts(noise, 2.0, np.full(4, 30.0), ["chest"] * 4, [""] * 4, REFERENCE, network, 0.15)
     assert found.adequacy == ["good", "inadequate", "good", "good"]
     assert found.driver == [DRIVER_NOISE, DRIVER_ARTEFACTS, DRIVER_NOISE, DRIVER_NOISE]

@@ -39,8 +39,8 @@ def test_rows_say_what_set_each_verdict_and_keep_the_effective_noise():
     rows = scores.rows()
     assert [row["driver"] for row in rows] == DRIVERS
     assert [row["adequacy"] for row in rows] == ADEQUACY
-    assert [row["effective_noise_hu"] for row in rows] == [10.5, 40.0, 18.0, 12.0, 30.0, None]
-    # slice 1: 200 / 40^2 = 0.125 of a routine dose as the network sees it, 2.0 from its noise
+    assert [row["effective_noise_hu"] for row in rows] == [10.5, 46.0, 18.0, 12.0, 30.0, None]
+    # slice 1: 200 / (46 / 1.15)^2 = 0.125 of a routine dose as the network sees it, 2.0 from its noise
     assert rows[ARTEFACT_SLICE]["score"] == 0.125 and rows[ARTEFACT_SLICE]["dose_equivalent"] == 2.0
     assert rows[NO_VERDICT_SLICE]["score"] is None and rows[NO_VERDICT_SLICE]["dose_equivalent"] is None
     assert scores.summary()["drivers"] == {"noise": 4, "artefacts": 1}
@@ -54,7 +54,7 @@ def test_csv_has_the_effective_noise_and_driver_and_leaves_a_missing_score_empty
     assert tuple(reader.fieldnames) == CSV_COLUMNS
     assert reader.fieldnames[-2:] == ["effective_noise_hu", "driver"]
     assert [row["driver"] for row in rows] == DRIVERS
-    assert rows[ARTEFACT_SLICE]["effective_noise_hu"] == "40.0" and rows[-1]["effective_noise_hu"] == ""
+    assert rows[ARTEFACT_SLICE]["effective_noise_hu"] == "46.0" and rows[-1]["effective_noise_hu"] == ""
     assert rows[NO_VERDICT_SLICE]["score"] == "" and rows[ARTEFACT_SLICE]["score"] == "0.125"
     assert "nan" not in buffer.getvalue().lower()
 
@@ -87,7 +87,7 @@ def test_the_panels_files_read_back_keep_the_effective_noise_and_the_missing_sco
     write_csv(scores, tmp_path / "scores.csv")
     write_json(scores, tmp_path / "summary.json")
     back = read_score_results(tmp_path / "scores.csv", tmp_path / "summary.json", str(learned_weights))
-    np.testing.assert_allclose(back.effective_noise_hu, [10.5, 40.0, 18.0, 12.0, 30.0, np.nan])
+    np.testing.assert_allclose(back.effective_noise_hu, [10.5, 46.0, 18.0, 12.0, 30.0, np.nan])
     assert np.isnan(back.score[NO_VERDICT_SLICE]) and back.driver == DRIVERS
     assert [row["adequacy"] for row in back.rows()] == ADEQUACY
     assert np.isfinite(back.score_spread).all()  # a missing score leaves no NaN spread behind
@@ -110,7 +110,7 @@ def test_store_keeps_effective_noise_and_driver_and_stored_scores_give_the_same_
         slices = store.slice_rows("S1", info.weights_id)
         series = store.series_rows()[0]
     assert [row["driver"] for row in slices] == DRIVERS
-    assert [row["effective_noise_hu"] for row in slices] == [10.5, 40.0, 18.0, 12.0, 30.0, None]
+    assert [row["effective_noise_hu"] for row in slices] == [10.5, 46.0, 18.0, 12.0, 30.0, None]
     assert slices[NO_VERDICT_SLICE]["score"] is None
     assert series["artefact_slices"] == 1 and series["worst_slice"] == ARTEFACT_SLICE
     assert series["min_score"] == 0.125

@@ -357,7 +357,7 @@ def test_a_learned_models_table_charts_and_map_show_what_set_each_verdict(scene,
     table = nodes.table.GetTable()
     assert [str(v) for v in _column(table, "driver")] == DRIVERS
     np.testing.assert_allclose([float(v) for v in _column(table, "effective_noise_hu")],
-                               [10.5, 40.0, 18.0, 12.0, 30.0, np.nan])
+                               [10.5, 46.0, 18.0, 12.0, 30.0, np.nan])
     np.testing.assert_allclose([float(v) for v in _column(table, mrml.LEARNED_DOSE_COLUMN)], learned)
     assert np.isnan(float(_column(table, "score")[NO_VERDICT_SLICE]))  # no verdict, no learned dose equivalent
     # the adequacy chart: the dose equivalent from the noise, the learned one beside it, then the band lines
