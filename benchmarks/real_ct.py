@@ -152,9 +152,36 @@ def _series_of(target: Path):
     return found
 
 
-def region_detection(entries, root: Path, info) -> None:
+class NetworkNoise:
+    """The effective noise (HU) a learned-dose-equivalent model sees in HU slices, as :class:`Scorer` computes it;
+    ``None`` for other models, whose verdicts rest on the measured noise alone."""
+
+    def __init__(self, weights, info):
+        from DistilIQALib.quality.weights import load_weights
+
+        self.model = load_weights(weights, "cpu")[0] if info.score.name == "effective_noise" else None
+        self.info = info
+
+    def __call__(self, hu: np.ndarray):
+        if self.model is None:
+            return None
+        from DistilIQALib.quality.model import score_from_outputs
+        from DistilIQALib.quality.preprocessing import prepare_batch
+
+        hu = np.asarray(hu, dtype=np.float32).reshape(-1, *np.shape(hu)[-2:])
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(hu), 4):
+                batch = prepare_batch(hu[start:start + 4], self.info.window, self.info.input_size,
+                                      extra_windows=self.info.extra_windows)
+                out.append(np.exp(score_from_outputs(self.model(batch)).numpy().astype(np.float64)))
+        return np.concatenate(out)
+
+
+def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
     """Slices per detected region of every series of each patient, in the series' own z order, and the verdicts
-    of every slice at the scan's own (full) dose."""
+    of every slice at the scan's own (full) dose (with a learned dose equivalent: as the user sees them, the
+    worse of noise and network)."""
     from DistilIQALib.quality.noise import noise_equivalent_diameter_cm
 
     references = region_references(info.noise_reference, info.adequacy)
@@ -168,7 +195,8 @@ def region_detection(entries, root: Path, info) -> None:
             hu = torch.from_numpy(np.ascontiguousarray(volume.hu, dtype=np.float32))
             noise = global_noise_index(hu, volume.spacing_mm[:2]).numpy()
             size = noise_equivalent_diameter_cm(hu, volume.spacing_mm[:2]).numpy()
-            verdicts = region_verdicts(noise, volume.slice_thickness_mm, size, regions, found.reason, references)
+            verdicts = region_verdicts(noise, volume.slice_thickness_mm, size, regions, found.reason, references,
+                                       network(volume.hu), info.artefact_margin)
             bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
                      if b in verdicts.adequacy}
             order = np.argsort(-volume.z_mm(), kind="stable")
@@ -180,13 +208,18 @@ def region_detection(entries, root: Path, info) -> None:
             if entry.details.get("verdicts", True):
                 good = 100 * bands.get("good", 0) / len(regions)
                 above = 100 * float(np.mean(verdicts.above_routine))
+                learned = ""
+                if verdicts.learned_dose_equivalent is not None:
+                    learned = (f", median score {np.nanmedian(verdicts.learned_dose_equivalent):.2f}, set by "
+                               f"artefacts {verdicts.driver.count('artefacts')}")
                 print(f"      at its own dose: {bands} ({good:.1f}% good, {above:.1f}% above routine, median dose "
-                      f"equivalent {np.nanmedian(verdicts.dose_equivalent):.2f})")
+                      f"equivalent {np.nanmedian(verdicts.dose_equivalent):.2f}{learned})")
 
 
-def simulated_verdicts(entries, root: Path, info, slices: int, seed: int = 11):
+def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkNoise, seed: int = 11):
     """Rows (patient, region, dose, dose equivalent, band, above routine, note) of each source slice of each
-    entry at :data:`VERDICT_DOSES`, noise relative to the slice's own."""
+    entry at :data:`VERDICT_DOSES`, noise relative to the slice's own. With a learned dose equivalent the dose
+    equivalent is the score and the band its band, as the user sees them."""
     from DistilIQALib.quality.noise import noise_equivalent_diameter_cm, slice_noise_index
     from DistilIQALib.training.corpus import entry_sources
 
@@ -204,10 +237,11 @@ def simulated_verdicts(entries, root: Path, info, slices: int, seed: int = 11):
                 noise = slice_noise_index(image, source.pixel_mm)
                 size = float(noise_equivalent_diameter_cm(tensor, (source.pixel_mm, source.pixel_mm))[0])
                 found = region_verdicts([noise], source.thickness_mm, [size], [source.region or "unknown"], [""],
-                                        references)
-                rows.append((entry.patient, source.region or "unknown", f"{source.name}", dose,
-                             float(found.dose_equivalent[0]), found.adequacy[0], bool(found.above_routine[0]),
-                             found.note[0]))
+                                        references, network(image), info.artefact_margin)
+                value = found.dose_equivalent if found.learned_dose_equivalent is None else \
+                    found.learned_dose_equivalent
+                rows.append((entry.patient, source.region or "unknown", f"{source.name}", dose, float(value[0]),
+                             found.adequacy[0], bool(found.above_routine[0]), found.note[0]))
     return rows
 
 
@@ -300,8 +334,10 @@ def main() -> None:
     entries = [e for e in load_manifest(args.manifest) if e.role == args.role]
     root = args.manifest.parent / "files"
     print(f"\nweights {weights}; {args.role} patients of {args.manifest}")
-    region_detection(entries, root, info)
-    rows = simulated_verdicts([e for e in entries if e.details.get("verdicts", True)], root, info, args.slices)
+    network = NetworkNoise(weights, info)
+    region_detection(entries, root, info, network)
+    rows = simulated_verdicts([e for e in entries if e.details.get("verdicts", True)], root, info, args.slices,
+                              network)
     verdict_table(rows)
 
 
