@@ -531,12 +531,13 @@ def _add_recipe_parser(commands) -> None:
     parser = commands.add_parser(
         "recipe", help="build the shipped model from scratch, or adapt it to a site's own scans (--sources)")
     parser.add_argument("--output", required=True, help="run folder (resumes when it exists)")
-    parser.add_argument("--size", default="default",
+    parser.add_argument("--size", default="absolute",
                         choices=["absolute", "default", "builtin", "tiny", "tiny-real", "tiny-absolute"],
-                        help="default: built-in stage then the real-CT corpus on the SSIM label (the shipped "
-                             "model, then 'calibrate'); absolute: that model fine-tuned onto the learned dose "
-                             "equivalent, with heads and artefacts; builtin: the first stage alone; tiny, tiny-real, "
-                             "tiny-absolute: quick checks")
+                        help="absolute (the shipped model): the 'default' model fine-tuned onto the learned dose "
+                             "equivalent, with heads and artefacts; with --sources the shipped model adapted to a "
+                             "site's scans the same way; default: built-in stage then the real-CT corpus on the "
+                             "paper's SSIM label; builtin: the first stage alone; tiny, tiny-real, tiny-absolute: "
+                             "quick checks")
     parser.add_argument("--sources", nargs="+", type=Path, metavar="DIR",
                         help="fine-tune on these folders of a site's own full-dose scans (DICOM series, NIfTI, "
                              "NRRD; each series folder or volume file is one patient) instead of the corpus")

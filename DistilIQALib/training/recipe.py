@@ -431,6 +431,9 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     started = time.monotonic()
     entries, root, manifest, base_weights = _patients_and_base(output, stage.base, seed, device, progress, manifest,
                                                                sources, base_weights, corpus_root)
+    if read_info(base_weights).score.name != "ssim":
+        raise InputError(f"{base_weights.name} scores the learned dose equivalent; the SSIM-label stage starts from "
+                         "an SSIM-label model (--base-weights), or adapt it with --size absolute")
     data = output / "data"
     held_out = [e.patient for e in entries if e.role != "train"]
     if not (data / "dataset.json").is_file():

@@ -138,6 +138,12 @@ def test_site_adaptation_refuses_bad_sources_in_one_line(tmp_path, capsys):
                  "--device", "cpu"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "at least 3 patients" in error[0]
+    # the SSIM-label stage cannot start from the shipped model, whose outputs are log effective noise
+    site = _site_folders(tmp_path / "site5", 5)
+    assert main(["recipe", "--output", str(tmp_path / "z"), "--size", "tiny-real", "--sources", str(site),
+                 "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "learned dose equivalent" in error[0] and "--size absolute" in error[0]
 
 
 def test_the_recipe_simulates_on_a_cuda_gpu_only():
