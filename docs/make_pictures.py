@@ -49,8 +49,8 @@ def main() -> int:
     nodes = mrml.show_results(ct, scores, volume)
     renderer = mrml.SliceRenderer(scene, size=360)
     z = volume.z_mm()
-    worst = int(scores.score.argmin())
-    best = int(scores.score.argmax())
+    worst = int(np.nanargmin(scores.score))
+    best = int(np.nanargmax(scores.score))
     anterior = -float(volume.slice_centres_mm()[0, 1])  # RAS A of the volume's centre
     renderer.render(ct, nodes.quality_map, "Axial", float(z[worst]), args.out / "axial_low_dose.png", 0.35)
     renderer.render(ct, nodes.quality_map, "Axial", float(z[best]), args.out / "axial_full_dose.png", 0.35)
@@ -110,10 +110,11 @@ def real_pictures(folder: Path, out: Path, low_slices=range(12, 20), dose: float
                      f"at {dose:.0%} dose")
     bands = scores.adequacy or []
     print(f"{label}: regions {sorted(set(scores.region))}; full-dose slices "
-          f"{np.round(np.percentile(scores.score[normal], [0, 50, 100]), 3)} "
+          f"{np.round(np.nanpercentile(scores.score[normal], [0, 50, 100]), 3)} "
           f"({sum(bands[k] == 'good' for k in normal)}/{len(normal)} good), {dose:.0%}-dose slices "
-          f"{np.round(np.percentile(scores.score[list(low_slices)], [0, 50, 100]), 3)} "
-          f"({sum(bands[k] == 'inadequate' for k in low_slices)}/{len(low_slices)} inadequate)")
+          f"{np.round(np.nanpercentile(scores.score[list(low_slices)], [0, 50, 100]), 3)} "
+          f"({sum(bands[k] == 'inadequate' for k in low_slices)}/{len(low_slices)} inadequate); verdicts set by "
+          f"artefacts: {sum(d == 'artefacts' for d in (scores.driver or []))}")
 
 
 def compose_screenshot(folder: Path) -> Path:
