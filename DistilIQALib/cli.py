@@ -162,9 +162,13 @@ def _run_info(args: argparse.Namespace) -> int:
 
     path = resolve_weights(args.weights)
     info = read_info(path)
+    windows = " + ".join(f"W{w.width_hu:g}/L{w.level_hu:g}" for w in (info.window, *info.extra_windows))
     print(f"{path}\n  id {info.weights_id}, format {info.format_version}\n  preset {info.preset}, "
-          f"{info.num_outputs} output(s), input {info.input_size}x{info.input_size}, window W{info.window.width_hu:g}/"
-          f"L{info.window.level_hu:g}\n  score {info.score.name}: {info.score.description}")
+          f"{info.num_outputs} output(s), input {info.input_size}x{info.input_size}, "
+          f"window{'s' if info.extra_windows else ''} {windows}\n  score {info.score.name}: {info.score.description}")
+    if info.artefact_margin is not None:
+        print(f"  artefact margin {info.artefact_margin:g}: the network's effective noise, divided by "
+              f"{1 + info.artefact_margin:g}, counts where it exceeds the measured noise")
     if info.adequacy and info.adequacy.get("bands"):
         from .quality.interpretation import adequacy_measure, band_threshold
 

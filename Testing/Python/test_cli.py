@@ -16,6 +16,7 @@ from DistilIQALib.cli import main
 from DistilIQALib.io.dicom_writing import write_series
 from DistilIQALib.io.reading import read_volume
 from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.quality.weights import default_weights_path, read_info
 from DistilIQALib.training.phantoms import phantom_volume
 
 from .conftest import write_untrained_weights
@@ -54,6 +55,15 @@ def test_info_describes_weights(tiny_weights, capsys):
     assert main(["info", str(tiny_weights)]) == 0
     text = capsys.readouterr().out
     assert "preset tiny" in text and "3 output(s)" in text and "purpose: test" in text
+
+
+def test_info_names_a_learned_models_windows_and_artefact_margin(capsys):
+    """The shipped model reads two windows and counts the network's noise beyond its margin: info says both."""
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "windows W350/L40 + W80/L40" in text and "score effective_noise" in text
+    margin = read_info(default_weights_path()).artefact_margin
+    assert f"artefact margin {margin:g}" in text and f"divided by {1 + margin:g}" in text
 
 
 def _make_bad_inputs(tmp: Path, weights: Path):
