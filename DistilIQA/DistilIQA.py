@@ -64,10 +64,11 @@ class DistilIQA(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["DistilIQA developers"]
         self.parent.helpText = _(
-            "Scores the perceptual quality of every axial slice of a CT without a reference image "
-            "(DistilIQA: a distilled vision transformer), beside a physics noise index in HU, with a quality "
-            "map on the slice views, a per-slice plot and a dose-adequacy chart. "
-            "For research and quality assurance, not for diagnosis.")
+            "Scores the quality of every axial slice of a CT without a reference image, as a learned dose "
+            "equivalent: the fraction of a routine dose for the slice's body region that it looks like, noise "
+            "and artefacts alike (DistilIQA: a distilled vision transformer, beside a physics noise index in HU). "
+            "Shows a quality map on the slice views, a per-slice plot and a dose-adequacy chart, and says whether "
+            "noise or artefacts set each verdict. For research and quality assurance, not for diagnosis.")
         self.parent.acknowledgementText = _(
             "Method: Baldeon-Calisto et al., DistilIQA, Computers in Biology and Medicine, 2024.")
         # The base class takes the icon from Resources/ beside this file only (ScriptedLoadableModule.py:36-41,
