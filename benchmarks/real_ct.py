@@ -195,8 +195,9 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
             hu = torch.from_numpy(np.ascontiguousarray(volume.hu, dtype=np.float32))
             noise = global_noise_index(hu, volume.spacing_mm[:2]).numpy()
             size = noise_equivalent_diameter_cm(hu, volume.spacing_mm[:2]).numpy()
+            judged = entry.details.get("verdicts", True)  # a region-only entry: no verdicts, no network needed
             verdicts = region_verdicts(noise, volume.slice_thickness_mm, size, regions, found.reason, references,
-                                       network(volume.hu), info.artefact_margin)
+                                       network(volume.hu) if judged else None, info.artefact_margin)
             bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
                      if b in verdicts.adequacy}
             order = np.argsort(-volume.z_mm(), kind="stable")
@@ -205,7 +206,7 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
             strip = "".join(regions[n][0] for n in order)
             print(f"  {entry.patient:<32} {entry.anatomy:<24} {len(regions):4d} slices {counts}{head}")
             print(f"      {strip if len(strip) <= 110 else strip[:110] + '...'}")
-            if entry.details.get("verdicts", True):
+            if judged:
                 good = 100 * bands.get("good", 0) / len(regions)
                 above = 100 * float(np.mean(verdicts.above_routine))
                 learned = ""
