@@ -36,7 +36,7 @@ def test_shipped_model_is_the_default_small_and_fully_described():
     assert info.score.name == EFFECTIVE_NOISE and info.score.higher_is_better
     assert (info.window.width_hu, info.window.level_hu) == (350, 40) and info.extra_windows == (BRAIN_WINDOW,)
     assert info.provenance["purpose"] == "release"
-    # Made by `recipe --size absolute` from the SSIM-label model of `recipe` and `calibrate` on the corpus.
+    # Made by `recipe --size absolute`, fine-tuned from the SSIM-label model that shipped before it.
     assert info.provenance["recipe"] == "absolute"
     assert info.provenance["recipe_parameters"] == json.loads(json.dumps(asdict(ABSOLUTE_STAGES["absolute"])))
     manifest = ROOT / "corpus" / "manifest.json"
