@@ -170,16 +170,21 @@ def adequacy_from_reference(reference: Dict[str, Any]) -> Dict[str, Any]:
     ``routine_range``, 5th and 95th percentile): *good* down to the 5th percentile (a slice as quiet as 95% of
     routine full-dose scans), *inadequate* below a tenth (:data:`INADEQUATE_AT`) of the 95th percentile (a
     tenth of the dose of all but the quietest 5% of routine scans), rounded outwards to 0.01; without a range
-    (too few patients), good from 0.5 and inadequate below 0.2."""
+    (too few patients), good from 0.5 and inadequate below 0.2. Where routine scans spread over more than a tenfold
+    dose the two meet at the inadequate line, good rising to it: a tenth of a routine dose must not read good, and
+    the noisiest few routine slices reading inadequate is the safer error."""
     if not reference.get("routine_range"):
         return dose_equivalent_adequacy()
     low, high = (float(v) for v in reference["routine_range"])
-    good = min(1.0, math.floor(low * 100.0 + 1e-9) / 100.0)
-    inadequate = min(good, math.ceil(high * INADEQUATE_AT * 100.0 - 1e-9) / 100.0)
+    inadequate = min(1.0, math.ceil(high * INADEQUATE_AT * 100.0 - 1e-9) / 100.0)
+    good = max(inadequate, min(1.0, math.floor(low * 100.0 + 1e-9) / 100.0))
     adequacy = dose_equivalent_adequacy(good, inadequate)
+    spread = ("as quiet as 95% of routine full-dose scans" if good > inadequate else
+              f"raised from the 5th percentile of routine full-dose scans ({low:.2f}) to the inadequate line, since "
+              "routine scans spread over more than a tenfold dose")
     adequacy["reasoning"] = (
         f"good: noise no worse than {good:.0%} of a routine full dose would leave in a patient of this size at this "
-        f"slice thickness, as quiet as 95% of routine full-dose scans (noise at most {good ** -0.5:.1f}x the routine "
+        f"slice thickness, {spread} (noise at most {good ** -0.5:.1f}x the routine "
         f"level); inadequate: below {inadequate:.0%}, what a tenth of the dose gives all but the quietest 5% of "
         f"routine scans (noise above {inadequate ** -0.5:.1f}x the routine level). The routine level and its "
         "spread are fitted on real clinical full-dose scans.")

@@ -302,9 +302,10 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
             study = READER_STUDY_INADEQUATE.get(region)
             note = ""
             if study and bands[0]["min_value"] is not None and bands[1]["min_value"] < study:
-                bands[1]["min_value"] = min(study, bands[0]["min_value"])
-                note = (f" Inadequate raised to below {bands[1]['min_value']:.0%}: in a reader study (Fletcher et al. "
-                        f"2017) {study:.0%} of a routine {region} dose failed non-inferiority.")
+                bands[1]["min_value"] = study
+                bands[0]["min_value"] = max(bands[0]["min_value"], study)
+                note = (f" Inadequate raised to below {study:.0%} (good from at least that): in a reader study "
+                        f"(Fletcher et al. 2017) {study:.0%} of a routine {region} dose failed non-inferiority.")
             regions[region] = dict(
                 fitted, **valid_ranges(pooled), basis="fitted", fitted_on=sorted({s.patient for s in picked}),
                 bands=bands, above_routine_from=round(above, 3),

@@ -63,11 +63,12 @@ def test_shipped_model_is_the_default_small_and_fully_described():
     low, high = regions["chest"]["routine_range"]
     assert 0.0 < low < 1.0 < high and regions["abdomen"]["routine_range"] == [low, high]
     # bands from that spread: good down to its 5th percentile, inadequate below a tenth of its 95th, rounded
-    # outwards to 0.01; the abdomen's inadequate raised to the reader study's 30%
-    good, inadequate = math.floor(low * 100) / 100, math.ceil(high * 10) / 100
-    for name, below in (("chest", inadequate), ("abdomen", max(inadequate, 0.3))):
+    # outwards to 0.01; the abdomen's inadequate raised to the reader study's 30%; good never below inadequate
+    inadequate = math.ceil(high * 10) / 100
+    good = max(inadequate, math.floor(low * 100) / 100)
+    for name, above, below in (("chest", good, inadequate), ("abdomen", max(good, 0.3), max(inadequate, 0.3))):
         assert [(b["name"], b["min_value"]) for b in regions[name]["bands"]] == [
-            ("good", good), ("borderline", below), ("inadequate", None)], name
+            ("good", above), ("borderline", below), ("inadequate", None)], name
     assert info.adequacy["bands"] == regions["abdomen"]["bands"]
     assert adequacy_labels(np.array([1.0, 0.0]), info.adequacy) == ["good", "inadequate"]
 
