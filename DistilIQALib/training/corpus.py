@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -58,6 +59,16 @@ def load_manifest(path: Path | str) -> List[CorpusEntry]:
     if bad:
         raise InputError(f"{path}: unknown role in {', '.join(bad)} (use {', '.join(ROLES)})")
     return entries
+
+
+#: Words in a licence that forbid commercial use (Creative Commons ``NC`` terms and their spelled-out forms).
+NON_COMMERCIAL = re.compile(r"\bBY-NC\b|-NC-|non-?commercial", re.IGNORECASE)
+
+
+def non_commercial(entries: Iterable[CorpusEntry], roles: Sequence[str] = ("train", "calibration")) -> List[str]:
+    """Ids of the entries in ``roles`` whose licence forbids commercial use: data that must not shape weights
+    shipped for anyone's use (training or fitting); evaluation (``test``) is fine."""
+    return [e.id for e in entries if e.role in roles and NON_COMMERCIAL.search(str(e.details.get("licence", "")))]
 
 
 def verify(entries: Iterable[CorpusEntry], root: Path | str) -> List[str]:

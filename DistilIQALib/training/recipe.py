@@ -431,7 +431,8 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     output = Path(output)
     started = time.monotonic()
     entries, root, manifest, base_weights = _patients_and_base(output, stage.base, seed, device, progress, manifest,
-                                                               sources, base_weights, corpus_root)
+                                                               sources, base_weights, corpus_root,
+                                                               release=name == "default")
     if read_info(base_weights).score.name != "ssim":
         raise InputError(f"{base_weights.name} scores the learned dose equivalent; the SSIM-label stage starts from "
                          "an SSIM-label model (--base-weights), or adapt it with --size absolute")
@@ -472,10 +473,12 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
 
 
 def _patients_and_base(output: Path, base_recipe: str, seed: int, device: str, progress, manifest, sources,
-                       base_weights, corpus_root):
+                       base_weights, corpus_root, release: bool = False):
     """(corpus entries, their root, the manifest or ``None`` for a site's ``sources``, the base weights): a site's
-    scans start from the shipped model, the corpus from ``base_weights`` or the ``base_recipe`` run first."""
-    from .corpus import load_manifest
+    scans start from the shipped model, the corpus from ``base_weights`` or the ``base_recipe`` run first. A
+    ``release`` run (weights for anyone's use) refuses corpus patients under a non-commercial licence in training or
+    calibration."""
+    from .corpus import load_manifest, non_commercial
 
     if sources:
         entries, root = site_entries(sources, seed)
@@ -488,6 +491,10 @@ def _patients_and_base(output: Path, base_recipe: str, seed: int, device: str, p
         manifest = Path(manifest) if manifest else default_manifest()
         entries = load_manifest(manifest)
         root = Path(corpus_root) if corpus_root else manifest.parent / "files"
+        barred = non_commercial(entries) if release else []
+        if barred:
+            raise InputError(f"{', '.join(barred)} in {manifest.name}: a non-commercial licence keeps these scans out "
+                             "of training and calibration of released weights; give them the role test")
     if base_weights is None:
         base_weights = run_recipe(output / "base", base_recipe, seed, device, progress)
     return entries, root, manifest, Path(base_weights)
@@ -545,7 +552,7 @@ ABSOLUTE_STAGES: Dict[str, AbsoluteStage] = {
     "absolute": AbsoluteStage(
         doses=(1.0, 0.5, 0.25, 0.1, 0.05),
         artefacts={"views": (256, 128, 64), "rings": (100.0, 300.0), "motion": (2.0, 5.0)}, every=3,
-        head_phantoms=9, held_out_slices=3,
+        head_phantoms=9, held_out_slices=3, base="builtin",
         teacher=dict(preset="fast", epochs=4, batch_size=8, optimizer="adamw", lr=5e-4, folds=5, gate=0.1,
                      extra_windows=((80.0, 40.0),), reset_head=True),
         student=dict(preset="fast", epochs=12, batch_size=8, optimizer="adamw", lr=5e-4, folds=5, gate=0.1,
@@ -609,7 +616,8 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
     output = Path(output)
     started = time.monotonic()
     entries, root, manifest, base_weights = _patients_and_base(output, stage.base, seed, device, progress, manifest,
-                                                               sources, base_weights, corpus_root)
+                                                               sources, base_weights, corpus_root,
+                                                               release=name == "absolute")
     data = output / "data"
     if not (data / "dataset.json").is_file():
         train, held = absolute_sources(entries, root, stage, seed)

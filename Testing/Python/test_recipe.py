@@ -160,3 +160,30 @@ def test_the_recipe_simulates_on_a_cuda_gpu_only():
     else:
         with pytest.raises(DeviceError):
             simulation_device("cuda")
+
+
+def test_released_weights_never_train_or_calibrate_on_non_commercial_scans(tmp_path, capsys):
+    """The shipped model is Apache-2.0 for anyone's use: the release recipes (`absolute`, `default`) refuse a corpus
+    whose training or calibration patients carry a non-commercial licence, in one line, before any work; the
+    committed manifest keeps such scans (MIDRC-RICORD-1A, CC BY-NC 4.0) in the test role."""
+    from DistilIQALib.cli import main
+    from DistilIQALib.quality.weights import default_weights_path
+    from DistilIQALib.training.corpus import load_manifest, non_commercial
+    from DistilIQALib.training.recipe import default_manifest
+
+    committed = load_manifest(default_manifest())
+    assert non_commercial(committed) == []
+    assert "ricord_419639" in non_commercial(committed, roles=("test",))
+    data = json.loads(default_manifest().read_text())
+    for entry in data["entries"]:
+        if entry["id"] == "ricord_419639":
+            entry["role"] = "train"
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(data))
+    for size in ("absolute", "default"):
+        code = main(["recipe", "--output", str(tmp_path / size), "--size", size, "--manifest", str(manifest),
+                     "--base-weights", str(default_weights_path()), "--device", "cpu"])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(error) == 1, error
+        assert "ricord_419639" in error[0] and "non-commercial" in error[0]
+        assert not (tmp_path / size / "data").exists()

@@ -17,7 +17,7 @@ from DistilIQALib.quality.model import score_from_outputs
 from DistilIQALib.quality.preprocessing import BRAIN_WINDOW, prepare_batch
 from DistilIQALib.quality.scoring import EFFECTIVE_NOISE
 from DistilIQALib.quality.weights import default_weights_path, load_weights, read_info
-from DistilIQALib.training.corpus import load_manifest, sha256_of
+from DistilIQALib.training.corpus import NON_COMMERCIAL, load_manifest, sha256_of
 from DistilIQALib.training.datasets import builtin_sources
 from DistilIQALib.training.recipe import ABSOLUTE_STAGES
 from DistilIQALib.training.simulation import DoseSimulator
@@ -36,12 +36,16 @@ def test_shipped_model_is_the_default_small_and_fully_described():
     assert info.score.name == EFFECTIVE_NOISE and info.score.higher_is_better
     assert (info.window.width_hu, info.window.level_hu) == (350, 40) and info.extra_windows == (BRAIN_WINDOW,)
     assert info.provenance["purpose"] == "release"
-    # Made by `recipe --size absolute`, fine-tuned from the SSIM-label model that shipped before it.
+    # Made by `recipe --size absolute` from the stage-1 model of `recipe --size builtin`.
     assert info.provenance["recipe"] == "absolute"
     assert info.provenance["recipe_parameters"] == json.loads(json.dumps(asdict(ABSOLUTE_STAGES["absolute"])))
     manifest = ROOT / "corpus" / "manifest.json"
     test_patients = {e.patient for e in load_manifest(manifest) if e.role == "test"}
     assert info.provenance["manifest_sha256"] == sha256_of(manifest)
+    # released for anyone's use: no scan under a non-commercial licence trained or calibrated it
+    licences = {e.id: e.details["licence"] for e in load_manifest(manifest)}
+    shaped = [c["id"] for c in info.provenance["corpus"] if c["role"] in ("train", "calibration")]
+    assert len(shaped) >= 10 and not [i for i in shaped if NON_COMMERCIAL.search(licences[i])]
     tables = info.provenance["held_out_real"]
     assert set(tables["test"]["all"]["patients"]) <= test_patients and "calibration" in tables
     for part in ("dose", "artefacts"):  # held-out metrics travel with it
@@ -55,7 +59,7 @@ def test_shipped_model_is_the_default_small_and_fully_described():
     assert sorted(regions) == ["abdomen", "chest", "head", "neck"]
     for name in ("chest", "abdomen", "head"):  # fitted on real patients, none of them a test patient
         assert regions[name]["basis"] == "fitted" and not test_patients & set(regions[name]["fitted_on"]), name
-    assert regions["chest"]["patients"] >= 10 and regions["abdomen"]["patients"] >= 4
+    assert regions["chest"]["patients"] >= 9 and regions["abdomen"]["patients"] >= 3
     assert regions["head"]["fitted_on"] == ["dicom2stl-ct-example"] and regions["neck"]["basis"] == "literature"
     # chest and abdomen share the size dependence (noisier in larger patients, as automatic exposure control
     # leaves it) and the spread of routine scans; each has its own level
@@ -78,11 +82,12 @@ def shipped():
     return load_weights(SHIPPED, "cpu")
 
 
-@pytest.mark.parametrize("source", [s for s in builtin_sources(0) if s.patient.startswith("real_")],
-                         ids=lambda s: f"{s.patient}-{s.name}")
+@pytest.mark.parametrize("source", [s for s in builtin_sources(0) if s.patient.startswith("real_")
+                                    and s.hu.shape == (512, 512)], ids=lambda s: f"{s.patient}-{s.name}")
 def test_score_falls_with_dose_on_real_ct(shipped, source):
-    """Every real CT slice that pydicom / pydicom-data ship, at falling simulated dose (noise seeds the
-    recipe never used): each lower dose looks noisier to the network."""
+    """Every real 512x512 CT slice that pydicom / pydicom-data ship (6 of 7: CT_small is 128x128, and resizing it
+    4x smooths its noise away, as the model card says of other matrices), at falling simulated dose (noise seeds
+    the recipe never used): each lower dose looks noisier to the network."""
     model, info = shipped
     simulator = DoseSimulator(source.hu.astype(np.float32), source.pixel_mm, seed=424242)
     images = np.stack([simulator.at_dose(d) for d in DOSES])
