@@ -430,9 +430,10 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
     stage = REAL_STAGES[name]
     output = Path(output)
     started = time.monotonic()
+    purpose = "site" if sources else "release" if name == "default" else "test"
     entries, root, manifest, base_weights = _patients_and_base(output, stage.base, seed, device, progress, manifest,
                                                                sources, base_weights, corpus_root,
-                                                               release=name == "default")
+                                                               release=purpose == "release")
     if read_info(base_weights).score.name != "ssim":
         raise InputError(f"{base_weights.name} scores the learned dose equivalent; the SSIM-label stage starts from "
                          "an SSIM-label model (--base-weights), or adapt it with --size absolute")
@@ -442,7 +443,6 @@ def run_real_recipe(output: Path | str, name: str = "default", seed: int = 0, de
         slices = corpus_sources(entries, root, slices_per_volume=stage.slices_per_volume)
         preprocess_simulated(slices, data, stage.doses, stage.sparse_views, held_out, seed, progress,
                              relative=True, sparse_every=stage.sparse_every, device=simulation_device(device))
-    purpose = "site" if sources else "release" if name == "default" else "test"
     split, predictions, roles = _train_and_predict(output, stage, purpose, entries, base_weights, seed, device,
                                                    progress)
     records = image_records(data)
@@ -615,15 +615,15 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
     stage = ABSOLUTE_STAGES[name]
     output = Path(output)
     started = time.monotonic()
+    purpose = "site" if sources else "release" if name == "absolute" else "test"
     entries, root, manifest, base_weights = _patients_and_base(output, stage.base, seed, device, progress, manifest,
                                                                sources, base_weights, corpus_root,
-                                                               release=name == "absolute")
+                                                               release=purpose == "release")
     data = output / "data"
     if not (data / "dataset.json").is_file():
         train, held = absolute_sources(entries, root, stage, seed)
         preprocess_absolute(train + held, data, stage.doses, stage.artefacts, sorted({s.patient for s in held}),
                             seed, stage.every, progress, device=simulation_device(device))
-    purpose = "site" if sources else "release" if name == "absolute" else "test"
     split, predictions, roles = _train_and_predict(output, stage, purpose, entries, base_weights, seed, device,
                                                    progress)
     records = image_records(data)
