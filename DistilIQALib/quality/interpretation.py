@@ -177,9 +177,10 @@ def adequacy_from_reference(reference: Dict[str, Any]) -> Dict[str, Any]:
         return dose_equivalent_adequacy()
     low, high = (float(v) for v in reference["routine_range"])
     inadequate = min(1.0, math.ceil(high * INADEQUATE_AT * 100.0 - 1e-9) / 100.0)
-    good = max(inadequate, min(1.0, math.floor(low * 100.0 + 1e-9) / 100.0))
+    quiet = min(1.0, math.floor(low * 100.0 + 1e-9) / 100.0)
+    good = max(inadequate, quiet)
     adequacy = dose_equivalent_adequacy(good, inadequate)
-    spread = ("as quiet as 95% of routine full-dose scans" if good > inadequate else
+    spread = ("as quiet as 95% of routine full-dose scans" if quiet >= inadequate else
               f"raised from the 5th percentile of routine full-dose scans ({low:.2f}) to the inadequate line, since "
               "routine scans spread over more than a tenfold dose")
     adequacy["reasoning"] = (
