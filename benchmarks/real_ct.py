@@ -65,7 +65,6 @@ from DistilIQALib.quality.interpretation import (  # noqa
 from DistilIQALib.quality.metrics import agreement  # noqa: E402
 from DistilIQALib.quality.noise import global_noise_index, size_for_reference  # noqa: E402
 from DistilIQALib.quality.regions import REGIONS, region_features, slice_labels, volume_regions  # noqa: E402
-from DistilIQALib.quality.scoring import LEARNED_SCORES, NOISE_EXCESS, network_noise_hu  # noqa: E402
 from DistilIQALib.quality.weights import read_info  # noqa: E402
 from DistilIQALib.training.corpus import corpus_sources, load_manifest  # noqa: E402
 from DistilIQALib.training.datasets import LabelledImages, image_records, load_split, preprocess_simulated  # noqa: E402
@@ -160,11 +159,10 @@ class NetworkNoise:
     def __init__(self, weights, info):
         from DistilIQALib.quality.weights import load_weights
 
-        self.model = load_weights(weights, "cpu")[0] if info.score.name in LEARNED_SCORES else None
+        self.model = load_weights(weights, "cpu")[0] if info.score.name == "effective_noise" else None
         self.info = info
 
-    def __call__(self, hu: np.ndarray, noise_hu):
-        """``noise_hu``: the measured noise index of each slice of ``hu``."""
+    def __call__(self, hu: np.ndarray):
         if self.model is None:
             return None
         from DistilIQALib.quality.model import score_from_outputs
@@ -176,8 +174,8 @@ class NetworkNoise:
             for start in range(0, len(hu), 4):
                 batch = prepare_batch(hu[start:start + 4], self.info.window, self.info.input_size,
                                       extra_windows=self.info.extra_windows)
-                out.append(score_from_outputs(self.model(batch)).numpy())
-        return network_noise_hu(self.info.score.name, np.concatenate(out), noise_hu)
+                out.append(np.exp(score_from_outputs(self.model(batch)).numpy().astype(np.float64)))
+        return np.concatenate(out)
 
 
 def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
@@ -199,7 +197,7 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
             size = noise_equivalent_diameter_cm(hu, volume.spacing_mm[:2]).numpy()
             judged = entry.details.get("verdicts", True)  # a region-only entry: no verdicts, no network needed
             verdicts = region_verdicts(noise, volume.slice_thickness_mm, size, regions, found.reason, references,
-                                       network(volume.hu, noise) if judged else None, info.artefact_margin)
+                                       network(volume.hu) if judged else None, info.artefact_margin)
             bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
                      if b in verdicts.adequacy}
             order = np.argsort(-volume.z_mm(), kind="stable")
@@ -240,7 +238,7 @@ def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkN
                 noise = slice_noise_index(image, source.pixel_mm)
                 size = float(noise_equivalent_diameter_cm(tensor, (source.pixel_mm, source.pixel_mm))[0])
                 found = region_verdicts([noise], source.thickness_mm, [size], [source.region or "unknown"], [""],
-                                        references, network(image, [noise]), info.artefact_margin)
+                                        references, network(image), info.artefact_margin)
                 value = found.dose_equivalent if found.learned_dose_equivalent is None else \
                     found.learned_dose_equivalent
                 rows.append((entry.patient, source.region or "unknown", f"{source.name}", dose, float(value[0]),
@@ -348,7 +346,7 @@ def agreement_tables(args) -> None:
     weights = args.weights or args.run / "distiliqa_student.safetensors"
     info = read_info(weights)
     run_info = read_info(args.run / "distiliqa_student.safetensors")
-    if run_info.score.name in LEARNED_SCORES:
+    if run_info.score.name == "effective_noise":
         absolute_tables(args, weights, info, run_info)
         return
     roles = {entry["patient"]: entry["role"] for entry in run_info.provenance.get("corpus", [])}
@@ -461,8 +459,7 @@ def sparse_view_split(args, run_info, folder: Path):
             source.name = "more_" + source.name  # its own name beside the run's images
             sources.append(source)
     preprocess_absolute(sources, folder, tuple(stage.get("doses", (1.0, 0.5, 0.25, 0.1, 0.05))),
-                        {"views": (256, 128, 64)}, [e.patient for e in entries], seed=7, every=1,
-                        excess=run_info.score.name == NOISE_EXCESS)
+                        {"views": (256, 128, 64)}, [e.patient for e in entries], seed=7, every=1)
     return load_split(folder, "test"), image_records(folder)
 
 
@@ -497,19 +494,9 @@ def absolute_columns(args, weights, run_info, split=None, records=None):
         info = predictions[0].info
         images = load_images(split, info.input_size, extra_windows=info.extra_windows)
         silent = predict(model, images, resolve_device(args.device)).mean(axis=1)
-    # on the effective noise (log HU) whatever the model predicts: an excess model's outputs and labels are over
-    # each image's noise index
-    log_index = np.log(np.array(noise))
-
-    def log_noise(values, name):
-        return values + log_index if name == NOISE_EXCESS else values
-
-    column.update(student=log_noise(predictions[0].scores, predictions[0].info.score.name),
-                  ensemble=np.mean([log_noise(p.scores, p.info.score.name) for p in predictions[1:]], axis=0),
-                  no_brain=(log_noise(silent, predictions[0].info.score.name) if silent is not None
-                            else np.full(len(split), np.nan)),
-                  label=log_noise(split.labels, run_info.score.name), gni=np.array(noise),
-                  patient=np.array(split.patients),
+    column.update(student=predictions[0].scores, ensemble=np.mean([p.scores for p in predictions[1:]], axis=0),
+                  no_brain=silent if silent is not None else np.full(len(split), np.nan),
+                  label=split.labels, gni=np.array(noise), patient=np.array(split.patients),
                   source=np.array([f"{pt}/{records[p]['source']}" for p, pt in zip(split.paths, split.patients)]))
     return column
 

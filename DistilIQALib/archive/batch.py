@@ -27,7 +27,7 @@ from ..progress import Progress
 from ..quality.interpretation import DRIVER_ARTEFACTS
 from ..quality.preprocessing import window_to_unit
 from ..quality.regions import UNKNOWN, SliceRegions
-from ..quality.scoring import LEARNED_SCORES, Scorer, SliceScores
+from ..quality.scoring import EFFECTIVE_NOISE, Scorer, SliceScores
 from ..volume import CTVolume
 from .archive import MIN_SERIES_SLICES, SeriesEntry, instance_decodes, scan_archive, scan_folder
 from .report import write_html_report  # noqa: F401  (the report was part of this module)
@@ -363,7 +363,7 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
     diameter = np.array([_or_nan(r.get("water_diameter_cm")) for r in rows], dtype=np.float32)
     # a learned model's effective noise (NULL for other models, and in stores written before it was kept)
     effective = np.array([_or_nan(r.get("effective_noise_hu")) for r in rows], dtype=np.float64)
-    learned = info.score.name in LEARNED_SCORES or bool(np.isfinite(effective).any())
+    learned = info.score.name == EFFECTIVE_NOISE or bool(np.isfinite(effective).any())
     record = series[0] if series else {}
     thickness = record.get("slice_thickness_mm")
     regions = SliceRegions([r.get("region") or UNKNOWN for r in rows], [""] * len(rows), source="stored")

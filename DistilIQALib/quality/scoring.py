@@ -43,23 +43,6 @@ log = logging.getLogger(__name__)
 #: ``score.name`` of a model whose outputs are the log of an effective noise (HU), turned into a learned dose
 #: equivalent through the routine reference of each slice's region.
 EFFECTIVE_NOISE = "effective_noise"
-#: ``score.name`` of a model whose outputs are the log of an effective noise over the slice's measured noise index:
-#: the scorer multiplies the measured noise by it, then as for :data:`EFFECTIVE_NOISE`.
-NOISE_EXCESS = "noise_excess"
-#: The score names whose score is a learned dose equivalent.
-LEARNED_SCORES = (EFFECTIVE_NOISE, NOISE_EXCESS)
-
-
-def network_noise_hu(score_name: str, log_outputs, noise_hu) -> Optional[np.ndarray]:
-    """The effective noise (HU) a learned model's mean log output stands for (``noise_hu``: the measured noise index
-    of each slice); ``None`` for other models."""
-    if score_name not in LEARNED_SCORES:
-        return None
-    effective = np.exp(np.asarray(log_outputs, dtype=np.float64))
-    if score_name == NOISE_EXCESS:
-        with np.errstate(invalid="ignore"):
-            effective = effective * np.asarray(noise_hu, dtype=np.float64)
-    return effective
 
 #: Slices per forward pass on a GPU, and on the CPU, where small batches are faster: the activations of the
 #: full-resolution convolution stay in cache (``benchmarks/speed.py --batch-size``). On an H200
@@ -337,8 +320,7 @@ class Scorer:
             start = stop
             progress.update(start, total, "scoring")
         scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
-        effective = network_noise_hu(self.info.score.name, scores, noise)
-        learned = effective is not None
+        learned = self.info.score.name == EFFECTIVE_NOISE
         if region == "auto":
             regions = detect_regions(RegionFeatures.concatenate(features), volume.z_mm(), volume.hu.shape[1:],
                                      volume.spacing_mm[:2])
@@ -349,7 +331,7 @@ class Scorer:
             info=self.info, source=volume.source, device=self.device_name, elapsed_s=time.monotonic() - started,
             matrix=tuple(volume.hu.shape[:0:-1]), spacing_mm=tuple(volume.spacing_mm),
             warnings=self._warnings(volume), diameter_cm=diameter, thickness_mm=volume.slice_thickness_mm,
-            regions=regions, effective_noise_hu=effective,
+            regions=regions, effective_noise_hu=np.exp(scores.astype(np.float64)) if learned else None,
         )
         if learned:
             # the score of a learned model is its dose equivalent: one scale for every region, NaN without a verdict

@@ -233,7 +233,7 @@ def read_score_results(csv_path, json_path, weights=None):
     meaning, adequacy bands and dose calibration. The CSV keeps each slice's score and the spread of the
     student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread."""
     from ..quality.regions import UNKNOWN, SliceRegions
-    from ..quality.scoring import LEARNED_SCORES, SliceScores
+    from ..quality.scoring import EFFECTIVE_NOISE, SliceScores
     from ..quality.weights import read_info, resolve_weights
 
     info = read_info(resolve_weights(weights))
@@ -245,7 +245,7 @@ def read_score_results(csv_path, json_path, weights=None):
     # a learned model's score is empty where a slice has no verdict
     score = np.array([_float_or_nan(r["score"]) for r in rows], dtype=np.float32)
     effective = np.array([_float_or_nan(r.get("effective_noise_hu", "")) for r in rows], dtype=np.float64)
-    learned = summary.get("score_name") in LEARNED_SCORES or bool(np.isfinite(effective).any())
+    learned = summary.get("score_name") == EFFECTIVE_NOISE or bool(np.isfinite(effective).any())
     spread = np.array([_float_or_nan(r["score_spread"]) for r in rows], dtype=np.float32)
     spread = np.nan_to_num(spread)
     return SliceScores(

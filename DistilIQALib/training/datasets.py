@@ -331,16 +331,6 @@ EFFECTIVE_NOISE_SCORE = {
                     "thickness whose noise would degrade the slice as much as what it shows (noise, streaks, rings, "
                     "motion); 1 = a routine dose. The network's outputs are the log of that effective noise (HU)"),
     "minimum": 0.05, "maximum": 4.0, "higher_is_better": True}
-#: The absolute label relative to what the noise index already measures: the network predicts ``log`` of each
-#: image's effective noise over its measured global noise index, so ``0`` on a pure dose reduction and more where
-#: streaks, rings or motion degrade the image beyond its noise. The scorer multiplies the measured noise by it.
-NOISE_EXCESS_SCORE = {
-    "name": "noise_excess",
-    "description": ("learned dose equivalent: the fraction of a routine dose for the slice's body region, size and "
-                    "thickness whose noise would degrade the slice as much as what it shows (noise, streaks, rings, "
-                    "motion); 1 = a routine dose. The network's outputs are the log of that effective noise over "
-                    "the slice's measured noise index"),
-    "minimum": 0.05, "maximum": 4.0, "higher_is_better": True}
 #: Doses of the ladder an artefact image is matched against (its SSIM to the source is interpolated in log dose).
 MATCHING_DOSES = (1.0, 0.7, 0.45, 0.3, 0.2, 0.12, 0.07, 0.04, 0.02, 0.01)
 #: Artefacts simulated for every ``every``-th source (offset 0: sparse views, 1: rings, 2: motion) and their levels.
@@ -359,11 +349,9 @@ def equivalent_dose(similarity: float, ladder_doses: Sequence[float], ladder_sim
 def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
                         doses: Sequence[float] = DEFAULT_SIMULATED_DOSES, artefacts: Optional[Dict] = None,
                         test_patients: Sequence[str] = (), seed: int = 0, every: int = 3,
-                        progress: Optional[Callable[[int, int, str], None]] = None, device=None,
-                        excess: bool = False) -> Tuple[int, int]:
+                        progress: Optional[Callable[[int, int, str], None]] = None, device=None) -> Tuple[int, int]:
     """Each source at every dose (relative to its own noise) and with the artefacts of :data:`DEFAULT_ARTEFACTS`,
-    labelled with the log of its *effective noise* (HU); with ``excess``, with the log of its effective noise over
-    its own measured noise index (:data:`NOISE_EXCESS_SCORE`).
+    labelled with the log of its *effective noise* (HU).
 
     The source's noise ``sigma`` is its global noise index. Dose ``d`` leaves noise ``sigma / sqrt(d)``: that is
     the label. An artefact image (sparse views, rings, motion) is matched to the dose ``d*`` whose noise gives the
@@ -371,9 +359,8 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
     ``sigma / sqrt(d*)``. Through a region's routine reference (noise x thickness at the patient's size) either
     becomes a dose equivalent on one scale for every scan, region and artefact. ``sources.json`` records per image
     its source, patient, region, kind, level, the equivalent dose ``d`` or ``d*``, the source's noise, thickness
-    and noise-equivalent diameter, its SSIM to the source and its own noise index. Slices without soft tissue are
-    left out, and so, with ``excess``, are images without a noise index."""
-    from ..quality.noise import global_noise_index, noise_equivalent_diameter_cm
+    and noise-equivalent diameter, and its SSIM to the source. Slices without soft tissue are left out."""
+    from ..quality.noise import noise_equivalent_diameter_cm
     from .simulation import (
         dense_reconstruction,
         motion_artefact,
@@ -418,26 +405,20 @@ def preprocess_absolute(sources: Iterable[SourceSlice], output: Path | str,
         diameter = float(noise_equivalent_diameter_cm(torch.from_numpy(hu)[None], (source.pixel_mm,) * 2)[0])
         for name, (image, dose, *known) in images.items():
             similarity = known[0] if known else 1.0 if name == "dose1" else window_label(hu, image)
-            index = float(global_noise_index(torch.from_numpy(np.asarray(image, np.float32))[None],
-                                             (source.pixel_mm,) * 2)[0])
-            if excess and not (np.isfinite(index) and index > 0):
-                continue
             relative_path = _write_source_image(output, source, name, image)
             kind = re.match(r"[a-z]+", name).group(0)
-            labels[relative_path] = float(np.log(noise_hu / np.sqrt(dose)) - (np.log(index) if excess else 0.0))
+            labels[relative_path] = float(np.log(noise_hu / np.sqrt(dose)))
             patients[relative_path] = source.patient
             records[relative_path] = {
                 "source": source.name, "patient": source.patient, "anatomy": source.anatomy, "region": source.region,
                 "kind": kind, "value": float(name[len(kind):]), "equivalent_dose": round(dose, 5),
                 "source_noise_hu": round(float(noise_hu), 3), "thickness_mm": float(source.thickness_mm),
-                "diameter_cm": round(diameter, 2), "ssim": round(similarity, 5),
-                "noise_index_hu": round(index, 4) if np.isfinite(index) else None}
+                "diameter_cm": round(diameter, 2), "ssim": round(similarity, 5)}
         if progress is not None:
             progress(n + 1, len(sources), "simulating")
     if not labels:
         raise InputError("none of the source slices has enough soft tissue to measure its noise")
-    info = {"type": "simulated", "score": NOISE_EXCESS_SCORE if excess else EFFECTIVE_NOISE_SCORE,
-            "label": "log effective noise over the noise index" if excess else "log effective noise (HU)",
+    info = {"type": "simulated", "score": EFFECTIVE_NOISE_SCORE, "label": "log effective noise (HU)",
             "doses": list(doses), "artefacts": {k: list(v) for k, v in artefacts.items()},
             "kernels": ["matched to each scan"], "noise": "relative to each scan's own noise index"}
     _write_json(output / "sources.json", records)

@@ -517,16 +517,12 @@ def _train_and_predict(output: Path, stage, purpose: str, entries, base_weights:
     return split, predictions, np.array([role_of.get(p, "test") for p in split.patients])
 
 
-def _held_out_table(predictions, split, mask: np.ndarray, offset=0.0) -> Dict:
-    """Agreement of the student and of the teacher ensemble with the labels of the ``mask`` images; ``offset`` (per
-    image) is added to predictions and labels alike (the log noise index of a model that predicts the excess over
-    it, so that the table is on the effective noise)."""
-    offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (len(split),))[mask]
-    labels = split.labels[mask] + offset
+def _held_out_table(predictions, split, mask: np.ndarray) -> Dict:
+    """Agreement of the student and of the teacher ensemble with the labels of the ``mask`` images."""
     return {"images": int(mask.sum()), "patients": sorted(set(np.array(split.patients)[mask])),
-            "student": _rounded(agreement(predictions[0].scores[mask] + offset, labels)),
-            "teacher_ensemble": _rounded(agreement(np.mean([p.scores[mask] for p in predictions[1:]], axis=0)
-                                                   + offset, labels))}
+            "student": _rounded(agreement(predictions[0].scores[mask], split.labels[mask])),
+            "teacher_ensemble": _rounded(agreement(np.mean([p.scores[mask] for p in predictions[1:]], axis=0),
+                                                   split.labels[mask]))}
 
 
 def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
@@ -550,7 +546,6 @@ class AbsoluteStage:
     slices_per_volume: Optional[int] = None  # None: each corpus entry's own count
     phantom_size: int = 512
     base: str = "default"  # the recipe that makes the base model (the SSIM-label model) when no base is given
-    excess: bool = False  # the label over each image's noise index (``noise_excess``) instead of the noise itself
 
 
 ABSOLUTE_STAGES: Dict[str, AbsoluteStage] = {
@@ -564,7 +559,7 @@ ABSOLUTE_STAGES: Dict[str, AbsoluteStage] = {
                      extra_windows=((80.0, 40.0),), reset_head=True)),
     "tiny-absolute": AbsoluteStage(
         doses=(1.0, 0.5, 0.25, 0.1), artefacts={"views": (64,), "rings": (150.0,), "motion": (5.0,)}, every=3,
-        head_phantoms=2, held_out_slices=1, slices_per_volume=1, phantom_size=128, base="tiny", excess=True,
+        head_phantoms=2, held_out_slices=1, slices_per_volume=1, phantom_size=128, base="tiny",
         teacher=dict(preset="tiny", input_size=128, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, folds=2,
                      augment=False, gate=0.1, extra_windows=((80.0, 40.0),), reset_head=True),
         student=dict(preset="tiny", input_size=128, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3, folds=2,
@@ -628,7 +623,7 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
     if not (data / "dataset.json").is_file():
         train, held = absolute_sources(entries, root, stage, seed)
         preprocess_absolute(train + held, data, stage.doses, stage.artefacts, sorted({s.patient for s in held}),
-                            seed, stage.every, progress, device=simulation_device(device), excess=stage.excess)
+                            seed, stage.every, progress, device=simulation_device(device))
     split, predictions, roles = _train_and_predict(output, stage, purpose, entries, base_weights, seed, device,
                                                    progress)
     records = image_records(data)
@@ -639,24 +634,19 @@ def run_absolute_recipe(output: Path | str, name: str = "absolute", seed: int = 
     info.dose_calibration = None
     kinds = np.array([records.get(p, {}).get("kind", "dose") for p in split.paths])
     fit = (roles == ("calibration" if (roles == "calibration").any() else "test")) & (kinds == "dose")
-    # an excess model's outputs and labels are over each image's noise index: the tables and the margin are on the
-    # effective noise itself
-    offset = (np.log([float(records[p]["noise_index_hu"]) for p in split.paths]) if stage.excess
-              else np.zeros(len(split)))
-    info.artefact_margin = fit_artefact_margin(split, predictions[0].scores + offset, fit)
+    info.artefact_margin = fit_artefact_margin(split, predictions[0].scores, fit)
     held_out_tables = {}
     for role in ("calibration", "test"):
         for label, mask in (("all", roles == role), ("dose", (roles == role) & (kinds == "dose")),
                             ("artefacts", (roles == role) & (kinds != "dose"))):
             if mask.sum() > 2:
-                held_out_tables.setdefault(role, {})[label] = _held_out_table(predictions, split, mask, offset)
+                held_out_tables.setdefault(role, {})[label] = _held_out_table(predictions, split, mask)
     info.provenance.update(
         recipe=name, seed=seed, purpose=purpose, recipe_parameters=json.loads(json.dumps(asdict(stage))),
         base_weights={"file": base_weights.name, "sha256": sha256_of(base_weights)},
         corpus=[{"id": e.id, "patient": e.patient, "role": e.role, "anatomy": e.anatomy} for e in entries],
         manifest_sha256=sha256_of(manifest) if manifest else None,
-        label=("log effective noise over the noise index" if stage.excess else "log effective noise (HU)")
-        + "; see the model card",
+        label="log effective noise (HU); see the model card",
         images={"train": len(load_split(data, "train")), "held_out": len(split),
                 "simulated_kinds": sorted({r["kind"] for r in records.values()})},
         held_out_real=held_out_tables, wall_time_s=round(time.monotonic() - started, 1))

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from DistilIQALib.io.reading import read_volume
 from DistilIQALib.quality.interpretation import (
     DRIVER_ARTEFACTS,
     DRIVER_NOISE,
@@ -20,7 +19,6 @@ from DistilIQALib.quality.preprocessing import BRAIN_WINDOW, prepare_batch
 from DistilIQALib.quality.weights import ModelInfo, WeightsError, load_weights, read_info, save_weights
 from DistilIQALib.training.datasets import (
     EFFECTIVE_NOISE_SCORE,
-    NOISE_EXCESS_SCORE,
     SourceSlice,
     equivalent_dose,
     load_split,
@@ -104,22 +102,6 @@ def test_absolute_labels_are_log_effective_noise(tmp_path, head):
         assert views[64.0]["ssim"] < views[256.0]["ssim"]
     assert {r["region"] for r in records.values()} == {"head", "abdomen"}
     assert load_split(tmp_path, "test").patients == ["body"] * 5
-
-    # the same images labelled over each one's own noise index: 0 for the source itself, the label above less the log
-    # of the index the record keeps, which is the index measured on the written image
-    excess = tmp_path / "excess"
-    preprocess_absolute(sources, excess, doses=(1.0, 0.5, 0.1), artefacts={"views": (256, 64)},
-                        test_patients=["body"], every=1, excess=True)
-    assert json.loads((excess / "dataset_info.json").read_text())["score"] == NOISE_EXCESS_SCORE
-    over = {**json.loads((excess / "train.json").read_text()), **json.loads((excess / "test.json").read_text())}
-    assert set(over) == set(labels) and json.loads((excess / "sources.json").read_text()) == records
-    for path, record in records.items():
-        written = read_volume(excess / path, force=True)
-        index = slice_noise_index(written.hu[0], written.spacing_mm[0])
-        assert record["noise_index_hu"] == pytest.approx(index, rel=1e-4)
-        assert over[path] == pytest.approx(labels[path] - np.log(record["noise_index_hu"]), abs=1e-4)
-        if record["kind"] == "dose" and record["value"] == 1.0:
-            assert over[path] == pytest.approx(0.0, abs=1e-4)
 
 
 def test_brain_window_is_a_second_channel():

@@ -14,11 +14,10 @@ from DistilIQALib.archive.report import write_html_report
 from DistilIQALib.archive.store import ResultStore
 from DistilIQALib.io.dicom_writing import write_series
 from DistilIQALib.io.outputs import CSV_COLUMNS, write_csv, write_json, write_plot
-from DistilIQALib.quality.scoring import NOISE_EXCESS, Scorer
-from DistilIQALib.quality.weights import ScoreDefinition, read_info
+from DistilIQALib.quality.scoring import Scorer
+from DistilIQALib.quality.weights import read_info
 from DistilIQALib.slicer_bridge.jobs import read_score_results
 from DistilIQALib.training.phantoms import phantom_volume
-from DistilIQALib.volume import CTVolume
 
 from .conftest import write_untrained_weights
 from .learned import ADEQUACY, ARTEFACT_SLICE, DRIVERS, NO_VERDICT_SLICE, NOISE_HU, learned_info, learned_scores
@@ -176,26 +175,3 @@ def test_a_batch_run_with_a_learned_model_stores_drivers_and_survives_series_wit
         else:  # no routine level for the chest: no verdict, no score, no worst slice
             assert [s["driver"] for s in slices] == [""] * 4 and [s["score"] for s in slices] == [None] * 4
             assert (row["worst_slice"], row["mean_score"], row["artefact_slices"]) == (None, None, None)
-
-
-def test_an_excess_model_multiplies_each_slices_measured_noise_and_an_effective_noise_model_does_not(tmp_path):
-    """The same network saved once as predicting the log effective noise (HU) and once as predicting its log over the
-    slice's noise index: the outputs are equal, the effective noise of the first is their exponential and of the
-    second that times the measured noise, and the verdicts follow from it alike."""
-    info = learned_info()
-    volume = CTVolume(phantom_volume(3, size=64, pixel_mm=5.6, noise_sd_hu=20.0, seed=4), (5.6, 5.6, 5.0))
-    results = {}
-    for name in ("effective_noise", NOISE_EXCESS):
-        score = ScoreDefinition(name=name, description="learned dose equivalent", minimum=0.05, maximum=4.0)
-        weights = write_untrained_weights(tmp_path / f"{name}.safetensors", num_outputs=1, score=score,
-                                          adequacy=info.adequacy, noise_reference=info.noise_reference)
-        results[name] = Scorer(str(weights), device="cpu").score_volume(volume, region="abdomen")
-    plain, excess = results["effective_noise"], results[NOISE_EXCESS]
-    np.testing.assert_array_equal(plain.outputs, excess.outputs)
-    np.testing.assert_allclose(plain.effective_noise_hu, np.exp(plain.outputs.mean(axis=1)), rtol=1e-6)
-    np.testing.assert_allclose(excess.effective_noise_hu, excess.noise_hu * np.exp(excess.outputs.mean(axis=1)),
-                               rtol=1e-6)
-    assert np.all(excess.noise_hu > 15.0)  # the phantom's noise: the two effective noises differ by that factor
-    assert excess.verdicts.learned_dose_equivalent is not None and np.isfinite(excess.score).all()
-    assert [row["effective_noise_hu"] for row in excess.rows()] == [
-        round(float(v), 2) for v in excess.effective_noise_hu]
