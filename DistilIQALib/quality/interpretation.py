@@ -194,10 +194,7 @@ def adequacy_from_reference(reference: Dict[str, Any]) -> Dict[str, Any]:
 
 def dose_equivalent_adequacy(good_dose: float = 0.5, inadequate_dose: float = 0.2) -> Dict[str, Any]:
     """Bands on the noise dose equivalent: good from ``good_dose``, inadequate below ``inadequate_dose``."""
-    return {"on": "dose_equivalent",
-            "bands": [{"name": "good", "min_value": good_dose},
-                      {"name": "borderline", "min_value": inadequate_dose},
-                      {"name": "inadequate", "min_value": None}],
+    return {"on": "dose_equivalent", "bands": region_bands(good_dose, inadequate_dose),
             "reasoning": (f"good: noise no worse than {good_dose:.0%} of a routine full dose would leave in a "
                           f"patient of this size at this slice thickness (noise at most {good_dose ** -0.5:.1f}x "
                           f"the routine level); inadequate: below {inadequate_dose:.0%} (noise above "

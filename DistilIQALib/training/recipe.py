@@ -299,11 +299,11 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
             fitted.pop("routine_p75", None)
             fitted["routine_range"] = pooled.get("routine_range")
             bands = [dict(band) for band in adequacy["bands"]]
+            good, inadequate = bands[0]["min_value"], bands[1]["min_value"]
             study = READER_STUDY_INADEQUATE.get(region)
             note = ""
-            if study and bands[0]["min_value"] is not None and bands[1]["min_value"] < study:
-                bands[1]["min_value"] = study
-                bands[0]["min_value"] = max(bands[0]["min_value"], study)
+            if study and good is not None and inadequate < study:
+                bands = region_bands(max(good, study), study)
                 note = (f" Inadequate raised to below {study:.0%} (good from at least that): in a reader study "
                         f"(Fletcher et al. 2017) {study:.0%} of a routine {region} dose failed non-inferiority.")
             regions[region] = dict(
