@@ -14,8 +14,7 @@ from DistilIQALib.quality.interpretation import (
     region_verdicts,
 )
 from DistilIQALib.quality.kernels import SHARP, SMOOTH, STANDARD, kernel_class
-from DistilIQALib.quality.weights import read_info
-from DistilIQALib.quality.weights import resolve_weights
+from DistilIQALib.quality.weights import read_info, resolve_weights
 
 
 @pytest.mark.parametrize("region", sorted(READER_STUDY_BANDS))
@@ -44,10 +43,12 @@ def test_shipped_bands_are_the_reader_studies():
 
 @pytest.mark.parametrize("kernel, manufacturer, expected", [
     ("B30f", "SIEMENS", STANDARD), ("B40f", "SIEMENS", STANDARD), ("D45f", "SIEMENS", SHARP),
-    ("B70f", "SIEMENS", SHARP), ("B20s", "SIEMENS", SMOOTH), ("Br40", "SIEMENS", STANDARD), ("Hr38", "SIEMENS", STANDARD),
+    ("B70f", "SIEMENS", SHARP), ("B20s", "SIEMENS", SMOOTH), ("Br40", "SIEMENS", STANDARD),
+    ("Hr38", "SIEMENS", STANDARD),
     ("Qr40", "Siemens Healthineers", STANDARD), ("59 .10.AH40", "SIEMENS", STANDARD), ("J40s", "SIEMENS", STANDARD),
     ("STANDARD", "GE MEDICAL SYSTEMS", STANDARD), ("SOFT", "GE MEDICAL SYSTEMS", SMOOTH),
-    ("LUNG", "GE MEDICAL SYSTEMS", SHARP), ("BONEPLUS", "GE MEDICAL SYSTEMS", SHARP), ("BONE", "GE MEDICAL SYSTEMS", SHARP),
+    ("LUNG", "GE MEDICAL SYSTEMS", SHARP), ("BONEPLUS", "GE MEDICAL SYSTEMS", SHARP),
+    ("BONE", "GE MEDICAL SYSTEMS", SHARP),
     ("B", "Philips", STANDARD), ("A", "Philips", SMOOTH), ("YB", "Philips", SHARP), ("L", "Philips", SHARP),
     ("FC17", "TOSHIBA", STANDARD), ("FC52", "TOSHIBA", SHARP), ("FC30", "CANON MEDICAL SYSTEMS", SHARP),
     ("", "SIEMENS", ""), ("XYZ", "ACME", ""),
