@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
-from .errors import Cancelled, DistilIQAError, InputError
+from .errors import Cancelled, DistilIQAError, InputError, MissingPackageError
 from .quality.scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
 
 PROGRAM = "distiliqa"
@@ -80,6 +80,15 @@ def _add_region_argument(parser) -> None:
     parser.add_argument("--region", default="auto", choices=REGION_CHOICES, help=REGION_HELP)
 
 
+def _require_plots(option: str) -> None:
+    """A job that was asked for a plot checks for matplotlib before it starts, not after its work is done."""
+    from .io.outputs import plots_available
+
+    if not plots_available():
+        raise MissingPackageError(f"{option} needs the package matplotlib (not bundled with Slicer): "
+                                  "pip install matplotlib, or leave the option out")
+
+
 def _run_score(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise DistilIQAError("--batch-size must be at least 1")
@@ -99,6 +108,8 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     if progress_lines and not out:
         raise DistilIQAError("--progress-lines needs --out: the CSV and the progress lines would share standard "
                              "output")
+    if plot:
+        _require_plots("--plot")
     volume = read_volume(source, series_uid=series, force=force)
     scorer = Scorer(weights, device=device, batch_size=batch_size, use_amp=use_amp)
     _note(f"scoring {volume.num_slices} slice(s) of {volume.source} on {scorer.device_name} "
@@ -337,8 +348,11 @@ def _add_evaluate_parser(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .io.outputs import plots_available
     from .training.evaluation import evaluate
 
+    if not plots_available():
+        _note("the scatter plots are left out: matplotlib is not installed (pip install matplotlib)")
     for metrics in evaluate(args.weights, args.data, args.output, args.split, args.device):
         print(f"{metrics['model']}: PLCC {metrics['PLCC']:.4f}  SROCC {metrics['SROCC']:.4f}  "
               f"KROCC {metrics['KROCC']:.4f}  overall {metrics['overall']:.4f}  MAE {metrics['MAE']:.4f}  "
@@ -407,6 +421,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .quality.scoring import Scorer
 
     shard = parse_shard(args.shard)
+    if args.report:
+        _require_plots("--report")
     if args.dicomweb and args.root:
         raise DistilIQAError("give a folder ROOT or --dicomweb URL, not both")
     if not args.dicomweb:
