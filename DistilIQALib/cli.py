@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
-from .errors import Cancelled, DistilIQAError, InputError
+from .errors import Cancelled, DistilIQAError, InputError, MissingPackageError
 from .quality.scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
 
 PROGRAM = "distiliqa"
@@ -27,6 +27,67 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _ExamplesFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions wrapped as usual; the examples epilog (text with line breaks) printed as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+#: Worked examples that end each command's --help (docs/ has a page per command; Testing/Python/test_docs.py
+#: parses every ``distiliqa ...`` line here with the real parser).
+EXAMPLES = {
+    "score": [("score a DICOM series folder into a CSV, a plot and a JSON summary",
+               "distiliqa score /data/ct_series --out scores.csv --plot scores.png --json summary.json"),
+              ("a NIfTI volume of a head, on the CPU, with the region given",
+               "distiliqa score head.nii.gz --region head --device cpu --out head_scores.csv")],
+    "demo": [("write the sample CT to sample_ct/ and score it (scores.csv, scores.png, summary.json)",
+              "distiliqa demo"),
+             ("the same with another model, on the CPU",
+              "distiliqa demo --weights RUN/distiliqa_student.safetensors --device cpu")],
+    "info": [("what the shipped model is, and what a trained one is",
+              "distiliqa info\n  distiliqa info RUN/distiliqa_student.safetensors")],
+    "preprocess": [("TCIA LDCT and Projection data, labelled by SSIM to the full dose",
+                    "distiliqa preprocess /data/LDCT-and-Projection-data --type tcia"),
+                   ("full-dose CT degraded by simulated dose and sparse views",
+                    "distiliqa preprocess /data/full_dose_ct --type simulated --output DATA")],
+    "train-teacher": [("the paper's five teachers, one per fold",
+                       "distiliqa train-teacher DATA --output RUN"),
+                      ("one fold per GPU machine, the fast preset",
+                       "distiliqa train-teacher DATA --output RUN --fold 0 --preset fast --device cuda")],
+    "train-student": [("distil the teachers in RUN/teachers into one student",
+                       "distiliqa train-student DATA --output RUN")],
+    "evaluate": [("the student and the teachers on the test split",
+                  "distiliqa evaluate DATA --weights RUN/student.safetensors RUN/teachers/*.safetensors "
+                  "--output EVAL")],
+    "batch": [("an archive folder into a store, with the per-series CSV and the HTML report",
+               "distiliqa batch /archive --db results.sqlite --csv summary.csv --report report.html"),
+              ("a PACS over DICOMweb, only the studies dated since the last run",
+               "distiliqa batch --dicomweb http://pacs:8042/dicom-web --db results.sqlite --since "
+               "--auth-file ~/.pacs_auth")],
+    "listen": [("receive what a scanner pushes to AE title DISTILIQA on port 11112",
+                "distiliqa listen --port 11112 --ae-title DISTILIQA --db pushed.sqlite")],
+    "merge": [("join the stores of two shards (batch --shard 1/2 and --shard 2/2)",
+               "distiliqa merge results.sqlite part1.sqlite part2.sqlite")],
+    "recipe": [("build the shipped model from scratch",
+                "distiliqa recipe --output RUN"),
+               ("adapt it to a site's own full-dose scans (one folder per patient, at least 3)",
+                "distiliqa recipe --output SITE --sources /data/site/ct1 /data/site/ct2 /data/site/ct3")],
+    "calibrate": [("refit a model's routine noise levels on the real-CT corpus",
+                   "distiliqa calibrate RUN/distiliqa_student.safetensors --output calibrated.safetensors "
+                   "--corpus corpus/files")],
+}
+
+
+def _add_examples(commands) -> None:
+    for name, parser in commands.choices.items():
+        if name in EXAMPLES:
+            parser.formatter_class = _ExamplesFormatter
+            parser.epilog = "examples:\n" + "\n".join(f"  # {what}\n  {line}" for what, line in EXAMPLES[name])
 
 
 class TerminalProgress:
@@ -80,6 +141,15 @@ def _add_region_argument(parser) -> None:
     parser.add_argument("--region", default="auto", choices=REGION_CHOICES, help=REGION_HELP)
 
 
+def _require_plots(option: str) -> None:
+    """A job that was asked for a plot checks for matplotlib before it starts, not after its work is done."""
+    from .io.outputs import plots_available
+
+    if not plots_available():
+        raise MissingPackageError(f"{option} needs the package matplotlib (not bundled with Slicer): "
+                                  "pip install matplotlib, or leave the option out")
+
+
 def _run_score(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise DistilIQAError("--batch-size must be at least 1")
@@ -99,6 +169,8 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     if progress_lines and not out:
         raise DistilIQAError("--progress-lines needs --out: the CSV and the progress lines would share standard "
                              "output")
+    if plot:
+        _require_plots("--plot")
     volume = read_volume(source, series_uid=series, force=force)
     scorer = Scorer(weights, device=device, batch_size=batch_size, use_amp=use_amp)
     _note(f"scoring {volume.num_slices} slice(s) of {volume.source} on {scorer.device_name} "
@@ -337,8 +409,11 @@ def _add_evaluate_parser(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .io.outputs import plots_available
     from .training.evaluation import evaluate
 
+    if not plots_available():
+        _note("the scatter plots are left out: matplotlib is not installed (pip install matplotlib)")
     for metrics in evaluate(args.weights, args.data, args.output, args.split, args.device):
         print(f"{metrics['model']}: PLCC {metrics['PLCC']:.4f}  SROCC {metrics['SROCC']:.4f}  "
               f"KROCC {metrics['KROCC']:.4f}  overall {metrics['overall']:.4f}  MAE {metrics['MAE']:.4f}  "
@@ -407,6 +482,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .quality.scoring import Scorer
 
     shard = parse_shard(args.shard)
+    if args.report:
+        _require_plots("--report")
     if args.dicomweb and args.root:
         raise DistilIQAError("give a folder ROOT or --dicomweb URL, not both")
     if not args.dicomweb:
@@ -621,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(commands)
+    _add_examples(commands)
     return parser
 
 
