@@ -244,6 +244,14 @@ def _fit_region(sources, per_cm: Optional[float]) -> Dict:
         raise InputError(str(error)) from None
 
 
+def _spread_text(reference: Dict) -> str:
+    """`` (routine scans' 5th-95th percentile of dose equivalent a-b)`` where the reference measured it, else ''."""
+    spread = reference.get("routine_range")
+    if not spread:
+        return ""
+    return f" (routine scans' 5th-95th percentile of dose equivalent {spread[0]:.2f}-{spread[1]:.2f})"
+
+
 def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> Dict:
     """A routine reference for every body region from full-dose source slices that carry their region
     (:attr:`~DistilIQALib.training.datasets.SourceSlice.region`): chest and abdomen fitted on their slices (every
@@ -295,8 +303,7 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
                 reasoning=(f"Level fitted on the {region} slices of {fitted['patients']} real patients; size "
                            f"dependence ({pooled['per_cm']:.4f} per cm) and spread from the chest and abdomen "
                            f"slices of {pooled['patients']} patients together, and so are the sizes and thicknesses it "
-                           f"applies to (routine scans' 5th-95th percentile of dose equivalent "
-                           f"{pooled['routine_range'][0]:.2f}-{pooled['routine_range'][1]:.2f})."
+                           f"applies to{_spread_text(pooled)}."
                            + f" Above routine: a dose equivalent over {above:.2f}, the {ABOVE_ROUTINE_QUANTILE:.0%} "
                            "point of routine scans, as diagnostic reference levels are set." + note))
     else:
