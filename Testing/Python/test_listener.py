@@ -154,7 +154,7 @@ def test_a_restart_scores_what_was_received_and_not_yet_scored(orthanc, tiny_wei
         assert again.stop(signal.SIGTERM) == 0
     assert not list((storage / uid).glob("*" + PARTIAL_SUFFIX))
     # scored and marked: the next start finds nothing to do
-    receiver = Receiver(storage, db, Scorer(str(tiny_weights), device="cpu"))
+    receiver = Receiver(storage, db, Scorer(str(tiny_weights), device="cpu"), host="127.0.0.1")
     receiver._pick_up_unscored()
     assert receiver.pending() == []
 
