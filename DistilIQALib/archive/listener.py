@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import signal
@@ -263,6 +264,19 @@ class _HandshakeInTheConnectionsThread:
 # --- the disk -----------------------------------------------------------------------------------------------
 
 
+class _DropIdleTimeoutRecords(logging.Filter):
+    """pynetdicom logs an idle association's abort as an error; the receiver logs its own line for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Network timeout reached"
+
+
+def _quiet_idle_timeouts() -> None:
+    logger = logging.getLogger("pynetdicom.association")  # where pynetdicom logs it
+    if not any(isinstance(known, _DropIdleTimeoutRecords) for known in logger.filters):
+        logger.addFilter(_DropIdleTimeoutRecords())
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     """Write ``path`` so that it is whole on the disk when this returns (or absent). The data goes first to a
     temporary file of this write's own (never shared with another writer of the same path), then is renamed."""
@@ -355,7 +369,9 @@ class Receiver:
         ae.network_timeout = idle  # no PDU for this long: the association is aborted
         ae.dimse_timeout = idle
         ae.acse_timeout = min(idle, 30.0)  # a connection that asks for no association
-        handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_REQUESTED, self._on_request)]
+        handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store), (pynetdicom.evt.EVT_REQUESTED, self._on_request),
+                    (pynetdicom.evt.EVT_ABORTED, self._on_abort)]
+        _quiet_idle_timeouts()
         context = self.rules.tls_context()
         if context is not None:
             handlers.append((pynetdicom.evt.EVT_CONN_OPEN, self._on_connect))
@@ -397,6 +413,13 @@ class Receiver:
         self.log(f"rejected an association from {calling!r} at {host} port {port}, calling {called!r}: {words}")
         assoc.acse.send_reject(result, source, reason)
         assoc.kill()
+
+    def _on_abort(self, event) -> None:
+        assoc = event.assoc
+        if assoc.is_acceptor and assoc.dul.idle_timer_expired():
+            calling = str(getattr(assoc.requestor, "ae_title", "") or "").strip()
+            self.log(f"aborted the association from {calling!r} at {assoc.requestor.address} port "
+                     f"{assoc.requestor.port}: silent for {self.rules.idle_timeout_s:g} s (the idle timeout)")
 
     def _on_store(self, event) -> int:
         try:
@@ -560,10 +583,10 @@ class Receiver:
     def serve(self) -> None:
         """Score quiet series (and apply retention) until :meth:`stop` (or SIGTERM under :func:`run_listener`)."""
         while not self.stopping.wait(POLL_S):
-            self.score_due()
             if self.rules.retention_days is not None and time.monotonic() >= self._next_retention:
                 self._next_retention = time.monotonic() + RETENTION_EVERY_S
                 self.remove_expired()
+            self.score_due()
 
     def stop(self) -> None:
         self.stopping.set()
