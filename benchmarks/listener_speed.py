@@ -3,7 +3,9 @@ disk and limit checks (``listener.py`` as of BASELINE, read from git), measured 
 
 DCMTK's storescu sends the same series of 512x512 CT images over one association to each receiver in turn
 (alternating, ROUNDS times); every image is written and flushed to the disk before it is acknowledged, as in
-use. Prints each round's images per second and the median of the per-round ratios (new / before).
+use. Prints each round's images per second and the median of the per-round ratios (new / before), and the
+same for the receiver's CPU time per image (this process's, where both receivers run: less disturbed by other
+jobs on the machine than the wall clock, which the disk's flushes dominate).
 
     python benchmarks/listener_speed.py [--images 60] [--rounds 5] [--baseline f18abeb]
 """
@@ -44,14 +46,15 @@ def baseline_module(revision: str, folder: Path):
     return module
 
 
-def send(port: int, files) -> float:
-    started = time.perf_counter()
+def send(port: int, files):
+    """Wall and this process's CPU seconds for storescu to send ``files``."""
+    started, cpu = time.perf_counter(), time.process_time()
     result = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "DISTILIQA", "127.0.0.1", str(port),
                              *map(str, files)], capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     if result.returncode != 0:
         raise SystemExit(f"storescu failed ({result.returncode}): {result.stdout}{result.stderr}")
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -72,7 +75,7 @@ def main() -> int:
         scorer = Scorer(str(write_untrained_weights(work / "w.safetensors", input_size=64)), device="cpu")
         allowed = listener.ReceiverRules(senders=[listener.Sender.parse("STORESCU@127.0.0.1")])
 
-        def run(kind: str, n: int) -> float:
+        def run(kind: str, n: int):
             storage = work / f"{kind}{n}"
             if kind == "new":
                 receiver = listener.Receiver(storage, work / f"{kind}{n}.sqlite", scorer, "DISTILIQA", "127.0.0.1", 0,
@@ -82,26 +85,29 @@ def main() -> int:
                                            3600)
             port = receiver.start()
             try:
-                elapsed = send(port, files)
+                elapsed, cpu = send(port, files)
             finally:
                 receiver.close()
             stored = len(list(storage.rglob("*.dcm")))
             if stored != len(files):
                 raise SystemExit(f"{kind}: {stored} of {len(files)} images stored")
             shutil.rmtree(storage)
-            return len(files) / elapsed
+            return len(files) / elapsed, 1000 * cpu / len(files)
 
         run("new", -1)  # warm-up: caches, imports
-        ratios = []
+        ratios, cpu_ratios = [], []
         print(f"{len(files)} images of 512x512 over one association per receiver, {args.rounds} rounds, "
               f"baseline listener.py at {args.baseline}")
         for n in range(args.rounds):
             first, second = ("new", "before") if n % 2 == 0 else ("before", "new")
-            speed = {first: run(first, n), second: run(second, n)}
-            ratios.append(speed["new"] / speed["before"])
-            print(f"round {n + 1}: before {speed['before']:.1f} images/s, now {speed['new']:.1f} images/s, "
-                  f"ratio {ratios[-1]:.3f}")
+            measured = {first: run(first, n), second: run(second, n)}
+            (speed_before, cpu_before), (speed_now, cpu_now) = measured["before"], measured["new"]
+            ratios.append(speed_now / speed_before)
+            cpu_ratios.append(cpu_now / cpu_before)
+            print(f"round {n + 1}: before {speed_before:.1f} images/s ({cpu_before:.2f} ms CPU each), now "
+                  f"{speed_now:.1f} images/s ({cpu_now:.2f} ms CPU each); ratio {ratios[-1]:.3f}")
         print(f"throughput ratio (now / before, median of {len(ratios)} rounds): {statistics.median(ratios):.3f}")
+        print(f"receiver CPU time per image (now / before, median): {statistics.median(cpu_ratios):.3f}")
     return 0
 
 

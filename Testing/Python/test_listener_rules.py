@@ -58,6 +58,12 @@ def _folders(storage):
     return sorted(path.name for path in Path(storage).iterdir()) if Path(storage).is_dir() else []
 
 
+def _forget(orthanc, *series_uids):
+    """Remove what a test uploaded from the session's Orthanc (the DICOMweb tests count the series it holds)."""
+    for uid in series_uids:
+        orthanc.delete(orthanc.lookup(uid))
+
+
 def test_only_allowed_senders_calling_this_receiver_are_accepted(orthanc, weights, tmp_path):
     port = orthanc.modalities[RECEIVER_MODALITY][1]
     db, storage = tmp_path / "allow.sqlite", tmp_path / "allow_received"
@@ -101,6 +107,7 @@ def test_only_allowed_senders_calling_this_receiver_are_accepted(orthanc, weight
         assert code == 0 and output.count("Received Store Response (Success)") == 3, output
     finally:
         assert listener.stop() == 0
+        _forget(orthanc, c, d)
     assert _folders(storage) == sorted([a, b, c])
     assert not [line for line in listener.lines if "Traceback" in line or "error" in line.lower()]
 
@@ -273,6 +280,7 @@ def test_three_senders_pushing_one_series_at_once(orthanc, weights, tmp_path):
         time.sleep(4)  # longer than the series timeout: it is not scored again
     finally:
         assert listener.stop() == 0
+        _forget(orthanc, uid)
     assert len(list((storage / uid).glob("*.dcm"))) == 40 and not list(storage.rglob("*" + PARTIAL_SUFFIX))
     assert len([line for line in listener.lines if line.startswith(f"distiliqa: listen: series {uid}")]) == 1
     assert query_rows(db, "SELECT COUNT(*) FROM slices WHERE series_uid = ?", (uid,)) == [(40,)]
