@@ -39,9 +39,9 @@ DIAGNOSTIC_ACQUISITIONS = ("spiral", "helical", "sequenced", "axial", "free")
 class Mapping:
     min_share: float
     region_rules: Tuple[Tuple[frozenset, str], ...]
-    text_rules: Tuple[Tuple["re.Pattern[str]", Optional[str], Optional[str], bool], ...]
+    text_rules: Tuple[Tuple[re.Pattern[str], Optional[str], Optional[str], bool], ...]
     high_from_acquisitions: Dict[str, int]
-    soft_tissue_kernels_exclude: Optional["re.Pattern[str]"]
+    soft_tissue_kernels_exclude: Optional[re.Pattern[str]]
     source: str
 
 

@@ -133,29 +133,24 @@ def _exam_row(study_uid: str, series: List[Dict], reports: List[Dict], events: L
     notes: List[str] = []
     slices = {row["series_uid"]: list(slices_of(row["series_uid"], row["weights_id"])) if slices_of else []
               for row in series if row.get("status") == "scored"}
-    read_reports = [row for row in reports if row.get("status") == "read"]
     dose = None
-    if read_reports:
+    if reports:
         from .reports import study_dose
 
-        dose = study_dose(read_reports, [e for e in events
-                                         if e.get("report_sop_uid") in {r["sop_uid"] for r in read_reports}])
+        dose = study_dose(reports, events)
         notes += list(dose.notes or [])
     unique_events = list(dose.events) if dose is not None else []
-
-    def event_field(event, name):
-        return event.get(name) if isinstance(event, dict) else getattr(event, name, None)
 
     series_regions = [[s.get("region") or "unknown" for s in slices[row["series_uid"]]]
                       or [row.get("region") or "unknown"] for row in series if row.get("status") == "scored"]
     texts = texts_of([row.get("study_description") for row in series],
                      [row.get("protocol_name") for row in series]
-                     + [event_field(event, "protocol") for event in unique_events],
+                     + [event.get("protocol") for event in unique_events],
                      [row.get("description") for row in series],
                      [row.get("body_part") for row in series]
-                     + [event_field(event, "target_region") for event in unique_events])
-    acquisitions = [event_field(event, "acquisition_type") for event in unique_events
-                    if not event_field(event, "localizer")]
+                     + [event.get("target_region") for event in unique_events])
+    acquisitions = [event.get("acquisition_type") for event in unique_events
+                    if not event.get("localizer")]
     category, source = exam_category(ExamFacts(series_regions, texts, acquisitions), mapping, override)
 
     noise_series = global_noise_series(series, mapping)
@@ -170,15 +165,15 @@ def _exam_row(study_uid: str, series: List[Dict], reports: List[Dict], events: L
         notes.append("no scored soft-tissue series for the global noise")
     elif not series:
         notes.append("dose report only: no image series")
-    diagnostic = [e for e in unique_events if not event_field(e, "localizer")]
+    diagnostic = [e for e in unique_events if not e.get("localizer")]
     if ctdivol is None and diagnostic:
-        weighted = [(event_field(e, "ctdivol_mgy"), event_field(e, "dlp_mgycm")) for e in diagnostic
-                    if event_field(e, "ctdivol_mgy") is not None and event_field(e, "dlp_mgycm")]
+        weighted = [(e.get("ctdivol_mgy"), e.get("dlp_mgycm")) for e in diagnostic
+                    if e.get("ctdivol_mgy") is not None and e.get("dlp_mgycm")]
         if weighted:
             ctdivol = sum(c * d for c, d in weighted) / sum(d for _, d in weighted)
     if phantom is None:
-        phantom = _first(event_field(e, "phantom") for e in sorted(diagnostic, key=lambda e: -(
-            event_field(e, "dlp_mgycm") or 0.0)))
+        phantom = _first(e.get("phantom") for e in sorted(diagnostic, key=lambda e: -(
+            e.get("dlp_mgycm") or 0.0)))
     if dose is not None and dose.dlp_total_mgycm is not None:
         dlp, dlp_source = dose.dlp_total_mgycm, "report"
     else:
