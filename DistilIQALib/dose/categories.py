@@ -64,7 +64,7 @@ def load_mapping(path: Optional[os.PathLike] = None) -> Mapping:
         high = {_area(area): int(count) for area, count in data.get("high_from_acquisitions", {}).items()}
         kernels = data.get("soft_tissue_kernels_exclude")
         return Mapping(float(regions.get("min_share", 0.25)), region_rules, text_rules, high,
-                       re.compile(kernels) if kernels else None, str(path))
+                       re.compile(kernels, re.IGNORECASE) if kernels else None, str(path))
     except (KeyError, TypeError, AttributeError, re.error, ValueError) as error:
         raise InputError(f"category mapping {path}: {error}") from None
 
