@@ -13,8 +13,8 @@ from DistilIQALib.archive.exams import store_exam_rows, write_exam_outputs
 from DistilIQALib.archive.report import write_html_report
 from DistilIQALib.archive.store import ResultStore
 from DistilIQALib.dose import cms
-from DistilIQALib.dose.exams import EXAM_COLUMNS, exam_rows, global_noise_series
 from DistilIQALib.dose.categories import load_mapping
+from DistilIQALib.dose.exams import EXAM_COLUMNS, exam_rows, global_noise_series
 from DistilIQALib.io.dicom_writing import write_series
 from DistilIQALib.quality.scoring import Scorer
 from DistilIQALib.training.phantoms import phantom_volume
