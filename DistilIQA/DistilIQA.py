@@ -68,7 +68,9 @@ class DistilIQA(ScriptedLoadableModule):
             "equivalent: the fraction of a routine dose for the slice's body region that it looks like, noise "
             "and artefacts alike (DistilIQA: a distilled vision transformer, beside a physics noise index in HU). "
             "Shows a quality map on the slice views, a per-slice plot and a dose-adequacy chart, and says whether "
-            "noise or artefacts set each verdict. For research and quality assurance, not for diagnosis.")
+            "noise or artefacts set each verdict. For research and quality assurance, not for diagnosis. "
+            "Every section of this panel is described on "
+            '<a href="https://github.com/DistilIQA/SlicerDistilIQA/blob/main/docs/slicer.md">the module\'s page</a>.')
         self.parent.acknowledgementText = _(
             "Method: Baldeon-Calisto et al., DistilIQA, Computers in Biology and Medicine, 2024.")
         # The base class takes the icon from Resources/ beside this file only (ScriptedLoadableModule.py:36-41,

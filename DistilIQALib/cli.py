@@ -29,6 +29,67 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _ExamplesFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions wrapped as usual; the examples epilog (text with line breaks) printed as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+#: Worked examples that end each command's --help (docs/ has a page per command; Testing/Python/test_docs.py
+#: parses every ``distiliqa ...`` line here with the real parser).
+EXAMPLES = {
+    "score": [("score a DICOM series folder into a CSV, a plot and a JSON summary",
+               "distiliqa score /data/ct_series --out scores.csv --plot scores.png --json summary.json"),
+              ("a NIfTI volume of a head, on the CPU, with the region given",
+               "distiliqa score head.nii.gz --region head --device cpu --out head_scores.csv")],
+    "demo": [("write the sample CT to sample_ct/ and score it (scores.csv, scores.png, summary.json)",
+              "distiliqa demo"),
+             ("the same with another model, on the CPU",
+              "distiliqa demo --weights RUN/distiliqa_student.safetensors --device cpu")],
+    "info": [("what the shipped model is, and what a trained one is",
+              "distiliqa info\n  distiliqa info RUN/distiliqa_student.safetensors")],
+    "preprocess": [("TCIA LDCT and Projection data, labelled by SSIM to the full dose",
+                    "distiliqa preprocess /data/LDCT-and-Projection-data --type tcia"),
+                   ("full-dose CT degraded by simulated dose and sparse views",
+                    "distiliqa preprocess /data/full_dose_ct --type simulated --output DATA")],
+    "train-teacher": [("the paper's five teachers, one per fold",
+                       "distiliqa train-teacher DATA --output RUN"),
+                      ("one fold per GPU machine, the fast preset",
+                       "distiliqa train-teacher DATA --output RUN --fold 0 --preset fast --device cuda")],
+    "train-student": [("distil the teachers in RUN/teachers into one student",
+                       "distiliqa train-student DATA --output RUN")],
+    "evaluate": [("the student and the teachers on the test split",
+                  "distiliqa evaluate DATA --weights RUN/student.safetensors RUN/teachers/*.safetensors "
+                  "--output EVAL")],
+    "batch": [("an archive folder into a store, with the per-series CSV and the HTML report",
+               "distiliqa batch /archive --db results.sqlite --csv summary.csv --report report.html"),
+              ("a PACS over DICOMweb, only the studies dated since the last run",
+               "distiliqa batch --dicomweb http://pacs:8042/dicom-web --db results.sqlite --since "
+               "--auth-file ~/.pacs_auth")],
+    "listen": [("receive what a scanner pushes to AE title DISTILIQA on port 11112",
+                "distiliqa listen --port 11112 --ae-title DISTILIQA --db pushed.sqlite")],
+    "merge": [("join the stores of two shards (batch --shard 1/2 and --shard 2/2)",
+               "distiliqa merge results.sqlite part1.sqlite part2.sqlite")],
+    "recipe": [("build the shipped model from scratch",
+                "distiliqa recipe --output RUN"),
+               ("adapt it to a site's own full-dose scans (one folder per patient, at least 3)",
+                "distiliqa recipe --output SITE --sources /data/site/ct1 /data/site/ct2 /data/site/ct3")],
+    "calibrate": [("refit a model's routine noise levels on the real-CT corpus",
+                   "distiliqa calibrate RUN/distiliqa_student.safetensors --output calibrated.safetensors "
+                   "--corpus corpus/files")],
+}
+
+
+def _add_examples(commands) -> None:
+    for name, parser in commands.choices.items():
+        if name in EXAMPLES:
+            parser.formatter_class = _ExamplesFormatter
+            parser.epilog = "examples:\n" + "\n".join(f"  # {what}\n  {line}" for what, line in EXAMPLES[name])
+
+
 class TerminalProgress:
     """A one-line progress bar with ETA on stderr, drawn only on a terminal."""
 
@@ -621,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(commands)
+    _add_examples(commands)
     return parser
 
 

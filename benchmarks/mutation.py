@@ -18,7 +18,7 @@ Run (niced, one process: the machine is shared)::
 Each module is copied with the tests into ``--workdir`` (default: a folder in the system temp dir), so the
 checkout is never touched. mutmut runs each mutant only against the tests that call the mutated function,
 forked from a server process that has already imported torch and pytest. Measured numbers and the commands
-that gave them are in the README's *Testing* section.
+that gave them are in docs/development.md (*Mutation testing*).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The README's pictures: what the Slicer module shows for the sample CT, composed headless by Slicer's own
-slice logic (``slicer-core``), and the per-slice plot, all from the shipped model.
+"""The documentation's pictures (``docs/images``, shown on docs/slicer.md, docs/command-line.md and the README):
+what the Slicer module shows for the sample CT, composed headless by Slicer's own slice logic (``slicer-core``),
+and the per-slice plot, all from the shipped model.
 
     .venv/bin/python docs/make_pictures.py [--out docs/images] [--real corpus/files/lungdx_A0002]
                                            [--real-head corpus/files/head_invesalius_0051]

@@ -184,22 +184,23 @@ def test_the_check_catches_a_wrong_way_import_and_a_loop():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-def test_readme_maps_every_sub_package():
-    readme = (ROOT / "README.md").read_text()
-    repository = readme[readme.index("## Repository"):]
+def test_development_page_maps_every_sub_package():
+    page = (ROOT / "docs" / "development.md").read_text()
+    repository = page[page.index("## Repository"):]
     for name in _sub_packages():
         assert re.search(rf"^  {name}/ ", repository, re.M), name
 
 
-def test_names_the_readme_shows_import_from_the_package():
-    """The README's ``from DistilIQALib import ...`` and the engine functions it names survive the move to
-    sub-packages: they are re-exported at the top."""
+def test_names_the_documentation_shows_import_from_the_package():
+    """The documentation's ``from DistilIQALib import ...`` (the Python API on the command-line page, ``scan_folder``
+    on the batch page) and the engine functions it names survive the move to sub-packages: they are re-exported at
+    the top."""
     import DistilIQALib
 
-    readme = (ROOT / "README.md").read_text()
-    shown = {name.strip() for names in re.findall(r"^from DistilIQALib import (.+)$", readme, re.M)
+    pages = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    shown = {name.strip(" `)") for names in re.findall(r"from DistilIQALib import ([\w, ]+)", pages)
              for name in names.split(",")}
-    assert {"Progress", "Scorer", "read_volume"} <= shown
-    assert shown | {"scan_folder"} <= set(DistilIQALib.__all__)  # scan_folder: named in the README's batch section
+    assert {"Progress", "Scorer", "read_volume", "scan_folder"} <= shown
+    assert shown <= set(DistilIQALib.__all__)
     for name in DistilIQALib.__all__:
         assert callable(getattr(DistilIQALib, name)), name
