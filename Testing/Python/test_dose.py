@@ -203,8 +203,8 @@ def test_ssde_of_a_real_siemens_ct_matches_a_hand_calculation_and_flags_the_cut_
     pixel = image.GetSpacing()[:2]
     hand_dw = _hand_dw_cm(hu, pixel)
     hand_ssde = 29.7696282 * 3.704369 * math.exp(-0.03671937 * hand_dw)  # AAPM 204, 32 cm phantom
-    from DistilIQALib.io.reading import read_volume
     from DistilIQALib.dose.series import scan_dose
+    from DistilIQALib.io.reading import read_volume
 
     volume = read_volume(_siemens_ct(), force=True)
     dose = scan_dose(volume, read_slice_doses(str(_siemens_ct())))
@@ -254,7 +254,7 @@ def test_batch_records_series_dose_and_every_dose_object(tmp_path, tiny_weights)
     (root / "dose" / "cut.dcm").write_bytes(GE_REPORT.read_bytes()[:60000])
     store = tmp_path / "results.sqlite"
     summary = run_batch(root, store, Scorer(str(tiny_weights), device="cpu"), workers=1)
-    assert summary.scored == 2 and summary.dose_reports == 3  # the truncated copy of the report is a duplicate
+    assert summary.scored == 2 and summary.dose_reports == 3
     with ResultStore(store) as results:
         series = {row["series_uid"]: row for row in results.series_rows()}
         statuses = {Path(row["path"]).name: (row["status"], row["reason"]) for row in results.dose_report_rows()}
@@ -272,7 +272,9 @@ def test_batch_records_series_dose_and_every_dose_object(tmp_path, tiny_weights)
     assert statuses["ge_revolution_dose_screen.dcm"][0] == "not read"
     assert statuses["other.dcm"][0] == "problem"
     assert len(events) == 12 and statuses["ge_revolution_rdsr.dcm"] == ("read", None)
-    assert any(p.endswith("cut.dcm") and m.startswith("duplicate instance") for p, m in problems)
+    # the truncated copy cannot even be opened: a problem row with its reason
+    assert any(p.endswith("cut.dcm") and m == "unreadable: truncated or corrupt DICOM header (OSError)"
+               for p, m in problems)
     # a rerun reads nothing again
     again = run_batch(root, store, Scorer(str(tiny_weights), device="cpu"), workers=1)
     assert again.dose_reports == 0 and again.already_done == 2
