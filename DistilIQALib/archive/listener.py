@@ -6,7 +6,8 @@ is scored once no new instance of it has come for ``series_timeout_s`` seconds, 
 series folder of a batch run, into the same store; more instances later score it again with them. After
 scoring, a marker in the series folder lists the files scored and the model: a restart scores every series
 whose files or model differ from its marker. Verification (C-ECHO) is answered; only image storage SOP
-classes are accepted (any other is refused when the association is negotiated).
+classes and the three that carry CT dose reports are accepted (any other is refused when the association is
+negotiated); a dose report goes to the store's dose tables.
 
 The DICOM network protocol is spoken by ``pynetdicom``, imported only when the receiver starts.
 """
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ..dose.reports import DOSE_REPORT_CLASSES
 from ..errors import InputError, MissingPackageError
 from ..quality.scoring import Scorer
 from .archive import UID_PATTERN, SeriesEntry, dicom_text
@@ -122,7 +124,7 @@ class Receiver:
         self.storage.mkdir(parents=True, exist_ok=True)
         self._pick_up_unscored()
         ae = pynetdicom.AE(ae_title=self.ae_title)
-        for uid in image_storage_classes():
+        for uid in image_storage_classes() + list(DOSE_REPORT_CLASSES):
             ae.add_supported_context(uid, pynetdicom.ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(pynetdicom.sop_class.Verification)
         handlers = [(pynetdicom.evt.EVT_C_STORE, self._on_store)]
