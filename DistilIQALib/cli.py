@@ -444,8 +444,61 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="threads decoding DICOM ahead of the model and reading the headers (default 2)")
     _add_region_argument(parser)
+    _add_exam_arguments(parser)
     _add_server_arguments(parser)
     parser.set_defaults(run=_run_batch)
+
+
+def _add_exam_arguments(parser) -> None:
+    exams = parser.add_argument_group(
+        "exams", "one row per study (DICOM study) with its dose and the CMS CT measure's inputs and check: an open "
+                 "computation of the measure's inputs, not the certified measure (steward: Alara Imaging, Inc.; "
+                 "non-commercial reproduction without modification only)")
+    exams.add_argument("--exams", metavar="FILE", help="exam table CSV (study_uid, ..., cms_out_of_range, cms_reason)")
+    exams.add_argument("--fhir", metavar="FILE", help="the measure's result: a FHIR Bundle of one Observation per "
+                                                     "exam (LOINC 96914-7), patients by pseudonym")
+    exams.add_argument("--exam-category", metavar="NAME", help="the measure's category (name or LOINC answer code) "
+                                                              "of every exam, instead of the one derived")
+    exams.add_argument("--category-map", metavar="FILE", help="a site's exam category mapping (JSON; default: the "
+                                                             "shipped DistilIQALib/dose/exam_categories.json)")
+    exams.add_argument("--fhir-identify-patients", action="store_true",
+                       help="put the patient IDs in the FHIR Bundle instead of pseudonyms")
+    exams.add_argument("--fhir-key-env", metavar="VAR", help="environment variable holding the secret that keys the "
+                                                            "pseudonyms (same secret, same pseudonyms; default: a new "
+                                                            "one per file)")
+
+
+def _check_exam_arguments(args: argparse.Namespace) -> None:
+    """Fail before any work on an unknown category, a bad mapping file or a missing key variable."""
+    import os
+
+    from .dose.categories import load_mapping
+    from .dose.cms import find_category
+
+    if args.exam_category and find_category(args.exam_category) is None:
+        from .dose.cms import CATEGORIES
+
+        raise InputError(f"--exam-category {args.exam_category!r} is not one of the measure's categories "
+                         f"({'; '.join(c.name for c in CATEGORIES)})")
+    load_mapping(args.category_map)
+    if args.fhir_key_env and not os.environ.get(args.fhir_key_env):
+        raise InputError(f"--fhir-key-env: environment variable {args.fhir_key_env} is not set")
+
+
+def _write_exams(args: argparse.Namespace, store, weights_id=None) -> None:
+    import os
+
+    from .archive.exams import write_exam_outputs
+
+    key = os.environ[args.fhir_key_env].encode() if args.fhir_key_env else None
+    rows = write_exam_outputs(store, args.exams, args.fhir, weights_id, args.category_map, args.exam_category,
+                              args.fhir_identify_patients, key)
+    if args.exams or args.fhir:
+        out = sum(row["cms_out_of_range"] == "yes" for row in rows)
+        unknown = sum(row["cms_out_of_range"] == "unknown" for row in rows)
+        _note(f"{len(rows)} exam(s): {out} out of the CMS CT measure's range, {unknown} unknown (an open "
+              "computation of its inputs, not the certified measure)"
+              + (f"; wrote {args.exams}" if args.exams else "") + (f"; wrote {args.fhir}" if args.fhir else ""))
 
 
 #: The batch options that only a DICOMweb server takes (argparse destinations).
@@ -490,6 +543,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     if args.report:
         _require_plots("--report")
+    _check_exam_arguments(args)
     if args.dicomweb and args.root:
         raise DistilIQAError("give a folder ROOT or --dicomweb URL, not both")
     if not args.dicomweb:
@@ -520,6 +574,7 @@ def _run_batch(args: argparse.Namespace) -> int:
           f"{summary.slices} slices in {summary.seconds:.1f} s ({summary.slices_per_second:.1f} slices/s)")
     if args.csv:
         write_summary_csv(store, args.csv)
+    _write_exams(args, store, scorer.info.weights_id)
     if args.report:
         write_html_report(store, args.report, lowest_adequate_score(scorer.info.adequacy))
     return 0
@@ -700,6 +755,8 @@ def _add_merge_parser(commands) -> None:
     parser = commands.add_parser("merge", help="merge batch stores (e.g. of shards) into one")
     parser.add_argument("output", help="store to merge into (created if missing)")
     parser.add_argument("inputs", nargs="+", help="stores to merge")
+    parser.add_argument("--report", help="self-contained HTML report of the merged store")
+    _add_exam_arguments(parser)
     parser.set_defaults(run=_run_merge)
 
 
@@ -711,9 +768,15 @@ def _run_merge(args: argparse.Namespace) -> int:
     missing = [path for path in args.inputs if not Path(path).is_file()]
     if missing:
         raise DistilIQAError(f"no such store: {missing[0]}")
+    _check_exam_arguments(args)
     with ResultStore(args.output) as store:
         for path in args.inputs:
             _note(f"{path}: {store.merge_from(path)} series rows")
+    _write_exams(args, args.output)
+    if args.report:
+        from .archive.report import write_html_report
+
+        write_html_report(args.output, args.report)
     return 0
 
 

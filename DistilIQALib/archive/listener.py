@@ -7,7 +7,8 @@ new instance of it has come for ``series_timeout_s`` seconds, through the same p
 batch run, into the same store; more instances later score it again with them. After scoring, a marker in the
 series folder lists the files scored and the model: a restart scores every series whose files or model differ
 from its marker. Verification (C-ECHO) is answered; only the SOP classes of :func:`accepted_sop_classes` are
-accepted (any other is refused when the association is negotiated).
+accepted: image storage and the three that carry CT dose reports (any other is refused when the
+association is negotiated); a dose report goes to the store's dose tables.
 
 Who may send is decided when an association is requested (:class:`ReceiverRules`): the calling AE title (and
 the address it connects from) must be on the allow-list, and the called AE title must be the receiver's own;
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from ..dose.reports import DOSE_REPORT_CLASSES
 from ..errors import InputError, MissingPackageError
 from ..quality.scoring import Scorer
 from .archive import UID_PATTERN, SeriesEntry, dicom_text
@@ -83,8 +85,9 @@ def image_storage_classes() -> List[str]:
 
 def accepted_sop_classes() -> List[str]:
     """Every storage SOP class the receiver accepts: the one place that decides it. Whatever it holds, the
-    receiver's rules (who may send, TLS, the free-space floor, the limits) apply to it alike."""
-    return image_storage_classes()
+    receiver's rules (who may send, TLS, the free-space floor, the limits) apply to it alike: every image storage
+    class, and the three that carry CT dose reports."""
+    return image_storage_classes() + list(DOSE_REPORT_CLASSES)
 
 
 def checked_ae_title(text: str, what: str = "--ae-title") -> str:

@@ -1,8 +1,10 @@
 """The batch results store: one SQLite file, written one series per transaction.
 
 Tables: ``series`` (one row per series and weights: status scored / skipped / failed, the
-header facts, summary numbers and a thumbnail of the worst slice), ``slices`` (one row per
-scored slice) and ``problems`` (unreadable files and other non-fatal trouble). A crash loses
+header facts, the scanner's dose, summary numbers and a thumbnail of the worst slice), ``slices``
+(one row per scored slice), ``problems`` (unreadable files and other non-fatal trouble), and the
+scanner's dose reports: ``dose_reports`` (one row per report file, read or not and why) and
+``dose_events`` (one row per irradiation event of each report). A crash loses
 at most the series in progress; :meth:`ResultStore.done` tells a rerun what to skip.
 """
 from __future__ import annotations
@@ -47,19 +49,31 @@ SERIES_COLUMNS = ("series_uid", "weights_id", "status", "reason", "patient_id", 
                   "scanner_model", "num_files", "num_slices",
                   "mean_score", "min_score", "worst_slice", "mean_noise_hu", "fraction_inadequate", "region",
                   "median_dose_equivalent", "fraction_above_routine", "artefact_slices", "folder",
-                  "seconds", "written_at", "worst_thumbnail_png")
+                  "seconds", "written_at", "worst_thumbnail_png",
+                  "ctdivol_mgy", "ctdi_phantom", "tube_current_modulation", "dw_cm", "dw_truncated", "ssde_mgy",
+                  "scan_length_mm", "dose_note", "patient_age", "manufacturer", "body_part", "study_description",
+                  "protocol_name")
 #: Columns added after the first release, with their type: an older store gains them when opened.
 ADDED_SERIES_COLUMNS = {"slice_thickness_mm": "REAL", "scanner_model": "TEXT", "region": "TEXT",
                         "median_dose_equivalent": "REAL", "fraction_above_routine": "REAL",
-                        "artefact_slices": "INTEGER"}
+                        "artefact_slices": "INTEGER",
+                        # the scanner's dose (dose/): CTDIvol from the headers (mean of the slices, mGy), its
+                        # phantom ('head16' or 'body32'), AAPM Report 220 water-equivalent diameter at mid-scan
+                        # (cm; not the noise-equivalent water_diameter_cm of the slices), SSDE (mGy), and why a
+                        # dose value is empty
+                        "ctdivol_mgy": "REAL", "ctdi_phantom": "TEXT", "tube_current_modulation": "TEXT",
+                        "dw_cm": "REAL", "dw_truncated": "INTEGER", "ssde_mgy": "REAL", "scan_length_mm": "REAL",
+                        "dose_note": "TEXT", "patient_age": "TEXT", "manufacturer": "TEXT", "body_part": "TEXT",
+                        "study_description": "TEXT", "protocol_name": "TEXT"}
 ADDED_SLICE_COLUMNS = {"water_diameter_cm": "REAL", "region": "TEXT", "above_routine": "INTEGER",
-                       "verdict_note": "TEXT", "effective_noise_hu": "REAL", "driver": "TEXT"}
+                       "verdict_note": "TEXT", "effective_noise_hu": "REAL", "driver": "TEXT",
+                       "ctdivol_mgy": "REAL", "dw_cm": "REAL", "ssde_mgy": "REAL"}
 #: ``effective_noise_hu``: a learned model's effective noise (HU), NULL for other models; ``driver``: what set the
 #: slice's verdict, ``noise`` (the measured noise) or ``artefacts`` (the network sees worse), '' or NULL without one.
 #: ``artefact_slices`` (series): how many of its slices had their verdict set by artefacts (NULL: no verdicts).
 SLICE_COLUMNS = ("series_uid", "weights_id", "slice_index", "z_mm", "score", "score_spread", "noise_hu",
                  "water_diameter_cm", "dose_equivalent", "adequacy", "region", "above_routine", "verdict_note",
-                 "effective_noise_hu", "driver")
+                 "effective_noise_hu", "driver", "ctdivol_mgy", "dw_cm", "ssde_mgy")
 
 
 def _now() -> str:
@@ -75,6 +89,29 @@ CREATE TABLE IF NOT EXISTS server_runs (
 """
 
 
+#: The scanner's dose reports (X-Ray Radiation Dose SR and its kin): ``status`` is 'read', 'not read' (a dose
+#: screen, a picture of the console) or 'problem' (malformed, not a dose report), ``reason`` says why.
+#: ``events_declared``: the report's own Total Number of Irradiation Events; ``events_found``: CT Acquisitions read.
+DOSE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dose_reports (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT, series_uid TEXT, path TEXT, sop_class TEXT,
+    manufacturer TEXT, scanner_model TEXT, study_date TEXT, patient_id TEXT, patient_age TEXT,
+    dlp_total_mgycm REAL, events_declared INTEGER, events_found INTEGER,
+    status TEXT, reason TEXT, written_at TEXT
+);
+CREATE TABLE IF NOT EXISTS dose_events (
+    study_uid TEXT, event_uid TEXT, report_sop_uid TEXT, acquisition_type TEXT, localizer INTEGER,
+    protocol TEXT, target_region TEXT, ctdivol_mgy REAL, dlp_mgycm REAL, phantom TEXT, scanning_length_mm REAL,
+    PRIMARY KEY (study_uid, event_uid, report_sop_uid)
+);
+"""
+DOSE_REPORT_COLUMNS = ("sop_uid", "study_uid", "series_uid", "path", "sop_class", "manufacturer", "scanner_model",
+                       "study_date", "patient_id", "patient_age", "dlp_total_mgycm", "events_declared",
+                       "events_found", "status", "reason", "written_at")
+DOSE_EVENT_COLUMNS = ("study_uid", "event_uid", "report_sop_uid", "acquisition_type", "localizer", "protocol",
+                      "target_region", "ctdivol_mgy", "dlp_mgycm", "phantom", "scanning_length_mm")
+
+
 class ResultStore:
     """An open results file; safe to reopen after a crash (SQLite's journal rolls back a half write)."""
 
@@ -86,6 +123,7 @@ class ResultStore:
         self.connection.execute("PRAGMA synchronous=NORMAL")
         self.connection.executescript(SCHEMA)
         self.connection.executescript(SERVER_RUNS_SCHEMA)
+        self.connection.executescript(DOSE_SCHEMA)
         self._add_missing_columns("main")
 
     def _add_missing_columns(self, schema: str) -> None:
@@ -156,6 +194,39 @@ class ResultStore:
         rows = self.connection.execute("SELECT path, series_uid, message FROM problems ORDER BY path")
         return [{"path": p, "series_uid": s, "message": m} for p, s, m in rows]
 
+    def write_dose_report(self, report: Dict, events: Sequence[Dict] = ()) -> None:
+        """Replace one dose report's row and its events in one transaction (``report['sop_uid']`` is the key)."""
+        report = {**report, "written_at": _now()}
+        with self.connection:
+            self.connection.execute("DELETE FROM dose_events WHERE report_sop_uid = ?", (report["sop_uid"],))
+            self.connection.execute(
+                f"INSERT OR REPLACE INTO dose_reports ({', '.join(DOSE_REPORT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(DOSE_REPORT_COLUMNS))})",
+                [report.get(column) for column in DOSE_REPORT_COLUMNS])
+            self.connection.executemany(
+                f"INSERT OR REPLACE INTO dose_events ({', '.join(DOSE_EVENT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(DOSE_EVENT_COLUMNS))})",
+                [[{**event, "study_uid": report.get("study_uid"), "report_sop_uid": report["sop_uid"]}.get(column)
+                  for column in DOSE_EVENT_COLUMNS] for event in events])
+
+    def dose_reports_done(self) -> Set[str]:
+        """SOP instance UIDs of the dose reports already recorded (a rerun does not read them again)."""
+        return {uid for (uid,) in self.connection.execute("SELECT sop_uid FROM dose_reports")}
+
+    def dose_report_rows(self) -> List[Dict]:
+        rows = self.connection.execute(
+            f"SELECT {', '.join(DOSE_REPORT_COLUMNS)} FROM dose_reports ORDER BY study_uid, sop_uid")
+        return [dict(zip(DOSE_REPORT_COLUMNS, row)) for row in rows]
+
+    def dose_event_rows(self, study_uid: Optional[str] = None) -> List[Dict]:
+        query = f"SELECT {', '.join(DOSE_EVENT_COLUMNS)} FROM dose_events"
+        parameters: tuple = ()
+        if study_uid is not None:
+            query += " WHERE study_uid = ?"
+            parameters = (study_uid,)
+        query += " ORDER BY study_uid, report_sop_uid, event_uid"
+        return [dict(zip(DOSE_EVENT_COLUMNS, row)) for row in self.connection.execute(query, parameters)]
+
     def merge_from(self, other: os.PathLike[str] | str) -> int:
         """Copy every row of another store into this one (its series replace ours); returns its series count."""
         try:
@@ -178,9 +249,22 @@ class ResultStore:
                                         f"SELECT {slice_columns} FROM other.slices")
                 self.connection.execute("INSERT INTO problems SELECT * FROM other.problems WHERE (path, series_uid, "
                                         "message) NOT IN (SELECT path, series_uid, message FROM problems)")
+                self._merge_dose_tables()
         finally:
             self.connection.execute("DETACH DATABASE other")
         return count
+
+    def _merge_dose_tables(self) -> None:
+        """Copy the attached store's dose reports and events (insert-or-replace by key); an older store has none."""
+        tables = {name for (name,) in self.connection.execute(
+            "SELECT name FROM other.sqlite_master WHERE type = 'table'")}
+        for table, columns in (("dose_reports", DOSE_REPORT_COLUMNS), ("dose_events", DOSE_EVENT_COLUMNS)):
+            if table in tables:
+                names = ", ".join(columns)
+                if table == "dose_reports":  # a report's events come with it, replacing ours
+                    self.connection.execute("DELETE FROM dose_events WHERE report_sop_uid IN "
+                                            "(SELECT sop_uid FROM other.dose_reports)")
+                self.connection.execute(f"INSERT OR REPLACE INTO {table} ({names}) SELECT {names} FROM other.{table}")
 
     def last_server_run(self, server: str, query: str) -> Optional[str]:
         """When the last complete run of ``query`` against ``server`` started (ISO date and time), if any."""

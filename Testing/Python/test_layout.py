@@ -22,9 +22,10 @@ MIN_SUB_PACKAGES = 4
 MAY_IMPORT = {
     "quality": set(),
     "io": {"quality"},
-    "archive": {"quality", "io"},
+    "dose": {"quality", "io"},
+    "archive": {"quality", "io", "dose"},
     "training": {"quality", "io"},
-    "slicer_bridge": {"quality", "io"},
+    "slicer_bridge": {"quality", "io", "dose"},
 }
 ENTRY, SHARED_PART = "entry point", "shared"
 

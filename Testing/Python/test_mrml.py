@@ -378,3 +378,24 @@ def test_a_learned_models_table_charts_and_map_show_what_set_each_verdict(scene,
     again = mrml.show_stored_results(ct, scores)
     assert [str(v) for v in _column(again.table.GetTable(), "driver")] == DRIVERS
     assert again.table.GetID() == nodes.table.GetID()
+
+
+def test_exam_table_node_holds_the_exam_rows_and_is_replaced_on_rerun():
+    from DistilIQALib.dose.cms import NOT_CERTIFIED
+    from DistilIQALib.dose.exams import EXAM_COLUMNS
+
+    scene = slicer.vtkMRMLScene()
+    row = dict.fromkeys(EXAM_COLUMNS)
+    row.update(study_uid="1.2.3", study_date="20260315", exam_category="Chest Routine Dose", ctdivol_mgy=8.25,
+               global_noise_hu=21.5, cms_out_of_range="no", cms_reason="global noise 21.5 HU < 49")
+    node = mrml.show_exam_table(scene, [row, {**row, "study_uid": "1.2.4", "ctdivol_mgy": None}])
+    table = node.GetTable()
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(EXAM_COLUMNS)
+    assert table.GetNumberOfRows() == 2
+    assert node.GetCellText(0, EXAM_COLUMNS.index("exam_category")) == "Chest Routine Dose"
+    assert table.GetColumnByName("ctdivol_mgy").GetValue(0) == pytest.approx(8.25)
+    assert np.isnan(table.GetColumnByName("ctdivol_mgy").GetValue(1))
+    assert node.GetAttribute("DistilIQA.about") == NOT_CERTIFIED
+    again = mrml.show_exam_table(scene, [row])
+    assert again is node and node.GetTable().GetNumberOfRows() == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1

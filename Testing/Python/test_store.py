@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from DistilIQALib.archive import store as store_module
 from DistilIQALib.archive.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,8 @@ def test_rewriting_a_series_replaces_its_row_and_its_slices(tmp_path):
                                                   "noise_hu": 10.0, "water_diameter_cm": 36.0,
                                                   "dose_equivalent": 0.3, "adequacy": "borderline",
                                                   "region": None, "above_routine": None, "verdict_note": None,
-                                                  "effective_noise_hu": None, "driver": None}
+                                                  "effective_noise_hu": None, "driver": None,
+                                                  "ctdivol_mgy": None, "dw_cm": None, "ssde_mgy": None}
         assert len(store.slice_rows("B", "w1")) == 2 and store.slice_rows("B", "w2") == []
 
 
@@ -292,3 +294,48 @@ def test_merging_a_store_of_the_previous_release_leaves_the_new_columns_empty(tm
     with ResultStore(previous) as store:
         assert store.merge_from(tmp_path / "main.sqlite") == 2
         assert [row["effective_noise_hu"] for row in store.slice_rows("new", "w1")] == [12.5, 13.5, 14.5]
+
+
+def _report(sop_uid, study_uid="S1", **values):
+    return {"sop_uid": sop_uid, "study_uid": study_uid, "series_uid": "R" + sop_uid, "status": "read",
+            "dlp_total_mgycm": values.pop("dlp", None), **values}
+
+
+def test_dose_reports_and_their_events_are_kept_replaced_and_merged(tmp_path):
+    events = [{"event_uid": "E1", "dlp_mgycm": 10.0, "ctdivol_mgy": 2.0, "localizer": 1},
+              {"event_uid": "E2", "dlp_mgycm": 500.0, "ctdivol_mgy": 12.5, "localizer": 0, "phantom": "body32"}]
+    with ResultStore(tmp_path / "a.sqlite") as store:
+        store.write_dose_report(_report("1", dlp=510.0, events_found=2), events)
+        store.write_dose_report(_report("1", dlp=510.0, events_found=1), events[1:])  # a rerun replaces it
+        assert [e["event_uid"] for e in store.dose_event_rows()] == ["E2"]
+        assert store.dose_event_rows("S1")[0] == {"study_uid": "S1", "event_uid": "E2", "report_sop_uid": "1",
+                                                  "acquisition_type": None, "localizer": 0, "protocol": None,
+                                                  "target_region": None, "ctdivol_mgy": 12.5, "dlp_mgycm": 500.0,
+                                                  "phantom": "body32", "scanning_length_mm": None}
+        assert store.dose_event_rows("other") == []
+        assert store.dose_reports_done() == {"1"}
+    with ResultStore(tmp_path / "b.sqlite") as other:
+        other.write_dose_report(_report("1", dlp=510.0, events_found=2), events)
+        other.write_dose_report(_report("2", study_uid="S2", status="problem", reason="not a dose report"))
+    with ResultStore(tmp_path / "a.sqlite") as store:
+        store.merge_from(tmp_path / "b.sqlite")
+        assert [(r["sop_uid"], r["status"], r["events_found"]) for r in store.dose_report_rows()] == [
+            ("1", "read", 2), ("2", "problem", None)]
+        assert [e["event_uid"] for e in store.dose_event_rows()] == ["E1", "E2"]
+
+
+def test_an_older_store_gains_the_dose_columns_and_merges(tmp_path):
+    old = tmp_path / "old.sqlite"
+    connection = sqlite3.connect(old)
+    connection.executescript(store_module.SCHEMA)  # the first release's tables, without dose columns or tables
+    connection.execute("INSERT INTO series (series_uid, weights_id, status) VALUES ('A', 'w1', 'scored')")
+    connection.commit()
+    connection.close()
+    with ResultStore(tmp_path / "new.sqlite") as store:
+        assert store.merge_from(old) == 1
+        assert store.series_rows()[0]["ssde_mgy"] is None and store.dose_report_rows() == []
+    with ResultStore(old) as store:
+        store.write_series(_record("B", ctdivol_mgy=18.5, ctdi_phantom="body32", dw_cm=29.0, ssde_mgy=24.0))
+        row = [r for r in store.series_rows() if r["series_uid"] == "B"][0]
+        assert (row["ctdivol_mgy"], row["ctdi_phantom"], row["dw_cm"], row["ssde_mgy"]) == (18.5, "body32", 29.0,
+                                                                                            24.0)

@@ -1,0 +1,110 @@
+"""Patient size from the image and the size-specific dose estimate (SSDE).
+
+``water_equivalent_diameter_cm`` is AAPM Report 220's Dw: the diameter of the water circle that attenuates as much
+as the patient's cross-section, Dw = 2 sqrt(Aw / pi) with Aw = sum over the patient region of (HU / 1000 + 1) x
+pixel area. It is a different quantity from the engine's noise-equivalent ``water_diameter_cm`` (the noise
+reference's size) and is kept apart from it in names and outputs.
+
+SSDE = CTDIvol x f(Dw), with f the AAPM Report 204 conversion of the phantom the CTDIvol was measured in (32 cm
+body or 16 cm head), Dw in place of the effective diameter as AAPM Report 220 prescribes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+#: The patient is what is denser than this (HU): above air, lung-free foam pads and blankets, below fat and lung
+#: tissue's rim; the lungs are inside the patient's outline and are filled back in.
+PATIENT_THRESHOLD_HU = -500.0
+#: Below this the pixel is outside the reconstructed field (scanners pad the corners with -2000 HU or lower).
+OUTSIDE_FIELD_HU = -1500.0
+#: The body is cut by the field of view when its outline runs along the field's edge for at least this long (mm).
+TRUNCATION_CONTACT_MM = 10.0
+
+#: AAPM Report 204 fits, f = a exp(-b D) with D in cm: (a, b) per phantom.
+AAPM204 = {"body32": (3.704369, 0.03671937), "head16": (1.874799, 0.03871313)}
+#: The range of effective diameters AAPM Report 204's tables cover (cm): outside it the fit is an extrapolation.
+AAPM204_RANGE_CM = (8.0, 45.0)
+
+
+def patient_mask(hu_slice: np.ndarray) -> np.ndarray:
+    """The patient's cross-section on one axial slice (bool, same shape): the largest connected region above
+    ``PATIENT_THRESHOLD_HU`` (the table and loose objects are smaller and apart), its holes (lungs, bowel gas)
+    filled."""
+    above = np.ascontiguousarray(np.asarray(hu_slice) > PATIENT_THRESHOLD_HU, dtype=np.uint8)
+    if not above.any():
+        return above.astype(bool)
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(above)), sortByObjectSize=True)
+    largest = sitk.Equal(labels, 1)
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(largest, fullyConnected=False)).astype(bool)
+
+
+def _outside_field(hu_slice: np.ndarray) -> np.ndarray:
+    """Pixels outside the reconstructed field: the image's border frame (one pixel past its edge) and padding."""
+    outside = np.asarray(hu_slice) < OUTSIDE_FIELD_HU
+    return np.pad(outside, 1, constant_values=True)
+
+
+def is_truncated(mask: np.ndarray, hu_slice: np.ndarray, spacing_mm: Sequence[float]) -> bool:
+    """Whether the patient's outline runs along the edge of the field of view (the image border or the padded
+    corners outside the reconstruction circle) for at least ``TRUNCATION_CONTACT_MM``."""
+    outside = _outside_field(hu_slice)
+    padded = np.pad(mask, 1, constant_values=False)
+    touching = np.zeros_like(padded)
+    for axis in (0, 1):
+        for step in (1, -1):
+            touching |= padded & np.roll(outside, step, axis=axis)
+    contact_mm = float(touching.sum()) * float(min(spacing_mm[0], spacing_mm[1]))
+    return contact_mm >= TRUNCATION_CONTACT_MM
+
+
+def water_equivalent_diameter_cm(hu_slice: np.ndarray, spacing_mm: Sequence[float]) -> Tuple[Optional[float], bool]:
+    """AAPM Report 220 Dw of one axial slice (cm) and whether the body is cut by the field of view.
+
+    ``hu_slice``: the slice in HU, shape ``(y, x)``; ``spacing_mm``: pixel size ``(x, y, ...)`` in mm (a volume's
+    ``spacing_mm`` will do). Returns ``(None, False)`` when the slice shows no patient.
+    """
+    hu = np.asarray(hu_slice)
+    mask = patient_mask(hu)
+    if not mask.any():
+        return None, False
+    pixel_area_cm2 = float(spacing_mm[0]) * float(spacing_mm[1]) / 100.0
+    # Air-equivalent pixels add nothing, not less than nothing (padding inside a filled hole is not negative water).
+    relative = np.clip(hu[mask].astype(np.float64) / 1000.0 + 1.0, 0.0, None)
+    area_water_cm2 = float(relative.sum()) * pixel_area_cm2
+    return 2.0 * math.sqrt(area_water_cm2 / math.pi), is_truncated(mask, hu, spacing_mm)
+
+
+def conversion_factor(phantom: Optional[str], dw_cm: Optional[float]) -> Tuple[Optional[float], Optional[str]]:
+    """AAPM Report 204's CTDIvol-to-SSDE conversion for ``phantom`` ('body32' or 'head16') at ``dw_cm``, or
+    ``(None, reason)`` where it does not apply."""
+    if dw_cm is None or not np.isfinite(dw_cm):
+        return None, "no water-equivalent diameter"
+    if phantom not in AAPM204:
+        return None, "the CTDIvol phantom is not stated (16 cm head or 32 cm body)"
+    low, high = AAPM204_RANGE_CM
+    if not low <= dw_cm <= high:
+        return None, (f"water-equivalent diameter {dw_cm:.1f} cm is outside the {low:g}-{high:g} cm that "
+                      "AAPM Report 204's conversion covers")
+    a, b = AAPM204[phantom]
+    return a * math.exp(-b * dw_cm), None
+
+
+def ssde(ctdivol_mgy: Optional[float], phantom: Optional[str], dw_cm: Optional[float]) -> Tuple[Optional[float],
+                                                                                                 Optional[str]]:
+    """SSDE (mGy) from CTDIvol (mGy) on ``phantom`` and Dw (cm), or ``(None, why it is empty)``."""
+    if ctdivol_mgy is None or not np.isfinite(ctdivol_mgy):
+        return None, "no CTDIvol"
+    factor, reason = conversion_factor(phantom, dw_cm)
+    if factor is None:
+        return None, reason
+    return float(ctdivol_mgy) * factor, None
+
+
+def ssde_mgy(ctdivol_mgy: Optional[float], phantom: Optional[str], dw_cm: Optional[float]) -> Optional[float]:
+    """SSDE (mGy) from CTDIvol (mGy) on ``phantom`` ('body32' or 'head16') and Dw (cm); None when any is missing
+    or Dw is outside AAPM Report 204's range (``ssde`` also says why)."""
+    return ssde(ctdivol_mgy, phantom, dw_cm)[0]
