@@ -685,14 +685,17 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         from DistilIQALib.archive.exam_report import stored_exam_rows
         from DistilIQALib.archive.exams import store_exam_rows
         from DistilIQALib.archive.store import ResultStore
-        from DistilIQALib.slicer_bridge.mrml import show_exam_table
+        from DistilIQALib.slicer_bridge.mrml import show_exam_table, show_table_in_views
 
         with ResultStore(self.batchStore()) as store:
             rows = stored_exam_rows(store)
             rows = store_exam_rows(store) if rows is None else rows
         node = show_exam_table(slicer.mrmlScene, rows)
-        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(node.GetID())
-        slicer.app.applicationLogic().PropagateTableSelection()
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            # a layout with a table view, as Slicer's script repository shows a table (models.md:70-72)
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        show_table_in_views(slicer.app.applicationLogic(), node)
         return node
 
     def exportBatch(self, path):

@@ -68,7 +68,14 @@ EXAMPLES = {
                "distiliqa batch /archive --db results.sqlite --csv summary.csv --report report.html"),
               ("a PACS over DICOMweb, only the studies dated since the last run",
                "distiliqa batch --dicomweb http://pacs:8042/dicom-web --db results.sqlite --since "
-               "--auth-file ~/.pacs_auth")],
+               "--auth-file ~/.pacs_auth"),
+              ("the exam table with the CMS CT measure's check, and its FHIR result with stable pseudonyms",
+               "distiliqa batch /archive --db results.sqlite --exams exams.csv --fhir exams.fhir.json "
+               "--fhir-key-env DISTILIQA_FHIR_KEY"),
+              ("a site's own category mapping, or one category for every exam of the run",
+               "distiliqa batch /archive --db results.sqlite --exams exams.csv --category-map site_categories.json\n"
+               "  distiliqa batch /ct_chest --db chest.sqlite --exams exams.csv "
+               "--exam-category \"Chest Routine Dose\"")],
     "listen": [("receive what two scanners and the PACS push to AE title DISTILIQA, over DICOM TLS",
                 "distiliqa listen --port 11112 --ae-title DISTILIQA --db pushed.sqlite --allow CT1@10.20.0.5 "
                 "--allow CT2@10.20.0.6 --allow PACS@10.20.1.0/24 --tls-cert receiver.pem --tls-key receiver.key "
@@ -78,7 +85,9 @@ EXAMPLES = {
                ("anyone on this machine only (loopback)",
                 "distiliqa listen --host 127.0.0.1 --port 11112 --ae-title DISTILIQA --db pushed.sqlite")],
     "merge": [("join the stores of two shards (batch --shard 1/2 and --shard 2/2)",
-               "distiliqa merge results.sqlite part1.sqlite part2.sqlite")],
+               "distiliqa merge results.sqlite part1.sqlite part2.sqlite"),
+              ("the same, with the report and the exam table of the whole archive (the same as one run gives)",
+               "distiliqa merge results.sqlite part1.sqlite part2.sqlite --report report.html --exams exams.csv")],
     "recipe": [("build the shipped model from scratch",
                 "distiliqa recipe --output RUN"),
                ("adapt it to a site's own full-dose scans (one folder per patient, at least 3)",

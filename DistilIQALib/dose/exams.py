@@ -203,6 +203,8 @@ def _scanner(series: Sequence[Dict], reports: Sequence[Dict]) -> Optional[str]:
     for rows in (series, reports):
         for row in rows:
             maker, model = (row.get("manufacturer") or "").strip(), (row.get("scanner_model") or "").strip()
+            if model.lower().startswith(maker.lower()):
+                maker = ""  # a series' scanner_model already starts with its manufacturer (SeriesEntry.from_facts)
             if maker or model:
                 return " ".join(part for part in (maker, model) if part)
     return None

@@ -478,3 +478,23 @@ def show_exam_table(scene, rows: Sequence[Dict], name: str = EXAM_TABLE_NAME):
     node.SetAttribute("DistilIQA.about", NOT_CERTIFIED)
     node.Modified()
     return node
+
+
+def show_table_in_views(application_logic, table_node) -> None:
+    """Show ``table_node`` in the table views, as Slicer shows a table: make it the selection node's active
+    table, then let the application logic propagate the selection, which sets the table of every
+    ``vtkMRMLTableViewNode`` whose ``DoPropagateTableSelection`` is on (the default).
+
+    From Slicer's source (github Slicer/Slicer, v5.8.1 = 11eaf62e and main at 583e9b37):
+    ``vtkMRMLSelectionNode::SetActiveTableID`` (Libs/MRML/Core/vtkMRMLSelectionNode.h:116 at v5.8.1, :118 on
+    main; ``SetReferenceActiveTableID`` is its deprecated name), ``vtkMRMLApplicationLogic::GetSelectionNode``
+    (Libs/MRML/Logic/vtkMRMLApplicationLogic.h:60) and ``PropagateTableSelection``
+    (Libs/MRML/Logic/vtkMRMLApplicationLogic.cxx:481-501 at v5.8.1, :470-489 on main), the flag's default
+    (Libs/MRML/Core/vtkMRMLTableViewNode.h:95, ``DoPropagateTableSelection{true}``). The layout must hold a table
+    view for the table to be seen: Slicer's script repository switches to ``SlicerLayoutFourUpTableView`` first
+    (Docs/developer_guide/script_repository/models.md:70-72), which the panel does."""
+    selection = application_logic.GetSelectionNode()
+    if selection is None:
+        raise RuntimeError("the application logic has no selection node (it has no scene)")
+    selection.SetActiveTableID(table_node.GetID())
+    application_logic.PropagateTableSelection()

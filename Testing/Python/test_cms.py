@@ -5,6 +5,7 @@ import json
 import pytest
 
 from DistilIQALib.dose import cms, fhir
+from DistilIQALib.dose.exams import EXAM_COLUMNS
 from DistilIQALib.dose.categories import ExamFacts, exam_category, load_mapping, texts_of
 from DistilIQALib.errors import InputError
 
@@ -215,3 +216,23 @@ def test_fhir_bundle_is_valid_fhir_and_reads_as_the_measure_reads_it():
     # the same key gives the same pseudonyms in another run; another key others
     assert fhir.bundle(exams[:1], {"1.2.3.4": "PAT-1"}, key=b"k")["entry"][1] == document["entry"][2]
     assert fhir.pseudonym("PAT-1", b"k") != fhir.pseudonym("PAT-1", b"other")
+
+
+def test_the_batch_page_states_the_limits_and_quotes_the_stewards_terms_as_the_code_does():
+    """Wherever the measure is named its limits and the steward's terms go with it: the batch page quotes the
+    licence the report, the FHIR Bundle and the Slicer table carry (cms.LICENCE), word for word."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "batch.md").read_text()
+    section = page[page.index("## Exams and the CMS CT measure"):page.index("## The store, resuming and shards")]
+    flat = " ".join(re.sub(r"^> ?", "", section, flags=re.M).split())
+    copyright_line, terms = cms.LICENCE.split(' "')
+    assert copyright_line in flat and terms.rstrip('"') in flat
+    assert "not the certified measure" in flat
+    for choice in ("Global noise.", "Size adjustment.", "Category."):
+        assert f"**{choice}**" in section
+    for reference in ("doi:10.2214/AJR.14.13613", "AAPM Report 204", "AAPM Report 220", "Smith-Bindman"):
+        assert reference in section
+    for column in EXAM_COLUMNS:
+        assert f"| `{column}` |" in section, column

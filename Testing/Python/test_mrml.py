@@ -399,3 +399,29 @@ def test_exam_table_node_holds_the_exam_rows_and_is_replaced_on_rerun():
     again = mrml.show_exam_table(scene, [row])
     assert again is node and node.GetTable().GetNumberOfRows() == 1
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+
+
+def test_the_exam_table_is_shown_in_the_table_views_that_follow_the_selection():
+    """The panel's way of showing the exam table, on real MRML: the selection node's active table, propagated by
+    the application logic to every table view that follows the selection (Slicer's PropagateTableSelection,
+    Libs/MRML/Logic/vtkMRMLApplicationLogic.cxx:481-501 at v5.8.1, :470-489 on main 583e9b37), in the layout
+    Slicer's script repository uses to show a table (SlicerLayoutFourUpTableView = 34,
+    Libs/MRML/Core/vtkMRMLLayoutNode.h:118 at v5.8.1, :156 on main)."""
+    from DistilIQALib.dose.exams import EXAM_COLUMNS
+
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkMRMLApplicationLogic()
+    logic.SetMRMLScene(scene)
+    follows = scene.AddNewNodeByClass("vtkMRMLTableViewNode")
+    pinned = scene.AddNewNodeByClass("vtkMRMLTableViewNode")
+    pinned.SetDoPropagateTableSelection(False)
+    other = scene.AddNewNodeByClass("vtkMRMLTableNode", "another table")
+    pinned.SetTableNodeID(other.GetID())
+    node = mrml.show_exam_table(scene, [dict.fromkeys(EXAM_COLUMNS, None) | {"study_uid": "1.2.3"}])
+    mrml.show_table_in_views(logic, node)
+    assert logic.GetSelectionNode().GetActiveTableID() == node.GetID()
+    assert follows.GetTableNodeID() == node.GetID()
+    assert pinned.GetTableNodeID() == other.GetID()  # a view pinned to its table keeps it
+    assert slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView == 34
+    with pytest.raises(RuntimeError, match="no selection node"):
+        mrml.show_table_in_views(slicer.vtkMRMLApplicationLogic(), node)
