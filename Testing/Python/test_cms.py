@@ -5,8 +5,8 @@ import json
 import pytest
 
 from DistilIQALib.dose import cms, fhir
-from DistilIQALib.dose.exams import EXAM_COLUMNS
 from DistilIQALib.dose.categories import ExamFacts, exam_category, load_mapping, texts_of
+from DistilIQALib.dose.exams import EXAM_COLUMNS
 from DistilIQALib.errors import InputError
 
 #: The measure's test cases (GitHub cqframework/ecqm-content-qicore-2025 at db5a7e143304b19b70cbf6a89e5ebeab9e40df61,
