@@ -473,6 +473,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                            onSuccess=self._fillBatchTable)
 
     def _fillBatchTable(self, job=None):
+        self.logic.showExamTable()
         rows = self.logic.batchRows()
         table = self.ui.batchTable
         table.setRowCount(len(rows))
@@ -677,6 +678,25 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
 
         with ResultStore(self.batchStore()) as store:
             return [row for row in store.series_rows() if row["status"] == "scored"]
+
+    def showExamTable(self):
+        """The batch store's exam table (one row per study, with the CMS CT measure's inputs and check) as the
+        table node "DistilIQA exams", shown in the layout's table view."""
+        from DistilIQALib.archive.exam_report import stored_exam_rows
+        from DistilIQALib.archive.exams import store_exam_rows
+        from DistilIQALib.archive.store import ResultStore
+        from DistilIQALib.slicer_bridge.mrml import show_exam_table, show_table_in_views
+
+        with ResultStore(self.batchStore()) as store:
+            rows = stored_exam_rows(store)
+            rows = store_exam_rows(store) if rows is None else rows
+        node = show_exam_table(slicer.mrmlScene, rows)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            # a layout with a table view, as Slicer's script repository shows a table (models.md:70-72)
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        show_table_in_views(slicer.app.applicationLogic(), node)
+        return node
 
     def exportBatch(self, path):
         from DistilIQALib.archive.batch import write_summary_csv

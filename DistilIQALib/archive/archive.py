@@ -6,7 +6,8 @@ by a stable fallback key: folder, StudyInstanceUID (or empty), SeriesNumber, mod
 and orientation. An instance (SOPInstanceUID) found twice is kept once: the copy that
 decodes and is largest wins, the other is listed as a problem. Only axial CT image series
 are worth scoring; everything else is listed with the reason it is skipped (localizers/
-scouts, dose reports, secondary captures, other modalities, non-axial or tiny series).
+scouts, secondary captures, other modalities, non-axial or tiny series). Structured reports and
+dose screens are set apart for the dose reader (:mod:`DistilIQALib.dose.reports`).
 Unreadable files are counted and reported, never fatal.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+
+from ..dose.headers import DOSE_TAGS, SliceDose, frame_doses
+from ..dose.reports import is_dose_screen
 
 SLICER_DATABASE_FILE = "ctkDICOM.sql"
 MIN_SERIES_SLICES = 3
@@ -37,7 +41,11 @@ PROCESS_SCAN_CHUNK = 64
 _HEADER_TAGS = ["Modality", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID", "SOPInstanceUID", "ImageType",
                 "PatientID", "PatientName", "StudyDate", "SeriesDescription", "SeriesNumber", "ConvolutionKernel",
                 "KVP", "Exposure", "ExposureTime", "XRayTubeCurrent", "Rows", "Columns", "SliceThickness",
-                "Manufacturer", "ManufacturerModelName", "ImageOrientationPatient", "ImagePositionPatient"]
+                "Manufacturer", "ManufacturerModelName", "ImageOrientationPatient", "ImagePositionPatient",
+                "ImageComments", *DOSE_TAGS]
+#: Structured reports (SOP classes 1.2.840.10008.5.1.4.1.1.88.*) go to the dose reader, which reads dose reports
+#: and says why any other is not one.
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
 #: A DICOM UID: dotted digits (PS3.5 9.1); what a server or a sender may use as a folder or file name.
@@ -89,6 +97,14 @@ class HeaderFacts:
     matrix: Tuple[int, int] = (0, 0)
     orientation: Optional[Tuple[float, ...]] = None
     position: Optional[Tuple[float, float, float]] = None
+    #: the header's dose, one per frame (one for a classic CT image)
+    doses: Tuple[SliceDose, ...] = ()
+    patient_age: str = ""
+    body_part: str = ""
+    study_description: str = ""
+    protocol_name: str = ""
+    #: a structured report or a dose screen: read by the dose reader, not scored
+    is_dose_object: bool = False
 
     @property
     def is_image(self) -> bool:
@@ -130,7 +146,11 @@ def _facts(path: str, ds) -> HeaderFacts:
         matrix=(int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)),
         orientation=tuple(float(v) for v in orientation) if orientation is not None and len(orientation) == 6
         else None,
-        position=tuple(float(v) for v in position) if position is not None and len(position) == 3 else None)
+        position=tuple(float(v) for v in position) if position is not None and len(position) == 3 else None,
+        doses=tuple(frame_doses(ds)) if text("Modality") == "CT" else (), patient_age=text("PatientAge"),
+        body_part=text("BodyPartExamined"), study_description=text("StudyDescription"),
+        protocol_name=text("ProtocolName"),
+        is_dose_object=text("SOPClassUID").startswith(SR_CLASS_PREFIX) or is_dose_screen(ds))
 
 
 def _read_headers(paths: List[str]) -> List[Tuple[str, Optional[HeaderFacts], Optional[str]]]:
@@ -171,6 +191,13 @@ class SeriesEntry:
     normals: List[Tuple[float, float, float]] = field(default_factory=list)
     matrix: Tuple[int, int] = (0, 0)
     positions: List[Tuple[float, float, float]] = field(default_factory=list)
+    #: the header dose of each file, in the order of :attr:`files` (a tuple per file: one per frame)
+    doses: List[Tuple[SliceDose, ...]] = field(default_factory=list)
+    manufacturer: str = ""
+    patient_age: str = ""
+    body_part: str = ""
+    study_description: str = ""
+    protocol_name: str = ""
     #: Where the series came from when its files are a temporary copy (a DICOM server's address of the series).
     location: Optional[str] = None
 
@@ -181,11 +208,14 @@ class SeriesEntry:
                    patient_id=facts.patient_id, patient_name=facts.patient_name, study_uid=facts.study_uid,
                    study_date=facts.study_date, description=facts.description, kernel=facts.kernel, kvp=facts.kvp,
                    exposure_mas=facts.exposure_mas, slice_thickness_mm=facts.slice_thickness_mm, scanner_model=model,
-                   matrix=facts.matrix)
+                   matrix=facts.matrix, manufacturer=facts.manufacturer, patient_age=facts.patient_age,
+                   body_part=facts.body_part, study_description=facts.study_description,
+                   protocol_name=facts.protocol_name)
 
     def add(self, facts: HeaderFacts) -> int:
         """Add one instance; returns its index in :attr:`files`."""
         self.files.append(facts.path)
+        self.doses.append(facts.doses)
         self.image_types.update(facts.image_types)
         if facts.sop_class:
             self.sop_classes.add(facts.sop_class)
@@ -241,6 +271,8 @@ class ArchiveScan:
     duplicates: List[Tuple[str, str, str]] = field(default_factory=list)
     #: SOPInstanceUID -> (series key, index in that series' files)
     instances: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+    #: ``(path, SOPInstanceUID or the path)`` of structured reports and dose screens, for the dose reader
+    dose_objects: List[Tuple[str, str]] = field(default_factory=list)
 
 
 def instance_decodes(path: str) -> bool:
@@ -265,6 +297,9 @@ def _copy_rank(path: str) -> Tuple[bool, int]:
 
 
 def _add(scan: ArchiveScan, facts: HeaderFacts, root: Path) -> None:
+    if facts.is_dose_object:
+        _add_dose_object(scan, facts)
+        return
     if facts.series_uid:
         key, by_folder = facts.series_uid, False
     elif facts.is_image:
@@ -284,6 +319,20 @@ def _add(scan: ArchiveScan, facts: HeaderFacts, root: Path) -> None:
         scan.instances[facts.sop_uid] = (key, index)
 
 
+def _add_dose_object(scan: ArchiveScan, facts: HeaderFacts) -> None:
+    """A structured report or dose screen for the dose reader; of two copies of one instance the larger is
+    kept (a truncated copy is smaller) and the other listed as a duplicate."""
+    key = facts.sop_uid or f"file:{facts.path}"
+    for n, (path, known) in enumerate(scan.dose_objects):
+        if known == key:
+            loser, winner = (facts.path, path) if _size(path) >= _size(facts.path) else (path, facts.path)
+            scan.dose_objects[n] = (winner, key)
+            scan.duplicates.append((loser, key, f"duplicate instance (same SOPInstanceUID), not used (the copy "
+                                                f"kept is {winner})"))
+            return
+    scan.dose_objects.append((facts.path, key))
+
+
 def _keep_better_copy(scan: ArchiveScan, facts: HeaderFacts) -> None:
     """Two files hold the same instance: keep the one that decodes and is larger (a complete copy)."""
     key, index = scan.instances[facts.sop_uid]
@@ -294,6 +343,7 @@ def _keep_better_copy(scan: ArchiveScan, facts: HeaderFacts) -> None:
         loser, winner = facts.path, kept
     else:
         entry.files[index] = facts.path
+        entry.doses[index] = facts.doses
         if facts.position is not None:
             entry.positions[index] = facts.position
         loser, winner = kept, facts.path

@@ -21,6 +21,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Ty
 
 import numpy as np
 
+from ..dose.reports import read_dose_report
+from ..dose.series import ScanDose, scan_dose
 from ..errors import DistilIQAError, InputError
 from ..io.reading import read_dicom_files
 from ..progress import Progress
@@ -34,6 +36,8 @@ from .report import write_html_report  # noqa: F401  (the report was part of thi
 from .store import ResultStore
 
 THUMBNAIL_PIXELS = 128
+#: A series of dose reports (or other structured reports): recorded in the dose tables, not a series row.
+DOSE_SERIES = "dose report series"
 #: The start of the note on a scored series whose slices are not all there.
 Z_GAP_NOTE = "z gap"
 
@@ -45,6 +49,8 @@ class BatchSummary:
     failed: int = 0
     already_done: int = 0
     unreadable_files: int = 0
+    #: dose reports (and dose screens, non-dose structured reports) recorded in the store's dose tables
+    dose_reports: int = 0
     slices: int = 0
     seconds: float = 0.0
     skip_reasons: Dict[str, int] = field(default_factory=dict)
@@ -78,6 +84,9 @@ def _record(entry: SeriesEntry, weights_id: str, status: str, reason: Optional[s
             "study_date": entry.study_date, "description": entry.description, "kernel": entry.kernel,
             "kvp": entry.kvp, "exposure_mas": entry.exposure_mas, "slice_thickness_mm": entry.slice_thickness_mm,
             "scanner_model": entry.scanner_model, "num_files": len(entry.files),
+            "manufacturer": entry.manufacturer or None, "patient_age": entry.patient_age or None,
+            "body_part": entry.body_part or None, "study_description": entry.study_description or None,
+            "protocol_name": entry.protocol_name or None,
             "folder": entry.location or (os.path.dirname(entry.files[0]) if entry.files else None)}
 
 
@@ -103,6 +112,8 @@ class SeriesRead:
     volume: Optional[CTVolume] = None
     error: Optional[str] = None
     corrupt_files: List[str] = field(default_factory=list)
+    #: the scanner's dose per slice and for the series (headers' CTDIvol, Dw, SSDE)
+    dose: Optional[ScanDose] = None
 
 
 def _decodes(path: str) -> bool:
@@ -132,11 +143,27 @@ def _read(entry: SeriesEntry) -> SeriesRead:
             corrupt += undecodable
             readable = _enough([name for name in files if name not in corrupt], len(files), entry)
             volume = read_dicom_files(readable, f"series {entry.uid}")
-        return SeriesRead(volume, None, corrupt)
+        return SeriesRead(volume, None, corrupt, _dose(entry, readable, volume))
     except DistilIQAError as error:
         return SeriesRead(None, str(error), corrupt)
     except Exception as error:  # a broken archive file must not stop the run
         return SeriesRead(None, f"{type(error).__name__}: {error}", corrupt)
+
+
+def _dose(entry: SeriesEntry, files: List[str], volume: CTVolume) -> ScanDose:
+    """The series' dose from the header facts the scan kept (no file is read again) and the volume's pixels."""
+    index = {path: n for n, path in enumerate(entry.files)}
+    doses, positions = [], []
+    for path in files:
+        n = index.get(path)
+        file_doses = entry.doses[n] if n is not None and n < len(entry.doses) else ()
+        doses.extend(file_doses)
+        positions.extend([entry.positions[n]] * len(file_doses))
+    try:
+        return scan_dose(volume, doses, positions if len(doses) == len(files) else None)
+    except Exception as error:  # the dose must never cost the series its scores
+        empty = [None] * volume.num_slices
+        return ScanDose(empty, empty, empty, {"dose_note": f"dose not computed ({type(error).__name__}: {error})"})
 
 
 def _enough(readable: List[str], total: int, entry: SeriesEntry) -> List[str]:
@@ -181,6 +208,7 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
         store.add_problems((path, None, f"unreadable: {message}") for path, message in scan.unreadable)
         store.add_problems(scan.duplicates)
         summary.unreadable_files = len(scan.unreadable)
+        record_dose_objects(store, scan.dose_objects, shard, rescore, summary)
         done = set() if rescore else store.done(weights_id)
         to_score: List[SeriesEntry] = []
         for uid in sorted(scan.series):
@@ -204,6 +232,26 @@ def run_batch(root: os.PathLike[str] | str, store_path: os.PathLike[str] | str, 
             progress.update(n + 1, total, f"series ({summary.slices_per_second:.1f} slices/s)")
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def record_dose_objects(store: ResultStore, objects: Sequence[Tuple[str, str]], shard: Tuple[int, int] = (1, 1),
+                        rescore: bool = False, summary: Optional[BatchSummary] = None,
+                        shown: Optional[Callable[[str], str]] = None) -> int:
+    """Read each ``(path, key)`` dose report, dose screen or other structured report of this shard into the
+    store's dose tables (a rerun skips those already there); returns how many were recorded."""
+    done = set() if rescore else store.dose_reports_done()
+    recorded = 0
+    for path, key in objects:
+        if key in done or not in_shard(key, shard):
+            continue
+        report = read_dose_report(path)
+        if shown is not None:
+            report.path = shown(path)
+        store.write_dose_report(report.row(), report.event_rows())
+        recorded += 1
+    if summary is not None:
+        summary.dose_reports += recorded
+    return recorded
 
 
 def _write_skipped(store: ResultStore, entry: SeriesEntry, weights_id: str, reason: str,
@@ -257,7 +305,11 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
     if np.isfinite(scores.thickness_mm):
         # the thickness the verdicts rest on: the header's when it states a positive one, else the slice spacing
         record["slice_thickness_mm"] = scores.thickness_mm
-    store.write_series(record, scores.rows())
+    rows = scores.rows()
+    if read.dose is not None:
+        record.update(read.dose.series)
+        rows = [{**row, **dose} for row, dose in zip(rows, read.dose.slice_rows())]
+    store.write_series(record, rows)
     summary.scored += 1
     summary.slices += len(scores.score)
     return record
@@ -275,6 +327,8 @@ class FolderSeries:
     error: Optional[str] = None
     #: ``(path, series key, message)`` of files that were not used.
     problems: List[Tuple[str, Optional[str], str]] = field(default_factory=list)
+    #: ``(path, key)`` of the dose reports, dose screens and other structured reports among the files
+    dose_objects: List[Tuple[str, str]] = field(default_factory=list)
 
 
 def read_series_folder(folder: os.PathLike[str] | str, entry: SeriesEntry,
@@ -287,6 +341,8 @@ def read_series_folder(folder: os.PathLike[str] | str, entry: SeriesEntry,
     problems = [(entry.shown(path), entry.uid, f"unreadable: {message}") for path, message in scan.unreadable]
     problems += [(entry.shown(path), key, message) for path, key, message in scan.duplicates]
     found = scan.series.get(entry.uid)
+    if found is None and scan.dose_objects:
+        return FolderSeries(entry, skip_reason=DOSE_SERIES, problems=problems, dose_objects=scan.dose_objects)
     if found is None:
         return FolderSeries(entry, error=f"no readable image of series {entry.uid} among the files received",
                             problems=problems)
@@ -294,7 +350,7 @@ def read_series_folder(folder: os.PathLike[str] | str, entry: SeriesEntry,
     reason = found.skip_reason()
     if reason:
         return FolderSeries(found, skip_reason=reason, problems=problems)
-    return FolderSeries(found, _read(found), problems=problems)
+    return FolderSeries(found, _read(found), problems=problems, dose_objects=scan.dose_objects)
 
 
 def store_folder_series(store: ResultStore, scorer: Scorer, series: FolderSeries, summary: BatchSummary) -> Dict:
@@ -302,10 +358,22 @@ def store_folder_series(store: ResultStore, scorer: Scorer, series: FolderSeries
     series; returns the series record."""
     store.add_problems(series.problems)
     entry, weights_id = series.entry, scorer.info.weights_id
+    record_dose_objects(store, series.dose_objects, rescore=True, summary=summary, shown=entry.shown)
+    if series.skip_reason == DOSE_SERIES:
+        return {"series_uid": entry.uid, "status": "dose report", "reason": _dose_series_line(store, series)}
     if series.skip_reason:
         return _write_skipped(store, entry, weights_id, series.skip_reason, summary)
     read = series.read if series.error is None else SeriesRead(None, series.error)
     return _score_series(store, scorer, entry, read, summary)
+
+
+def _dose_series_line(store: ResultStore, series: FolderSeries) -> str:
+    keys = {key for _, key in series.dose_objects}
+    rows = [row for row in store.dose_report_rows() if row["sop_uid"] in keys]
+    return "; ".join(f"{row['status']}" + (f", DLP total {row['dlp_total_mgycm']:.2f} mGy.cm in "
+                                           f"{row['events_found']} event(s)" if row["dlp_total_mgycm"] is not None
+                                           else "") + (f" ({row['reason']})" if row["reason"] else "")
+                     for row in rows) or "no dose report read"
 
 
 def _summary_fields(scores: SliceScores) -> Dict:

@@ -325,8 +325,15 @@ class Server:
 
     def find_series(self, query: SeriesQuery, study_date: Optional[str]) -> List[RemoteSeries]:
         """Every series that answers ``query`` (CT only, as the server filters), in a stable order."""
+        return self._find(query.requests(study_date))
+
+    def find_dose_series(self, study_uids: Sequence[str]) -> List[RemoteSeries]:
+        """The structured-report series (dose reports among them) of the studies given, in a stable order."""
+        return self._find([(uid, {"Modality": "SR"}) for uid in sorted(set(study_uids)) if uid])
+
+    def _find(self, requests: List[Tuple[Optional[str], Dict[str, str]]]) -> List[RemoteSeries]:
         found: Dict[str, RemoteSeries] = {}
-        for study_uid, filters in query.requests(study_date):
+        for study_uid, filters in requests:
             offset = 0
             while True:
                 page = self._query_page(study_uid, filters, offset)
@@ -486,6 +493,9 @@ def run_dicomweb(config: ServerConfig, query: SeriesQuery, store_path: os.PathLi
         study_date, summary.note = _since_date(store, config.name, query)
         found = server.find_series(query, study_date)
         summary.found = len(found)
+        # the studies' dose reports: SR series, read into the dose tables (a rerun reads them again: they are small)
+        found += [series for series in server.find_dose_series([s.study_uid for s in found])
+                  if series.series_uid not in {s.series_uid for s in found}]
         done = set() if rescore else store.done(weights_id)
         to_fetch: List[RemoteSeries] = []
         for series in found:
@@ -493,7 +503,7 @@ def run_dicomweb(config: ServerConfig, query: SeriesQuery, store_path: os.PathLi
                 continue
             if series.series_uid in done:
                 summary.already_done += 1
-            elif series.entry.modality not in ("CT", ""):  # a server that ignores the modality filter
+            elif series.entry.modality not in ("CT", "SR", ""):  # a server that ignores the modality filter
                 store_folder_series(store, scorer, FolderSeries(series.entry,
                                                                 skip_reason=series.entry.skip_reason()), summary)
             else:

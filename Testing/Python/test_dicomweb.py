@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -298,3 +299,44 @@ def test_series_deleted_or_thinned_during_the_run(orthanc, tiny_weights, tmp_pat
     assert query_rows(store, "SELECT num_slices FROM series WHERE series_uid = ?", (uids["thinned"],)) == [(3,)]
     with ResultStore(store) as results:
         assert results.last_server_run(config.name, query.key()) is not None
+
+
+def test_a_server_error_quoting_the_requests_headers_shows_no_credentials(tmp_path, capsys, monkeypatch):
+    """A gateway before the archive whose error quotes the request's headers in its status line (as some proxies
+    do): the one-line error names the server and the status, never the credentials."""
+    import http.server
+
+    from .conftest import write_untrained_weights
+
+    heard = []
+
+    class QuotingGateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the name http.server calls)
+            authorization = self.headers.get("Authorization", "")
+            heard.append(authorization)
+            self.send_response(502, f"Bad Gateway (upstream refused GET with Authorization: {authorization}; "
+                                    f"token {authorization.split()[-1]})")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *arguments):
+            pass
+
+    gateway = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuotingGateway)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{gateway.server_address[1]}/dicom-web"
+    weights = write_untrained_weights(tmp_path / "w.safetensors", input_size=64)
+    monkeypatch.setenv("PACS_AUTH", AUTH)
+    try:
+        code = main(["batch", "--dicomweb", url, "--auth-env", "PACS_AUTH", "--retries", "0", "--db",
+                     str(tmp_path / "r.sqlite"), "--weights", str(weights), "--device", "cpu"])
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+    output = capsys.readouterr()
+    assert heard and heard[0] == AUTH  # the credentials were sent, and quoted back
+    assert (code, output.err.strip().splitlines()[-1]) == (
+        3, f"distiliqa: error: {url} answered the series query with 502 Bad Gateway (upstream refused GET with "
+           "Authorization: <credentials>; token <credentials>)")
+    for text in (output.err, output.out):
+        assert AUTH.split()[1] not in text and ORTHANC_PASSWORD not in text
