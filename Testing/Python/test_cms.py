@@ -236,3 +236,14 @@ def test_the_batch_page_states_the_limits_and_quotes_the_stewards_terms_as_the_c
         assert reference in section
     for column in EXAM_COLUMNS:
         assert f"| `{column}` |" in section, column
+
+
+def test_the_verdicts_cms_noise_lines_are_the_measures_own():
+    """The verdict rule (quality, which may not import the dose room) keeps its own copy of the routine categories'
+    noise thresholds: each must be the measure's threshold of the category it names."""
+    from DistilIQALib.quality.interpretation import CMS_ROUTINE_NOISE_HU
+
+    for region, (threshold_hu, name) in CMS_ROUTINE_NOISE_HU.items():
+        category = cms.find_category(name)
+        assert category is not None, f"{region}: no category {name!r} in the measure's table"
+        assert category.noise_hu == threshold_hu, (region, name, category.noise_hu, threshold_hu)
