@@ -31,6 +31,8 @@ SPACING = (3.5, 3.5, 5.0)
 #: Series scored besides the GOOD_CT intact ones: without UIDs, one corrupt slice, one slice without pixels.
 DAMAGED_CT = 3
 SCORED = GOOD_CT + DAMAGED_CT
+#: Series rows of a run: the scored ones, 5 skipped, 1 failed (the structured report goes to the dose tables).
+SERIES_ROWS = SCORED + 6
 NO_UID = "series without UIDs"  # its key is made by the scan; the tests find it by its note
 FORCE = {"Manufacturer": "Siemens", "ManufacturerModelName": "SOMATOM Force", "KVP": "100",
          "ConvolutionKernel": ["Br38f", "3"]}
@@ -173,6 +175,10 @@ def test_every_series_has_the_expected_outcome(archive, single_run):
     store, summary = single_run
     _check_outcomes(store, expected)
     assert summary.scored == SCORED and summary.failed == 1 and summary.skipped == 5
+    with ResultStore(store) as results:  # the empty structured report is a problem row of the dose tables
+        reports = {row["sop_uid"]: row for row in results.dose_report_rows()}
+    assert reports[_uid("dose-sop")]["status"] == "problem" and summary.dose_reports == 1
+    assert reports[_uid("dose-sop")]["reason"].startswith("not an X-ray radiation dose report")
     with ResultStore(store) as results:
         weights_id = results.series_rows()[0]["weights_id"]
         assert len(results.slice_rows(_uid("ct3"), weights_id)) == 4
@@ -215,14 +221,14 @@ def test_header_scan_in_processes_equals_threads(archive):
 
 def test_summary_csv_and_html_report(single_run, tmp_path):
     store, _ = single_run
-    assert write_summary_csv(store, tmp_path / "summary.csv") == SCORED + 7
+    assert write_summary_csv(store, tmp_path / "summary.csv") == SERIES_ROWS
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert rows[0]["status"] == "scored" and {"mean_score", "series_uid", "kernel", "scanner_model"} <= set(rows[0])
     assert "Br38f\\3" in {row["kernel"] for row in rows}
     assert not any("[" in row["kernel"] for row in rows)
     write_html_report(store, tmp_path / "report.html", threshold=0.8)
     page = (tmp_path / "report.html").read_text()
-    assert page.count('<tr class="') == SCORED + 7
+    assert page.count('<tr class="') == SERIES_ROWS
     flagged = query_rows(store, "SELECT COUNT(*) FROM series WHERE fraction_inadequate > 0")[0][0]
     assert flagged > 0 and page.count('<tr class="inadequate') == flagged
     assert page.count("data:image/png;base64,") == SCORED + 1 and "<svg" in page and "localizer/scout" in page
@@ -310,7 +316,7 @@ def test_rerun_skips_what_is_done_and_rescore_redoes(archive, single_run, tiny_w
     shutil.copy(single_run[0], store)
     scorer = Scorer(str(tiny_weights), device="cpu")
     again = run_batch(root, store, scorer)
-    assert again.scored == 0 and again.already_done == SCORED + 6 and again.failed == 1
+    assert again.scored == 0 and again.already_done == SERIES_ROWS - 1 and again.failed == 1
     redo = run_batch(root, store, scorer, rescore=True)
     assert redo.scored == SCORED and _series(store) == _series(single_run[0])
 
@@ -326,7 +332,7 @@ def test_store_of_an_older_version_is_upgraded_and_merged(single_run, tmp_path):
     connection.close()
     merged = tmp_path / "merged.sqlite"
     with ResultStore(merged) as store:
-        assert store.merge_from(old) == SCORED + 7
+        assert store.merge_from(old) == SERIES_ROWS
         scored = [row for row in store.series_rows() if row["status"] == "scored"][0]
         uid, weights_id = scored["series_uid"], scored["weights_id"]
         merged_slices = store.slice_rows(uid, weights_id)
@@ -348,14 +354,14 @@ def test_shards_merged_equal_a_single_run(archive, single_run, tiny_weights, tmp
     for k, part in enumerate(parts, start=1):
         run_batch(root, part, scorer, shard=(k, 3))
     sizes = [len(_series(part)) for part in parts]
-    assert all(size > 0 for size in sizes) and sum(sizes) == SCORED + 7
+    assert all(size > 0 for size in sizes) and sum(sizes) == SERIES_ROWS
     merged = tmp_path / "merged.sqlite"
     result = subprocess.run([sys.executable, "-m", "DistilIQALib", "merge", str(merged), *map(str, parts)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert _series(merged) == _series(single_run[0])
     assert parse_shard("2/3") == (2, 3) and sum(in_shard(u, (k, 3)) for u in _series(merged) for k in (1, 2, 3)) \
-        == SCORED + 7
+        == SERIES_ROWS
     with pytest.raises(InputError):
         parse_shard("4/3")
 

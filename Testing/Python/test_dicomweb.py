@@ -28,6 +28,9 @@ from .orthanc_server import FaultyProxy, free_port
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = "Basic " + base64.b64encode(f"{ORTHANC_USER}:{ORTHANC_PASSWORD}".encode()).decode()
 SPACING = (3.5, 3.5, 5.0)
+#: The archive's dates, and not write_series' default date (20240101) that other tests' series on the shared
+#: server carry (the receiver tests upload theirs).
+ARCHIVE_DATES = "20240102-20241231"
 
 
 def _uid(name):
@@ -83,7 +86,7 @@ def test_server_series_are_scored_as_from_a_folder_and_never_twice(orthanc, arch
     (tmp_path / "tmp").mkdir()
     scorer = Scorer(str(tiny_weights), device="cpu")
     store = tmp_path / "server.sqlite"
-    summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date="20240101-20241231"), store, scorer)
+    summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date=ARCHIVE_DATES), store, scorer)
     assert summary.found == 4  # the MR is not a CT series: the server does not list it
     assert (summary.scored, summary.skipped, summary.failed) == (3, 1, 0)
     statuses = _statuses(store)
@@ -101,7 +104,7 @@ def test_server_series_are_scored_as_from_a_folder_and_never_twice(orthanc, arch
     again = run_batch(root, store, scorer)
     assert (again.scored, again.already_done, again.skipped) == (0, 4, 1)  # the MR is new, and skipped
     # and the server run finds them done without fetching them
-    assert run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date="20240101-20241231"), store,
+    assert run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date=ARCHIVE_DATES), store,
                         scorer).already_done == 4
     assert list((tmp_path / "tmp").iterdir()) == []  # the temporary folders are gone
 
