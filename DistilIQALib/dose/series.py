@@ -9,12 +9,19 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..volume import CTVolume
-from .headers import SeriesDose, SliceDose, series_dose
+from .headers import SeriesDose, SliceDose, read_slice_doses, series_dose
 from .size import ssde, water_equivalent_diameter_cm
 
 #: Dw is measured on the slice averaged in blocks to at most this many pixels a side: Aw is a sum, which block
 #: means keep (air adds about nothing), and the outline moves by under a block; it keeps the dose under 5% of a run.
 DW_MATRIX = 128
+
+
+#: The series' dose values a summary gives, named as the store's series columns.
+SUMMARY_FIELDS = ("ctdivol_mgy", "ctdi_phantom", "tube_current_modulation", "dw_cm", "dw_truncated", "ssde_mgy",
+                  "scan_length_mm", "dose_note")
+#: Why a volume or picture file has no dose values.
+NOT_DICOM = "not a DICOM input: a volume or picture file carries no scanner dose (CTDIvol) in its header"
 
 
 @dataclass
@@ -29,6 +36,12 @@ class ScanDose:
     def slice_rows(self) -> List[Dict]:
         return [{"ctdivol_mgy": c, "dw_cm": d, "ssde_mgy": s}
                 for c, d, s in zip(self.ctdivol_mgy, self.dw_cm, self.ssde_mgy)]
+
+    def summary(self) -> Dict:
+        """The series' values for a JSON summary (``dw_truncated`` true or false, None without a Dw)."""
+        truncated = self.series.get("dw_truncated")
+        return {name: self.series.get(name) for name in SUMMARY_FIELDS} | {
+            "dw_truncated": None if truncated is None else bool(truncated)}
 
 
 def _block_mean(hu: np.ndarray, step: int) -> np.ndarray:
@@ -89,3 +102,27 @@ def scan_dose(volume: CTVolume, doses: Sequence[SliceDose], positions_mm: Option
                      "dw_truncated": int(bool(truncated)) if dw_mid is not None else None, "ssde_mgy": value,
                      "scan_length_mm": length, "dose_note": "; ".join(notes) or None}
     return result
+
+
+def empty_dose(num_slices: int, note: str) -> ScanDose:
+    """No dose values for any of ``num_slices`` slices, with the reason."""
+    empty = [None] * num_slices
+    return ScanDose(list(empty), list(empty), list(empty), {**{name: None for name in SUMMARY_FIELDS},
+                                                             "dose_note": note})
+
+
+def volume_dose(volume: CTVolume) -> ScanDose:
+    """The dose of a volume read from DICOM (``read_volume``), from its files' headers (``metadata['dicom_files']``
+    and ``['file_positions_mm']``, as the reader keeps them); a volume from another format has none, with the
+    reason."""
+    files = volume.metadata.get("dicom_files") or []
+    if not files:
+        return empty_dose(volume.num_slices, NOT_DICOM)
+    stated = volume.metadata.get("file_positions_mm") or []
+    doses, positions = [], []
+    for n, path in enumerate(files):
+        file_doses = read_slice_doses(path)
+        doses.extend(file_doses)
+        positions.extend([stated[n] if n < len(stated) else None] * len(file_doses))
+    known = len(doses) == len(files) and all(position is not None for position in positions)
+    return scan_dose(volume, doses, positions if known else None)
