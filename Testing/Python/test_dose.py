@@ -355,3 +355,23 @@ def test_score_of_real_ct_images_gives_their_dose_or_says_why_not(tmp_path, tiny
     assert rows[0]["ctdivol_mgy"] == rows[0]["ssde_mgy"] == ""
     assert dose["ctdivol_mgy"] is None and dose["dose_note"] == NO_CTDIVOL and dose["dw_cm"] > 10
 
+
+def test_dw_is_measured_where_ssde_needs_it_and_all_slices_at_once_as_one_by_one():
+    from DistilIQALib.dose.headers import SliceDose
+    from DistilIQALib.dose.series import DW_MATRIX, scan_dose
+    from DistilIQALib.volume import CTVolume
+
+    hu = phantom_volume(7, size=256, pixel_mm=1.4, seed=2)
+    volume = CTVolume(hu=hu, spacing_mm=(1.4, 1.4, 5.0), origin_mm=(0.0, 0.0, 0.0), direction=np.eye(3),
+                      source="phantom")
+    doses = [SliceDose(ctdivol_mgy=10.0, phantom="body32") if k % 2 else SliceDose() for k in range(7)]
+    dose = scan_dose(volume, doses)
+    step = 256 // DW_MATRIX
+    one_by_one = [size.water_equivalent_diameter_cm(hu[k].reshape(128, step, 128, step).mean(axis=(1, 3)),
+                                                    (1.4 * step, 1.4 * step)) for k in range(7)]
+    assert [dw is not None for dw in dose.dw_cm] == [bool(k % 2) for k in range(7)]
+    assert [dw for dw in dose.dw_cm if dw is not None] == pytest.approx([one_by_one[k][0] for k in (1, 3, 5)])
+    assert dose.series["dw_cm"] == pytest.approx(one_by_one[3][0])  # the mid-scan slice's
+    # no slice states a CTDIvol: no per-slice Dw, but the series' still is the mid-scan slice's
+    middle = scan_dose(volume, [SliceDose()] * 7)
+    assert middle.dw_cm == [None] * 7 and middle.series["dw_cm"] == pytest.approx(one_by_one[3][0])
