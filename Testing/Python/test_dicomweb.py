@@ -301,3 +301,28 @@ def test_series_deleted_or_thinned_during_the_run(orthanc, tiny_weights, tmp_pat
     assert query_rows(store, "SELECT num_slices FROM series WHERE series_uid = ?", (uids["thinned"],)) == [(3,)]
     with ResultStore(store) as results:
         assert results.last_server_run(config.name, query.key()) is not None
+
+
+def test_a_studys_dose_report_series_is_retrieved_into_the_dose_tables(orthanc, tiny_weights, tmp_path):
+    import pydicom
+
+    study = _uid("dose-study")
+    uid, paths = write_ct(tmp_path, "dose-ct", "DOSE1", "20220601", study=study, extra={"CTDIvol": 9.5})
+    report = pydicom.dcmread(ROOT / "Testing" / "Data" / "dose" / "ge_revolution_rdsr.dcm")
+    report.StudyInstanceUID, report.PatientID, report.StudyDate = study, "DOSE1", "20220601"
+    report.SeriesInstanceUID, report.SOPInstanceUID = _uid("dose-sr-series"), _uid("dose-sr")
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    report.save_as(tmp_path / "rdsr.dcm")
+    orthanc.upload(paths + [tmp_path / "rdsr.dcm"])
+    store = tmp_path / "dose.sqlite"
+    summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_uids=[study]), store,
+                           Scorer(str(tiny_weights), device="cpu"))
+    assert summary.scored == 1 and summary.failed == 0 and summary.dose_reports == 1
+    with ResultStore(store) as results:
+        [row] = results.dose_report_rows()
+        events = results.dose_event_rows(study)
+        [series] = results.series_rows()
+    assert (row["sop_uid"], row["study_uid"], row["status"]) == (_uid("dose-sr"), study, "read"), row["reason"]
+    assert row["dlp_total_mgycm"] == pytest.approx(1174.95) and row["events_found"] == 12 and len(events) == 12
+    assert row["path"].startswith(f"{orthanc.dicomweb_url}/studies/{study}/series/{_uid('dose-sr-series')}")
+    assert series["series_uid"] == uid and series["ctdivol_mgy"] == 9.5
