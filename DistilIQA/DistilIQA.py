@@ -28,8 +28,12 @@ from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # Slicer releases before translation support
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -52,15 +56,13 @@ def _resourcePath(filename):
 if _extensionRoot() not in sys.path:
     sys.path.insert(0, _extensionRoot())
 
-#: Packages the engine needs besides what Slicer bundles (PyTorch comes through the PyTorch extension).
-REQUIRED_PACKAGES = {"einops": "einops>=0.7", "safetensors": "safetensors>=0.4"}
-
-
 class DistilIQA(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("DistilIQA")
-        self.parent.categories = [_("Quantification")]
+        # Categories are translated in the context of qSlicerAbstractCoreModule, as Slicer's template does
+        # (Utilities/Templates/Modules/Scripted/TemplateKey.py:34, 5.8.1), so that they share Slicer's folders.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["DistilIQA developers"]
         self.parent.helpText = _(
@@ -122,9 +124,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._guiConnected = False
         self._scoring = None  # (ScoreJob, CT node) while Assess Quality runs
-        self._job = None
-        self._jobWidgets = None
-        self._jobLog = []
+        self._jobs = None  # JobBoard: the batch and training jobs, one of each kind at a time
+        self._plotViews = []  # plot views whose clicks this widget receives (disconnected in cleanup)
         self._lastResults = None
         self._appliedOverlay = None
         self._timer = qt.QTimer()
@@ -165,6 +166,8 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self._timer.stop()
         self.removeObservers()
+        self._disconnectPlotViews()
+        self._disconnectGui()
         self.cancelEverything()
 
     def enter(self):
@@ -194,9 +197,13 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = volume
 
     def setParameterNode(self, parameterNode):
-        """Bind the GUI to ``parameterNode`` once. ``connectGui`` returns a tag from 0 on (wrapper.py:205-215 on
-        Slicer main) but nothing in Slicer 5.6/5.8 (wrapper.py:241-253 in 5.8.1), where no binding can be
-        undone: so test the tag with ``is not None`` and never bind the same node twice."""
+        """Bind the GUI to ``parameterNode`` once, and undo the binding of the node it replaces. ``connectGui``
+        returns nothing in Slicer 5.4-5.8 (wrapper.py:241-253 in 5.8.1, 233-245 in 5.4.0: the tag of
+        ``_connectParametersToGui`` is dropped), so nothing could be unbound there and each scene close added a
+        set of bindings; ``connectParametersToGui`` returns its tag on every release (wrapper.py:194-213 in
+        5.8.1, :186-205 in 5.4.0, :195-215 on main), so the panel binds through it, with the widgets that
+        ``connectGui`` would find (those with a ``SlicerParameterName`` property, wrapper.py:241-251). The tag
+        starts at 0: it is tested with ``is not None``. The same node is never bound twice."""
         if (parameterNode is not None and self._parameterNode is not None and self._guiConnected
                 and parameterNode.parameterNode is self._parameterNode.parameterNode):
             return
@@ -206,10 +213,15 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                 self.onParameterNodeModified)
         self._parameterNode = parameterNode
         if parameterNode is not None:
-            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = parameterNode.connectParametersToGui(self._boundWidgets())
             self._guiConnected = True
             self.addObserver(parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
                              self.onParameterNodeModified)
+
+    def _boundWidgets(self):
+        from DistilIQALib.slicer_bridge.jobs import bound_widgets
+
+        return bound_widgets(vars(self.ui).values(), "SlicerParameterName")
 
     def _disconnectGui(self):
         if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
@@ -251,9 +263,9 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTimer(self):
         if self._scoring is not None:
             self._pollScoring()
-        if self._job is not None:
-            self._pollJob()
-        if self._scoring is None and self._job is None:
+        if self._jobs is not None:
+            self._pollJobs()
+        if self._scoring is None and not (self._jobs is not None and self._jobs.jobs()):
             self._timer.stop()
 
     def _pollScoring(self):
@@ -361,9 +373,16 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         layoutManager = slicer.app.layoutManager()
         for index in range(layoutManager.plotViewCount):
             view = layoutManager.plotWidget(index).plotView()
-            if not view.property("DistilIQAConnected"):
+            if view not in self._plotViews:
                 view.connect("dataSelected(vtkStringArray*, vtkCollection*)", self.onPlotDataSelected)
-                view.setProperty("DistilIQAConnected", True)
+                self._plotViews.append(view)
+
+    def _disconnectPlotViews(self):
+        """After a Reload (slicer.util.reloadScriptedModule calls cleanup(), util.py:1445 in 5.8.1) the plot views
+        must not call the old widget: the connections live with this widget, not in a property of the view."""
+        for view in self._plotViews:
+            view.disconnect("dataSelected(vtkStringArray*, vtkCollection*)", self.onPlotDataSelected)
+        self._plotViews = []
 
     def onPlotDataSelected(self, seriesIds, selections):
         """``seriesIds`` names the plot series clicked, ``selections`` holds each one's table rows: only a
@@ -388,27 +407,45 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.jumpToZ(float(item.text()))
 
     # --- background jobs: DICOM database batch, training, site adaptation ----------------------------
+    # The rules (one job of a kind at a time, a question before one is cancelled, the model to offer kept with the
+    # job) are DistilIQALib.slicer_bridge.jobs.JobBoard's; here only the widgets.
 
-    def _startJob(self, arguments, button, progressBar, logWidget=None, onSuccess=None):
-        if self._job is not None:
-            self._job.cancel()
+    def _jobBoard(self):
+        if self._jobs is None:
+            from DistilIQALib.slicer_bridge.jobs import JobBoard
+
+            self._jobs = JobBoard()
+        return self._jobs
+
+    def _startJob(self, task, arguments, button, progressBar, logWidget=None, resultPath=None, onSuccess=None):
+        """Start ``arguments`` as ``task`` unless a job of its kind runs; then ask whether to cancel that one.
+        Errors propagate to the button's own ``tryWithErrorDisplay``: one dialog per error."""
+        from DistilIQALib.slicer_bridge.jobs import RunningJob
+
+        board = self._jobBoard()
+        action, running = board.request(task)
+        if action == "ask":
+            if slicer.util.confirmYesNoDisplay(_(board.question(running, task))):
+                running.process.cancel()
             return
-        with slicer.util.tryWithErrorDisplay(_("DistilIQA could not start the job."), waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
-            self._job = self.logic.startJob(arguments)
-            self._jobWidgets = (button, button.text, progressBar, logWidget, onSuccess)
-            self._jobLog = []
-            button.text = _("Cancel")
-            progressBar.maximum = 0  # busy until the first progress line
-            self._timer.start()
+        if not self.logic.ensureDependencies(arguments):
+            return
+        process = self.logic.startJob(arguments)
+        board.add(RunningJob(task, process, resultPath, (button, button.text, progressBar, logWidget, onSuccess)))
+        button.text = _("Cancel")
+        progressBar.maximum = 0  # busy until the first progress line
+        self._timer.start()
 
-    def _pollJob(self):
+    def _pollJobs(self):
+        for job in self._jobBoard().jobs():
+            self._pollJob(job)
+
+    def _pollJob(self, job):
         from DistilIQALib.slicer_bridge.jobs import error_line, progress_value
 
-        button, label, progressBar, logWidget, onSuccess = self._jobWidgets
-        lines, records, code = self._job.poll()
-        self._jobLog = (self._jobLog + lines)[-200:]
+        button, label, progressBar, logWidget, onSuccess = job.widgets
+        lines, records, code = job.process.poll()
+        job.log = (job.log + lines)[-200:]
         for line in lines:
             if logWidget is not None:
                 logWidget.appendPlainText(line)
@@ -419,23 +456,24 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 progressBar.value = value[0]
         if code is None:
             return
-        self._job = None
-        self._jobWidgets = None
-        log, self._jobLog = self._jobLog, []
+        self._jobBoard().finished(job)
         button.text = label
         progressBar.maximum = max(1, progressBar.maximum)
         if code != 0:
-            slicer.util.errorDisplay(_("The job ended with an error: {error}").format(error=error_line(log)),
-                                     detailedText="\n".join(log[-40:]))
+            slicer.util.errorDisplay(_("The job ended with an error: {error}").format(error=error_line(job.log)),
+                                     detailedText="\n".join(job.log[-40:]))
         elif onSuccess is not None:
-            onSuccess()
+            with slicer.util.tryWithErrorDisplay(_("DistilIQA could not show the job's results."), waitCursor=True):
+                onSuccess(job)
 
     def onBatchButton(self):
         with slicer.util.tryWithErrorDisplay(_("DistilIQA could not start the batch."), waitCursor=True):
             arguments = self.logic.batchArguments(self._parameterNode.weightsPath, self._parameterNode.dicomwebUrl)
-            self._startJob(arguments, self.ui.batchButton, self.ui.batchProgressBar, onSuccess=self._fillBatchTable)
+            self._startJob("batch", arguments, self.ui.batchButton, self.ui.batchProgressBar,
+                           onSuccess=self._fillBatchTable)
 
-    def _fillBatchTable(self):
+    def _fillBatchTable(self, job=None):
+        self.logic.showExamTable()
         rows = self.logic.batchRows()
         table = self.ui.batchTable
         table.setRowCount(len(rows))
@@ -472,33 +510,34 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         buttons = {"preprocess": self.ui.preprocessButton, "train-teacher": self.ui.trainTeachersButton,
                    "train-student": self.ui.trainStudentButton, "evaluate": self.ui.evaluateButton}
         with slicer.util.tryWithErrorDisplay(_("Check the training settings."), waitCursor=False):
+            from DistilIQALib.slicer_bridge.jobs import result_to_offer
+
             arguments = self.logic.trainingArguments(task, self._parameterNode)
             self.ui.trainingLog.appendPlainText("$ distiliqa " + " ".join(arguments))
-            onSuccess = self._offerStudent if task == "train-student" else None
-            self._startJob(arguments, buttons[task], self.ui.trainingProgressBar, self.ui.trainingLog, onSuccess)
+            self._startJob(task, arguments, buttons[task], self.ui.trainingProgressBar, self.ui.trainingLog,
+                           result_to_offer(task, self._parameterNode.trainingOutputPath), self._offerModel)
 
     def onAdaptButton(self):
         with slicer.util.tryWithErrorDisplay(_("Check the adaptation settings."), waitCursor=False):
+            from DistilIQALib.slicer_bridge.jobs import result_to_offer
+
             arguments = self.logic.adaptArguments(self._parameterNode)
             self.ui.trainingLog.appendPlainText("$ distiliqa " + " ".join(arguments))
-            self._startJob(arguments, self.ui.adaptButton, self.ui.trainingProgressBar, self.ui.trainingLog,
-                           self._offerAdaptedModel)
+            self._startJob("recipe", arguments, self.ui.adaptButton, self.ui.trainingProgressBar,
+                           self.ui.trainingLog, result_to_offer("recipe", self._parameterNode.trainingOutputPath),
+                           self._offerModel)
 
-    def _offerModel(self, path, question):
-        if os.path.isfile(path) and slicer.util.confirmYesNoDisplay(question):
-            self._parameterNode.weightsPath = pathlib.Path(path)
-
-    def _offerStudent(self):
-        from DistilIQALib.slicer_bridge.jobs import student_model_path
-
-        self._offerModel(str(student_model_path(self._parameterNode.trainingOutputPath)),
-                         _("A new student model is ready. Use it for Assess Quality?"))
-
-    def _offerAdaptedModel(self):
-        from DistilIQALib.slicer_bridge.jobs import adapted_model_path
-
-        self._offerModel(str(adapted_model_path(self._parameterNode.trainingOutputPath)),
-                         _("The model adapted to this site is ready. Use it for Assess Quality?"))
+    def _offerModel(self, job):
+        """Offer the model ``job`` wrote (its path was kept with the job: a scene close during the job replaces the
+        parameter node, whose output folder may then be empty)."""
+        path = job.result_path
+        if path is None or not path.is_file():
+            return
+        question = (_("The model adapted to this site is ready. Use it for Assess Quality?") if job.task == "recipe"
+                    else _("A new student model is ready. Use it for Assess Quality?"))
+        if slicer.util.confirmYesNoDisplay(question):
+            parameters = self._parameterNode if self._parameterNode is not None else self.logic.getParameterNode()
+            parameters.weightsPath = pathlib.Path(path)
 
     def _cancelScoring(self):
         if self._scoring is not None:
@@ -512,9 +551,10 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cancelEverything(self):
         self._cancelScoring()
-        if self._job is not None:
-            self._job.cancel()
-            self._job = None
+        if self._jobs is not None:
+            for job in self._jobs.jobs():
+                job.process.cancel()
+                self._jobs.finished(job)
 
 
 class DistilIQALogic(ScriptedLoadableModuleLogic):
@@ -526,29 +566,36 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return DistilIQAParameterNode(super().getParameterNode())
 
-    def ensureDependencies(self, askConfirmation=True):
-        """PyTorch through the PyTorch extension, the rest with pip, each only after the user agrees. Only looked
-        up here, not imported: the model runs in a child process."""
-        import importlib.util
+    def ensureDependencies(self, arguments=None, askConfirmation=True):
+        """Install what the job ``arguments`` (``None``: Assess Quality) needs and Slicer lacks, after one question
+        naming all of it: PyTorch through the PyTorch extension (``PyTorchUtilsLogic.installTorch(askConfirmation)``
+        of SlicerPyTorch's PyTorchUtils.py picks the build for the GPU), the rest with ``slicer.util.pip_install``
+        (util.py:3899 in 5.8.1). A package Slicer
+        bundles is never installed or replaced. Only looked up here, never imported: Slicer's process does not
+        load PyTorch; the rules are DistilIQALib.slicer_bridge.dependencies'."""
+        from DistilIQALib.slicer_bridge.dependencies import plan_for
 
-        if importlib.util.find_spec("torch") is None:
+        plan = plan_for(arguments)
+        if plan.broken:
+            raise RuntimeError(_(plan.broken_error()))
+        if plan.ready:
+            return True
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(_(plan.question())):
+            return False
+        if plan.torch:
             try:
                 import PyTorchUtils
             except ImportError:
                 raise RuntimeError(_("DistilIQA needs the PyTorch extension: install 'PyTorch' from the "
                                      "Extensions Manager and restart Slicer.")) from None
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation) is None:
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
                 return False
-        missing = [spec for name, spec in REQUIRED_PACKAGES.items() if importlib.util.find_spec(name) is None]
-        if missing:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    _("DistilIQA will install these Python packages: {packages}").format(packages=", ".join(missing))):
-                return False
+        if plan.pip:
             try:
-                slicer.util.pip_install(missing)
+                slicer.util.pip_install(plan.pip)
             except Exception as error:
                 raise RuntimeError(_("Installing {packages} failed ({error}). Check the network connection and "
-                                     "try again.").format(packages=", ".join(missing), error=error)) from None
+                                     "try again.").format(packages=", ".join(plan.pip), error=error)) from None
         return True
 
     def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=0, region="auto"):
@@ -631,6 +678,25 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
 
         with ResultStore(self.batchStore()) as store:
             return [row for row in store.series_rows() if row["status"] == "scored"]
+
+    def showExamTable(self):
+        """The batch store's exam table (one row per study, with the CMS CT measure's inputs and check) as the
+        table node "DistilIQA exams", shown in the layout's table view."""
+        from DistilIQALib.archive.exam_report import stored_exam_rows
+        from DistilIQALib.archive.exams import store_exam_rows
+        from DistilIQALib.archive.store import ResultStore
+        from DistilIQALib.slicer_bridge.mrml import show_exam_table, show_table_in_views
+
+        with ResultStore(self.batchStore()) as store:
+            rows = stored_exam_rows(store)
+            rows = store_exam_rows(store) if rows is None else rows
+        node = show_exam_table(slicer.mrmlScene, rows)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            # a layout with a table view, as Slicer's script repository shows a table (models.md:70-72)
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        show_table_in_views(slicer.app.applicationLogic(), node)
+        return node
 
     def exportBatch(self, path):
         from DistilIQALib.archive.batch import write_summary_csv

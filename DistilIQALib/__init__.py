@@ -10,21 +10,24 @@ __version__ = "0.1.0"
 
 from .errors import Cancelled, DeviceError, DistilIQAError, InputError, NoDefaultModelError, WeightsError  # noqa: E402
 from .progress import Progress  # noqa: E402
-from .quality.scoring import Scorer, SliceScores  # noqa: E402
-from .quality.weights import ModelInfo, load_weights, save_weights  # noqa: E402
-from .volume import CTVolume  # noqa: E402
+
+#: Names loaded on first use, with the module that holds each. Importing the package (and with it the job builders
+#: of ``slicer_bridge``, which Slicer's own process imports) loads neither PyTorch nor SimpleITK: the scorer and the
+#: weights need torch, reading files needs SimpleITK, and scoring needs neither reading nor the archive scan.
+_LAZY = {
+    "CTVolume": ".volume", "Scorer": ".quality.scoring", "SliceScores": ".quality.scoring",
+    "ModelInfo": ".quality.weights", "load_weights": ".quality.weights", "save_weights": ".quality.weights",
+    "read_volume": ".io.reading", "scan_folder": ".archive.archive",
+}
 
 
 def __getattr__(name: str):
-    # Loaded on first use: reading files needs SimpleITK, and scoring needs neither reading nor the archive scan.
-    if name == "read_volume":
-        from .io.reading import read_volume
+    if name in _LAZY:
+        import importlib
 
-        return read_volume
-    if name == "scan_folder":
-        from .archive.archive import scan_folder
-
-        return scan_folder
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

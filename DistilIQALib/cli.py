@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
-from .errors import Cancelled, DistilIQAError, InputError
+from .errors import Cancelled, DistilIQAError, InputError, MissingPackageError
 from .quality.scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
 
 PROGRAM = "distiliqa"
@@ -68,11 +68,26 @@ EXAMPLES = {
                "distiliqa batch /archive --db results.sqlite --csv summary.csv --report report.html"),
               ("a PACS over DICOMweb, only the studies dated since the last run",
                "distiliqa batch --dicomweb http://pacs:8042/dicom-web --db results.sqlite --since "
-               "--auth-file ~/.pacs_auth")],
-    "listen": [("receive what a scanner pushes to AE title DISTILIQA on port 11112",
-                "distiliqa listen --port 11112 --ae-title DISTILIQA --db pushed.sqlite")],
+               "--auth-file ~/.pacs_auth"),
+              ("the exam table with the CMS CT measure's check, and its FHIR result with stable pseudonyms",
+               "distiliqa batch /archive --db results.sqlite --exams exams.csv --fhir exams.fhir.json "
+               "--fhir-key-env DISTILIQA_FHIR_KEY"),
+              ("a site's own category mapping, or one category for every exam of the run",
+               "distiliqa batch /archive --db results.sqlite --exams exams.csv --category-map site_categories.json\n"
+               "  distiliqa batch /ct_chest --db chest.sqlite --exams exams.csv "
+               "--exam-category \"Chest Routine Dose\"")],
+    "listen": [("receive what two scanners and the PACS push to AE title DISTILIQA, over DICOM TLS",
+                "distiliqa listen --port 11112 --ae-title DISTILIQA --db pushed.sqlite --allow CT1@10.20.0.5 "
+                "--allow CT2@10.20.0.6 --allow PACS@10.20.1.0/24 --tls-cert receiver.pem --tls-key receiver.key "
+                "--tls-ca hospital-ca.pem --retention-days 30"),
+               ("the settings of a configuration file, checked and printed",
+                "distiliqa listen --config /etc/distiliqa/listen.json --check"),
+               ("anyone on this machine only (loopback)",
+                "distiliqa listen --host 127.0.0.1 --port 11112 --ae-title DISTILIQA --db pushed.sqlite")],
     "merge": [("join the stores of two shards (batch --shard 1/2 and --shard 2/2)",
-               "distiliqa merge results.sqlite part1.sqlite part2.sqlite")],
+               "distiliqa merge results.sqlite part1.sqlite part2.sqlite"),
+              ("the same, with the report and the exam table of the whole archive (the same as one run gives)",
+               "distiliqa merge results.sqlite part1.sqlite part2.sqlite --report report.html --exams exams.csv")],
     "recipe": [("build the shipped model from scratch",
                 "distiliqa recipe --output RUN"),
                ("adapt it to a site's own full-dose scans (one folder per patient, at least 3)",
@@ -141,6 +156,15 @@ def _add_region_argument(parser) -> None:
     parser.add_argument("--region", default="auto", choices=REGION_CHOICES, help=REGION_HELP)
 
 
+def _require_plots(option: str) -> None:
+    """A job that was asked for a plot checks for matplotlib before it starts, not after its work is done."""
+    from .io.outputs import plots_available
+
+    if not plots_available():
+        raise MissingPackageError(f"{option} needs the package matplotlib (not bundled with Slicer): "
+                                  "pip install matplotlib, or leave the option out")
+
+
 def _run_score(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise DistilIQAError("--batch-size must be at least 1")
@@ -160,6 +184,8 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     if progress_lines and not out:
         raise DistilIQAError("--progress-lines needs --out: the CSV and the progress lines would share standard "
                              "output")
+    if plot:
+        _require_plots("--plot")
     volume = read_volume(source, series_uid=series, force=force)
     scorer = Scorer(weights, device=device, batch_size=batch_size, use_amp=use_amp)
     _note(f"scoring {volume.num_slices} slice(s) of {volume.source} on {scorer.device_name} "
@@ -423,8 +449,11 @@ def _add_evaluate_parser(commands) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .io.outputs import plots_available
     from .training.evaluation import evaluate
 
+    if not plots_available():
+        _note("the scatter plots are left out: matplotlib is not installed (pip install matplotlib)")
     for metrics in evaluate(args.weights, args.data, args.output, args.split, args.device):
         print(f"{metrics['model']}: PLCC {metrics['PLCC']:.4f}  SROCC {metrics['SROCC']:.4f}  "
               f"KROCC {metrics['KROCC']:.4f}  overall {metrics['overall']:.4f}  MAE {metrics['MAE']:.4f}  "
@@ -449,8 +478,61 @@ def _add_batch_parser(commands) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="threads decoding DICOM ahead of the model and reading the headers (default 2)")
     _add_region_argument(parser)
+    _add_exam_arguments(parser)
     _add_server_arguments(parser)
     parser.set_defaults(run=_run_batch)
+
+
+def _add_exam_arguments(parser) -> None:
+    exams = parser.add_argument_group(
+        "exams", "one row per study (DICOM study) with its dose and the CMS CT measure's inputs and check: an open "
+                 "computation of the measure's inputs, not the certified measure (steward: Alara Imaging, Inc.; "
+                 "non-commercial reproduction without modification only)")
+    exams.add_argument("--exams", metavar="FILE", help="exam table CSV (study_uid, ..., cms_out_of_range, cms_reason)")
+    exams.add_argument("--fhir", metavar="FILE", help="the measure's result: a FHIR Bundle of one Observation per "
+                                                     "exam (LOINC 96914-7), patients by pseudonym")
+    exams.add_argument("--exam-category", metavar="NAME", help="the measure's category (name or LOINC answer code) "
+                                                              "of every exam, instead of the one derived")
+    exams.add_argument("--category-map", metavar="FILE", help="a site's exam category mapping (JSON; default: the "
+                                                             "shipped DistilIQALib/dose/exam_categories.json)")
+    exams.add_argument("--fhir-identify-patients", action="store_true",
+                       help="put the patient IDs in the FHIR Bundle instead of pseudonyms")
+    exams.add_argument("--fhir-key-env", metavar="VAR", help="environment variable holding the secret that keys the "
+                                                            "pseudonyms (same secret, same pseudonyms; default: a new "
+                                                            "one per file)")
+
+
+def _check_exam_arguments(args: argparse.Namespace) -> None:
+    """Fail before any work on an unknown category, a bad mapping file or a missing key variable."""
+    import os
+
+    from .dose.categories import load_mapping
+    from .dose.cms import find_category
+
+    if args.exam_category and find_category(args.exam_category) is None:
+        from .dose.cms import CATEGORIES
+
+        raise InputError(f"--exam-category {args.exam_category!r} is not one of the measure's categories "
+                         f"({'; '.join(c.name for c in CATEGORIES)})")
+    load_mapping(args.category_map)
+    if args.fhir_key_env and not os.environ.get(args.fhir_key_env):
+        raise InputError(f"--fhir-key-env: environment variable {args.fhir_key_env} is not set")
+
+
+def _write_exams(args: argparse.Namespace, store, weights_id=None) -> None:
+    import os
+
+    from .archive.exams import write_exam_outputs
+
+    key = os.environ[args.fhir_key_env].encode() if args.fhir_key_env else None
+    rows = write_exam_outputs(store, args.exams, args.fhir, weights_id, args.category_map, args.exam_category,
+                              args.fhir_identify_patients, key)
+    if args.exams or args.fhir:
+        out = sum(row["cms_out_of_range"] == "yes" for row in rows)
+        unknown = sum(row["cms_out_of_range"] == "unknown" for row in rows)
+        _note(f"{len(rows)} exam(s): {out} out of the CMS CT measure's range, {unknown} unknown (an open "
+              "computation of its inputs, not the certified measure)"
+              + (f"; wrote {args.exams}" if args.exams else "") + (f"; wrote {args.fhir}" if args.fhir else ""))
 
 
 #: The batch options that only a DICOMweb server takes (argparse destinations).
@@ -493,6 +575,9 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .quality.scoring import Scorer
 
     shard = parse_shard(args.shard)
+    if args.report:
+        _require_plots("--report")
+    _check_exam_arguments(args)
     if args.dicomweb and args.root:
         raise DistilIQAError("give a folder ROOT or --dicomweb URL, not both")
     if not args.dicomweb:
@@ -523,6 +608,7 @@ def _run_batch(args: argparse.Namespace) -> int:
           f"{summary.slices} slices in {summary.seconds:.1f} s ({summary.slices_per_second:.1f} slices/s)")
     if args.csv:
         write_summary_csv(store, args.csv)
+    _write_exams(args, store, scorer.info.weights_id)
     if args.report:
         write_html_report(store, args.report, lowest_adequate_score(scorer.info.adequacy))
     return 0
@@ -561,45 +647,150 @@ def _batch_from_server(args: argparse.Namespace, server, query, store, scorer, s
 
 
 def _add_listen_parser(commands) -> None:
+    from .archive.listener import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MIN_FREE_MB
+
     parser = commands.add_parser(
         "listen", help="receive CT images pushed by a scanner or PACS (DICOM C-STORE) and score each series",
         description="A DICOM C-STORE receiver: each image is written to disk before it is acknowledged; a series "
                     "is scored into the store once no image of it has come for --series-timeout seconds, and "
-                    "again when more arrive. Answers C-ECHO; SIGTERM stops it cleanly.")
-    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on (104 and 11112 are usual)")
-    parser.add_argument("--ae-title", required=True, metavar="AET", help="this receiver's AE title")
-    parser.add_argument("--db", required=True, help="SQLite results store (created or resumed)")
+                    "again when more arrive. Only the senders of the allow-list may send (on loopback without "
+                    "one: anyone on this machine); TLS with --tls-cert/--tls-key (and --tls-ca to require client "
+                    "certificates). Answers C-ECHO; SIGTERM stops it cleanly. Settings may come from --config "
+                    "(JSON); the command line overrides them and adds to its senders.")
+    parser.add_argument("--config", metavar="FILE", help="JSON file of settings: the options below without their "
+                        "dashes, '-' as '_' (\"senders\": [\"AET@HOST\", ...], \"tls\": {\"certificate\", \"key\", "
+                        "\"ca\"}); paths relative to the file")
+    parser.add_argument("--port", type=int, help="TCP port to listen on (104 and 11112 are usual)")
+    parser.add_argument("--ae-title", metavar="AET", help="this receiver's AE title")
+    parser.add_argument("--db", help="SQLite results store (created or resumed)")
     parser.add_argument("--storage", help="folder for the images received (default: DB's name with _received, "
                                           "beside it)")
-    parser.add_argument("--host", default="", help="address to listen on (default: all interfaces)")
-    parser.add_argument("--series-timeout", type=float, default=30.0, metavar="S",
+    parser.add_argument("--host", help="address to listen on (default: all interfaces, which needs --allow or "
+                                       "--allow-any-sender)")
+    parser.add_argument("--series-timeout", type=float, metavar="S",
                         help="score a series this many seconds after its last image (default 30)")
     parser.add_argument("--weights", help="weights file; default: the shipped model")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device")
     parser.add_argument("--batch-size", type=int, help=BATCH_SIZE_HELP)
+    access = parser.add_argument_group("who may send")
+    access.add_argument("--allow", action="append", metavar="AET[@HOST]",
+                        help="an allowed sender: its calling AE title, optionally with the address, network "
+                             "(10.1.0.0/16) or host name it connects from (repeatable); others are rejected")
+    access.add_argument("--allow-any-sender", action="store_true", default=None,
+                        help="accept any calling AE title from anywhere (needed without --allow off loopback)")
+    access.add_argument("--any-called-aet", action="store_true", default=None,
+                        help="accept associations addressed to any AE title, not only --ae-title")
+    tls = parser.add_argument_group("DICOM TLS", "with TLS on, plaintext associations are refused")
+    tls.add_argument("--tls-cert", metavar="FILE", help="this receiver's certificate (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    tls.add_argument("--tls-ca", metavar="FILE", help="certificate authority (PEM): senders must present a "
+                                                      "certificate it signed")
+    limits = parser.add_argument_group("disk and limits")
+    limits.add_argument("--min-free", type=float, metavar="MB",
+                        help=f"refuse images (out of resources) while less than this is free on the storage's "
+                             f"disk (default {DEFAULT_MIN_FREE_MB:g})")
+    limits.add_argument("--retention-days", type=float, metavar="N",
+                        help="remove the images of series scored more than N days ago (never an unscored one; "
+                             "results stay in the store)")
+    limits.add_argument("--max-associations", type=int, metavar="N",
+                        help=f"simultaneous associations at most (default {DEFAULT_MAX_ASSOCIATIONS})")
+    limits.add_argument("--idle-timeout", type=float, metavar="S",
+                        help=f"close an association silent this long (default {DEFAULT_IDLE_TIMEOUT_S:g})")
+    parser.add_argument("--check", action="store_true",
+                        help="print the effective settings, check them (TLS files, allow-list), and exit")
     parser.set_defaults(run=_run_listen)
 
 
+#: The settings a ``listen --config`` file may hold (argparse destinations), beside "senders" and "tls".
+_LISTEN_SETTINGS = ("port", "ae_title", "db", "storage", "host", "series_timeout", "weights", "device", "batch_size",
+                    "allow_any_sender", "any_called_aet", "min_free", "retention_days", "max_associations",
+                    "idle_timeout")
+
+
+def _listen_config(path: str) -> dict:
+    """The settings of a ``listen --config`` file, paths made relative to its folder."""
+    import json
+
+    try:
+        settings = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError(f"--config {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise InputError(f"--config {path}: not JSON ({error})") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"--config {path}: a JSON object of settings is expected")
+    settings = {key.replace("-", "_"): value for key, value in settings.items()}
+    unknown = sorted(set(settings) - set(_LISTEN_SETTINGS) - {"senders", "tls"})
+    if unknown:
+        raise InputError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    tls = settings.pop("tls", None) or {}
+    if not isinstance(tls, dict) or set(tls) - {"certificate", "key", "ca"}:
+        raise InputError(f"--config {path}: \"tls\" holds \"certificate\", \"key\" and \"ca\"")
+    settings.update({f"tls_{'cert' if key == 'certificate' else key}": value for key, value in tls.items()})
+    senders = settings.get("senders", [])
+    if not isinstance(senders, list):
+        raise InputError(f"--config {path}: \"senders\" is a list of \"AET\" or \"AET@HOST\"")
+    settings["senders"] = [f"{item['ae_title']}@{item.get('host', '')}".rstrip("@") if isinstance(item, dict)
+                           else str(item) for item in senders]
+    folder = Path(path).resolve().parent
+    for key in ("db", "storage", "weights", "tls_cert", "tls_key", "tls_ca"):
+        if settings.get(key) is not None:
+            settings[key] = str(folder / settings[key])
+    return settings
+
+
 def _run_listen(args: argparse.Namespace) -> int:
-    from .archive.listener import Receiver, checked_ae_title, run_listener
+    from .archive import listener
+
+    settings = _listen_config(args.config) if args.config else {}
+    for key in (*_LISTEN_SETTINGS, "tls_cert", "tls_key", "tls_ca"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    for required in ("port", "ae_title", "db"):
+        if settings.get(required) is None:
+            option = "--" + required.replace("_", "-")
+            raise InputError(f"{option} is required (on the command line or as \"{required}\" in --config)")
+    listener.checked_ae_title(str(settings["ae_title"]))
+    port = settings["port"]
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port")
+    senders = [listener.Sender.parse(text, "--config senders" if n < len(settings.get("senders", [])) else "--allow")
+               for n, text in enumerate([*settings.get("senders", []), *(args.allow or [])])]
+    rules = listener.ReceiverRules(
+        senders=senders, any_sender=bool(settings.get("allow_any_sender")),
+        any_called_aet=bool(settings.get("any_called_aet")), tls_certificate=settings.get("tls_cert"),
+        tls_key=settings.get("tls_key"), tls_ca=settings.get("tls_ca"),
+        min_free_mb=float(settings.get("min_free", listener.DEFAULT_MIN_FREE_MB)),
+        retention_days=None if settings.get("retention_days") is None else float(settings["retention_days"]),
+        max_associations=int(settings.get("max_associations", listener.DEFAULT_MAX_ASSOCIATIONS)),
+        idle_timeout_s=float(settings.get("idle_timeout", listener.DEFAULT_IDLE_TIMEOUT_S)))
+    store = Path(settings["db"])
+    storage = Path(settings["storage"]) if settings.get("storage") else store.with_name(f"{store.stem}_received")
+    host, series_timeout = settings.get("host") or "", float(settings.get("series_timeout", 30.0))
+    log = lambda line: _note(f"{PROGRAM}: listen: {line}")  # noqa: E731
+    if args.check:
+        listener._pynetdicom()
+        receiver = listener.Receiver(storage, store, None, str(settings["ae_title"]), host, port, series_timeout,
+                                     rules=rules)
+        model = settings.get("weights") or "the shipped model"
+        print("\n".join([*receiver.settings(), f"model: {model} on device {settings.get('device') or 'auto'}"]))
+        return 0
     from .quality.scoring import Scorer
 
-    checked_ae_title(args.ae_title)
-    if not 0 <= args.port <= 65535:
-        raise InputError(f"--port {args.port} is not a TCP port")
-    store = Path(args.db)
-    storage = Path(args.storage) if args.storage else store.with_name(f"{store.stem}_received")
-    scorer = Scorer(args.weights, device=args.device, batch_size=args.batch_size)
+    scorer = Scorer(settings.get("weights"), device=settings.get("device") or "auto",
+                    batch_size=settings.get("batch_size"))
     _note(f"scoring on {scorer.device_name} with {scorer.info.preset} model {scorer.info.weights_id}")
-    receiver = Receiver(storage, store, scorer, args.ae_title, args.host, args.port, args.series_timeout,
-                        log=lambda line: _note(f"{PROGRAM}: listen: {line}"))
-    return run_listener(receiver)
+    receiver = listener.Receiver(storage, store, scorer, str(settings["ae_title"]), host, port, series_timeout,
+                                 log=log, rules=rules)
+    return listener.run_listener(receiver)
 
 
 def _add_merge_parser(commands) -> None:
     parser = commands.add_parser("merge", help="merge batch stores (e.g. of shards) into one")
     parser.add_argument("output", help="store to merge into (created if missing)")
     parser.add_argument("inputs", nargs="+", help="stores to merge")
+    parser.add_argument("--report", help="self-contained HTML report of the merged store")
+    _add_exam_arguments(parser)
     parser.set_defaults(run=_run_merge)
 
 
@@ -611,9 +802,15 @@ def _run_merge(args: argparse.Namespace) -> int:
     missing = [path for path in args.inputs if not Path(path).is_file()]
     if missing:
         raise DistilIQAError(f"no such store: {missing[0]}")
+    _check_exam_arguments(args)
     with ResultStore(args.output) as store:
         for path in args.inputs:
             _note(f"{path}: {store.merge_from(path)} series rows")
+    _write_exams(args, args.output)
+    if args.report:
+        from .archive.report import write_html_report
+
+        write_html_report(args.output, args.report)
     return 0
 
 

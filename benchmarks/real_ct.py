@@ -197,7 +197,8 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
             size = noise_equivalent_diameter_cm(hu, volume.spacing_mm[:2]).numpy()
             judged = entry.details.get("verdicts", True)  # a region-only entry: no verdicts, no network needed
             verdicts = region_verdicts(noise, volume.slice_thickness_mm, size, regions, found.reason, references,
-                                       network(volume.hu) if judged else None, info.artefact_margin)
+                                       network(volume.hu) if judged else None, info.artefact_margin,
+                                       volume.metadata.get("kernel", ""), volume.metadata.get("manufacturer", ""))
             bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
                      if b in verdicts.adequacy}
             order = np.argsort(-volume.z_mm(), kind="stable")
@@ -227,6 +228,8 @@ def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkN
     references = region_references(info.noise_reference, info.adequacy)
     rows = []
     for entry in entries:
+        series = (entry.details.get("series") or [{}])[0]
+        kernel, manufacturer = str(series.get("kernel", "")), str(series.get("manufacturer", ""))
         for n, source in enumerate(entry_sources(entry, root, min(slices, entry.slices_used))):
             hu = source.hu.astype(np.float32)
             simulator = own_noise_simulator(hu, source.pixel_mm, seed * 1000 + n)
@@ -238,7 +241,7 @@ def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkN
                 noise = slice_noise_index(image, source.pixel_mm)
                 size = float(noise_equivalent_diameter_cm(tensor, (source.pixel_mm, source.pixel_mm))[0])
                 found = region_verdicts([noise], source.thickness_mm, [size], [source.region or "unknown"], [""],
-                                        references, network(image), info.artefact_margin)
+                                        references, network(image), info.artefact_margin, kernel, manufacturer)
                 value = found.dose_equivalent if found.learned_dose_equivalent is None else \
                     found.learned_dose_equivalent
                 rows.append((entry.patient, source.region or "unknown", f"{source.name}", dose, float(value[0]),

@@ -454,7 +454,8 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
                        source=record.get("description") or series_uid, device="stored",
                        elapsed_s=float(record.get("seconds") or 0.0), diameter_cm=diameter,
                        thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions,
-                       effective_noise_hu=effective if learned else None)
+                       effective_noise_hu=effective if learned else None, kernel=record.get("kernel") or "",
+                       manufacturer=record.get("manufacturer") or "")
 
 
 def _outputs(score: np.ndarray, spread: np.ndarray) -> np.ndarray:

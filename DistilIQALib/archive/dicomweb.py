@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Uni
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import InputError, MissingPackageError, ServerError
+from ..io.pydicom_compat import save_file
 from ..progress import Progress
 from ..quality.scoring import Scorer
 from .archive import UID_PATTERN, SeriesEntry, dicom_text
@@ -217,6 +218,18 @@ class _BrokenTransfer(Exception):
 Result = TypeVar("Result")
 
 
+def _timed_session(requests, timeout_s: float):
+    """A requests session that gives every request ``timeout_s``: dicomweb-client 0.59.1 (what Slicer 5.8 bundles)
+    takes no timeout, and later releases pass their own (20 s) to each request, so the session sets it."""
+
+    class TimedSession(requests.Session):
+        def request(self, method, url, **options):
+            options["timeout"] = timeout_s
+            return super().request(method, url, **options)
+
+    return TimedSession()
+
+
 class Server:
     """A DICOMweb server as this module uses it: one client per thread (requests' sessions are not meant
     to be shared between threads), every request tried again on transient failures."""
@@ -229,11 +242,10 @@ class Server:
     def client(self):
         client = getattr(self._local, "client", None)
         if client is None:
-            session = self.requests.Session()
+            session = _timed_session(self.requests, self.config.timeout_s)
             session.verify = self.config.verify_tls
             headers = {"Authorization": self.config.authorization} if self.config.authorization else None
-            client = self._client_class(self.config.url, session=session, headers=headers,
-                                        timeout=self.config.timeout_s, chunk_size=CHUNK_BYTES)
+            client = self._client_class(self.config.url, session=session, headers=headers, chunk_size=CHUNK_BYTES)
             client.set_http_retry_params(retry=False)  # tries are counted here, for every kind of failure
             self._local.client = client
         return client
@@ -379,7 +391,7 @@ class Server:
                 _check_complete(dataset)
                 name = dicom_text(getattr(dataset, "SOPInstanceUID", None))
                 name = name if UID_PATTERN.fullmatch(name) else f"instance{count:05d}"
-                dataset.save_as(folder / f"{name}.dcm", enforce_file_format=True)
+                save_file(dataset, folder / f"{name}.dcm")
                 count += 1
             if series.instances is not None and count < series.instances:
                 raise _BrokenTransfer(f"{count} of the {series.instances} instances the query announced arrived")

@@ -7,7 +7,8 @@ each of these factors as plots, the series whose mean score is an outlier within
 z-score: 0.6745 (x - median) / MAD, |z| > 3.5, Iglewicz and Hoaglin), a sortable table of every series
 and the problems met, grouped by folder and reason. With a learned model it also counts, per series and per
 protocol, the slices whose verdict was set by artefacts (the model sees worse than their noise explains) and
-says what set the worst slice's verdict.
+says what set the worst slice's verdict. Then the exams (:mod:`~DistilIQALib.archive.exam_report`): per exam
+category against the CMS CT measure's thresholds, per protocol against national DRLs, per scanner a monthly trend.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..quality.interpretation import DRIVER_ARTEFACTS
+from .exam_report import exam_sections, stored_exam_rows
 from .store import ResultStore
 
 #: |robust z| above this is an outlier (Iglewicz and Hoaglin's cut-off for the modified z-score).
@@ -360,6 +362,11 @@ def write_html_report(store_path: os.PathLike[str] | str, report_path: os.PathLi
         plots = {(r["series_uid"], r["weights_id"]): store.slice_rows(r["series_uid"], r["weights_id"])
                  for r in rows if r["status"] == "scored"}
         problems = store.problem_rows()
+        exams = stored_exam_rows(store)
+        if exams is None:  # a store no batch or merge of this version has finished
+            from .exams import store_exam_rows
+
+            exams = store_exam_rows(store)
     rows.sort(key=lambda r: (r["status"] != "scored", -(r["fraction_inadequate"] or 0), r["mean_score"] or 0))
     protocols, z_of = protocol_statistics(rows)
     picture = distribution_plot_png(rows)
@@ -382,6 +389,7 @@ def write_html_report(store_path: os.PathLike[str] | str, report_path: os.PathLi
             f"protocol: 0.6745 (x - median) / MAD; |z| &gt; {OUTLIER_Z} is an outlier.</p>"
             f"{_outlier_section(rows, z_of)}"
             f"<h2>Series</h2>{_series_section(rows, plots, z_of, threshold)}"
+            f"{exam_sections(exams, rows)}"
             f"<h2>Problems ({len(problems)})</h2>{_problem_section(problems)}"
             f"<script>{_SORT_SCRIPT}</script></body></html>")
     Path(report_path).write_text(page, encoding="utf-8")

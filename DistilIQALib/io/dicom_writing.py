@@ -24,6 +24,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from .pydicom_compat import compress, save_file
+
 TRANSFER_SYNTAXES = {
     "explicit": ExplicitVRLittleEndian,
     "implicit": ImplicitVRLittleEndian,
@@ -90,7 +92,7 @@ def write_series(
             setattr(ds, keyword, value)
         # Names derived from the instance UID: their order says nothing about position.
         path = folder / f"CT{hashlib.sha1(ds.SOPInstanceUID.encode()).hexdigest()[:12]}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        save_file(ds, path)
         paths.append(path)
     return paths
 
@@ -121,7 +123,7 @@ def _slice_dataset(pixels: np.ndarray, transfer_syntax: str, instance_uid: str) 
     ds.ConvolutionKernel = "STANDARD"
     syntax = TRANSFER_SYNTAXES[transfer_syntax]
     if syntax.is_compressed:
-        ds.compress(syntax, pixels, generate_instance_uid=False)
+        compress(ds, syntax, pixels)
     else:
         ds.file_meta.TransferSyntaxUID = syntax
         ds.PixelData = pixels.tobytes()
@@ -152,5 +154,5 @@ def write_like(template: os.PathLike[str] | str, hu: np.ndarray, target: os.Path
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(target, enforce_file_format=True)
+    save_file(ds, target)
     return target

@@ -44,6 +44,14 @@ def write_json(scores: SliceScores, destination: os.PathLike[str] | str | IO[str
     _write_text(json.dumps({**scores.summary(), **(extra or {})}, indent=2) + "\n", destination)
 
 
+def plots_available() -> bool:
+    """Whether matplotlib is installed (Slicer does not bundle it): plots that are extras to a job's results are
+    skipped without it, so a job never fails, after hours of work, for a missing picture."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def write_plot(scores: SliceScores, path: os.PathLike[str] | str, title: Optional[str] = None) -> None:
     """Score against slice position z (mm), with the noise index (HU) on a second axis. When the model's
     verdicts rest on the dose equivalent, a panel below shows it with the adequacy bands (and, for a learned

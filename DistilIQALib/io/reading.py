@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,6 +48,7 @@ DICOM_TAGS = {
     "manufacturer": "0008|0070",
 }
 POSITION_TAG = "0020|0032"
+THICKNESS_TAG = "0018|0050"
 
 
 def _silence_itk_warnings() -> None:
@@ -156,10 +157,24 @@ def _read_dicom_files(files: List[str], source: str) -> Tuple[sitk.Image, Dict[s
     positions = [_position(reader, k) for k in range(len(files))]
     if all(position is not None for position in positions):
         metadata["file_z_mm"] = [position[2] for position in positions]
+        thickness = [_number_tag(reader, k, THICKNESS_TAG) for k in range(len(files))]
+        if all(value is not None for value in thickness) and len(set(thickness)) > 1:
+            metadata["file_thickness_mm"] = thickness
     # the files and their positions, for readers of other header facts (the scanner's dose)
     metadata["dicom_files"] = [str(name) for name in files]
     metadata["file_positions_mm"] = positions
     return image, metadata
+
+
+def _number_tag(reader: sitk.ImageSeriesReader, index: int, tag: str) -> Optional[float]:
+    """The first value of a numeric tag of the ``index``-th file, or ``None``."""
+    if not reader.HasMetaDataKey(index, tag):
+        return None
+    try:
+        value = float(reader.GetMetaData(index, tag).split("\\")[0])
+    except ValueError:
+        return None
+    return value if np.isfinite(value) and value > 0 else None
 
 
 def _position(reader: sitk.ImageSeriesReader, index: int) -> Optional[Tuple[float, float, float]]:
@@ -193,17 +208,35 @@ def _file_slice_z(volume: CTVolume, file_z_mm: List[float], itk_direction: np.nd
     return true_z if np.abs(true_z - grid).max() > tolerance else None
 
 
-def z_gaps(z_mm: np.ndarray, factor: float = 1.5) -> List[Tuple[float, float]]:
-    """``(z below, z above)`` (mm) of every step between neighbouring slices larger than ``factor`` times
-    the median step: where slices are missing."""
-    z = np.sort(np.asarray(z_mm, dtype=np.float64))
+def z_gaps(z_mm: np.ndarray, thickness_mm: Optional[Sequence[float]] = None,
+           factor: float = 1.5) -> List[Tuple[float, float]]:
+    """``(z below, z above)`` (mm) of every step between neighbouring slices larger than ``factor`` times the
+    typical step: where slices are missing.
+
+    Without ``thickness_mm`` the typical step is the median step of the series. With each slice's thickness (mm,
+    in the order of ``z_mm``) it is the median step between slices of the thicker of the two neighbours' thickness:
+    a series whose spacing grows with its thickness (a 4 mm part at 4.2 mm, a 7 mm part at 7.4 mm) has no gap,
+    and a slice missing from either part is still one. A thickness seen on one slice only has no steps of its
+    own: the larger of the series' median step and that thickness stands for it."""
+    z = np.asarray(z_mm, dtype=np.float64)
+    order = np.argsort(z, kind="stable")
+    z = z[order]
     if len(z) < 3:
         return []
     steps = np.diff(z)
     typical = float(np.median(steps))
     if typical <= 0:
         return []
-    return [(float(z[n]), float(z[n + 1])) for n in np.nonzero(steps > factor * typical)[0]]
+    allowed = np.full(len(steps), factor * typical)
+    if thickness_mm is not None and len(thickness_mm) == len(z):
+        thickness = np.round(np.asarray(thickness_mm, dtype=np.float64)[order], 2)
+        if np.all(np.isfinite(thickness)) and len(np.unique(thickness)) > 1:
+            pair = np.maximum(thickness[:-1], thickness[1:])
+            for value in np.unique(pair):
+                own = steps[(thickness[:-1] == value) & (thickness[1:] == value)]
+                step = float(np.median(own)) if len(own) else max(typical, float(value))
+                allowed[pair == value] = factor * (step if step > 0 else typical)
+    return [(float(z[n]), float(z[n + 1])) for n in np.nonzero(steps > allowed)[0]]
 
 
 def _read_file(path: Path) -> Tuple[sitk.Image, Dict[str, str]]:
@@ -309,13 +342,28 @@ def _volume_from_image(image: sitk.Image, metadata: Dict[str, str], source: str)
         array = _windowed_to_hu(array, DEFAULT_WINDOW)
     hu, axial_spacing, axial_origin, axial_direction = to_axial(array, spacing, origin, direction)
     file_z_mm = metadata.pop("file_z_mm", None)
+    file_thickness_mm = metadata.pop("file_thickness_mm", None)
     volume = CTVolume(hu=hu, spacing_mm=axial_spacing, origin_mm=axial_origin, direction=axial_direction,
                       source=source, metadata=metadata)
     if file_z_mm is not None and dimension == 3:
         volume.slice_z_mm = _file_slice_z(volume, file_z_mm, np.asarray(direction).reshape(3, 3))
+        thickness = None
+        if file_thickness_mm is not None and len(file_thickness_mm) == volume.num_slices:
+            thickness = _by_slice(volume, file_z_mm, file_thickness_mm)
+            metadata["slice_thickness_per_slice_mm"] = [float(value) for value in thickness]
         if volume.slice_z_mm is not None:
-            metadata["z_gaps_mm"] = z_gaps(volume.slice_z_mm)
+            metadata["z_gaps_mm"] = z_gaps(volume.slice_z_mm, thickness)
     return volume
+
+
+def _by_slice(volume: CTVolume, file_z_mm: List[float], values: List[float]) -> np.ndarray:
+    """Per-file ``values`` in the volume's slice order, matched by z (the files' z moved by the same in-plane offset
+    as in :func:`_file_slice_z`)."""
+    z = volume.z_mm()
+    files = np.asarray(file_z_mm, dtype=np.float64)
+    offset = (z.min() + z.max()) / 2 - (files.min() + files.max()) / 2
+    nearest = np.abs((files + offset)[None, :] - z[:, None]).argmin(axis=1)
+    return np.asarray(values, dtype=np.float64)[nearest]
 
 
 def _windowed_to_hu(unit: np.ndarray, window: Window) -> np.ndarray:

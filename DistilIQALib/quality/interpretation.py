@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .kernels import SHARP, kernel_class
 
 #: Dose equivalents are reported between these ends: below 5% the estimate means little, and above four
 #: routine doses the noise (half the routine level) is too low to measure the difference reliably.
@@ -251,6 +253,51 @@ def region_references(reference: Optional[Dict[str, Any]],
     return {"chest": single, "abdomen": single}
 
 
+#: Bands per region from dose-reduction reader studies, as fractions of a routine dose: (good from, inadequate
+#: below, source). Fletcher JG et al., "Estimation of observer performance for reduced radiation dose levels in CT",
+#: Acad Radiol 2017;24(7), read routine head, abdomen and chest CT at reduced doses: for the head only 10% failed
+#: non-inferiority (20% passed); for the abdomen (liver metastases) 30% failed non-inferiority and reader agreement
+#: was inadequate below 50%; Jensen CT et al., Radiology 2019;290(2):400-409, found liver lesions detected 82% of the
+#: time at about 46% of the standard dose against 97% at it. The neck is read like the abdomen (a soft-tissue task).
+#: The chest's soft-tissue verdict has no reader study of its own here (lung nodules, a high-contrast task, failed
+#: only at 4%): its inadequate line is the spread rule's, and good starts :data:`MIN_BORDERLINE_RATIO` above it.
+READER_STUDY_BANDS = {
+    "head": (0.30, 0.14, "Fletcher et al., Acad Radiol 2017: only 10% of a routine head dose failed "
+             "non-inferiority and 20% passed (inadequate below 14%, between the two); good from 30%, a margin above "
+             "the 20% that passed"),
+    "abdomen": (0.50, 0.33, "Fletcher et al., Acad Radiol 2017: 30% of a routine abdominal dose failed "
+                "non-inferiority for liver metastases (inadequate below 33%) and reader agreement was inadequate below "
+                "50% (good from 50%); Jensen et al., Radiology 2019: liver lesions detected 82% of the time at about "
+                "46% of the standard dose against 97% at it"),
+    "neck": (0.50, 0.33, "read like the abdomen (a soft-tissue task; no neck reader study here): Fletcher et al., "
+             "Acad Radiol 2017"),
+    "chest": (0.0, 0.20, "no soft-tissue reader study of the chest here (Fletcher et al. 2017's lung-nodule task "
+              "failed only at 4% of a routine dose): inadequate from the spread of routine scans, at least 20%"),
+}
+#: Good starts at least this factor of dose above the inadequate line (noise 1.22x), so that every region has a
+#: borderline band: the two lines never meet.
+MIN_BORDERLINE_RATIO = 1.5
+
+
+def reader_study_bands(region: str, spread_inadequate: float = 0.0) -> Tuple[List[Dict[str, Any]], str]:
+    """good / borderline / inadequate bands of ``region`` (each a non-empty interval) and their reasoning: the
+    region's reader-study lines (:data:`READER_STUDY_BANDS`), the inadequate line raised to ``spread_inadequate``
+    (what a tenth of the dose leaves all but the quietest 5% of routine scans) where that is higher, and good at
+    least :data:`MIN_BORDERLINE_RATIO` above inadequate."""
+    good, inadequate, source = READER_STUDY_BANDS.get(region, READER_STUDY_BANDS["abdomen"])
+    reasons = [source]
+    if spread_inadequate > inadequate:
+        inadequate = spread_inadequate
+        reasons.append(f"inadequate below {inadequate:.0%}: a tenth of the dose of all but the quietest 5% of routine "
+                       "scans reads below it")
+    floor = math.ceil(inadequate * MIN_BORDERLINE_RATIO * 100.0 - 1e-9) / 100.0
+    if good < floor:
+        good = floor
+        reasons.append(f"good from {good:.0%}, {MIN_BORDERLINE_RATIO:g}x the inadequate line, so that borderline is "
+                       "never empty")
+    return region_bands(good, inadequate), "; ".join(reasons)
+
+
 def region_bands(good: float, inadequate: float) -> List[Dict[str, Any]]:
     """good / borderline / inadequate bands on the dose equivalent."""
     return [{"name": "good", "min_value": good}, {"name": "borderline", "min_value": inadequate},
@@ -299,9 +346,18 @@ def effective_noise(noise_hu, network_noise_hu, margin: Optional[float] = None) 
     return np.where(beyond, bound, noise)
 
 
+#: The global-noise thresholds (HU) of the routine category of each region in the US CMS CT measure (CMS1074 /
+#: CMS1206 / CMS1056; ``input/cql/AlaraCommonFunctions.cql``, function "CT Scan Qualifies", in GitHub
+#: cqframework/ecqm-content-qicore-2025 at db5a7e143304b19b70cbf6a89e5ebeab9e40df61): a series whose global noise
+#: reaches its category's threshold is out of range for image quality, so it is never good. The measure leaves the
+#: noise algorithm open; here the series' global noise is the median of its slices' noise index in that region.
+CMS_ROUTINE_NOISE_HU = {"head": (115.0, "Head Routine Dose"), "neck": (25.0, "Neck or Cervical Spine"),
+                        "chest": (49.0, "Chest Routine Dose"), "abdomen": (29.0, "Abdomen and Pelvis Routine Dose")}
+
+
 def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str], region_reasons: Sequence[str],
                     references: Dict[str, Dict[str, Any]], effective_noise_hu=None,
-                    artefact_margin: Optional[float] = None) -> Verdicts:
+                    artefact_margin: Optional[float] = None, kernel: str = "", manufacturer: str = "") -> Verdicts:
     """Verdicts of each slice against the routine reference of its body region; ``unknown`` with its reason
     wherever the slice lies outside what that reference was fitted on (region, size, thickness) or has no
     noise figure. Never an extrapolation.
@@ -310,9 +366,20 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
     much as what it shows) each slice also gets a learned dose equivalent: that of :func:`effective_noise` (the
     network's, discounted by ``artefact_margin``, where it sees clearly more than the measured noise), through the
     same reference. The verdict rests on it, so it is the worse of the physics' and the network's; the driver is
-    ``artefacts`` where the network moved the slice into a worse band than its noise gives, ``noise`` otherwise."""
+    ``artefacts`` where the network moved the slice into a worse band than its noise gives, ``noise`` otherwise.
+
+    A series reconstructed with a sharp kernel (``kernel`` and ``manufacturer``, the DICOM names; see
+    :func:`~DistilIQALib.quality.kernels.kernel_class`) gets no soft-tissue verdict: every slice is ``unknown`` with
+    that reason. Where the series' global noise in a region reaches that region's CMS threshold
+    (:data:`CMS_ROUTINE_NOISE_HU`) no slice of it is good: good becomes borderline, with that reason."""
     noise = np.asarray(noise_hu, dtype=np.float64)
     count = len(noise)
+    klass, described = kernel_class(kernel, manufacturer)
+    if klass == SHARP:
+        why = (f"no soft-tissue verdict: {described}, a lung or bone reconstruction whose noise says nothing of "
+               "soft-tissue quality or dose")
+        return Verdicts(np.full(count, np.nan), [UNKNOWN] * count, np.zeros(count, dtype=bool), [why] * count,
+                        None if effective_noise_hu is None else np.full(count, np.nan), [""] * count)
     thickness = np.broadcast_to(np.asarray(thickness_mm, dtype=np.float64), (count,))
     diameter = np.broadcast_to(np.asarray(diameter_cm, dtype=np.float64), (count,))
     combined = None if effective_noise_hu is None else effective_noise(noise, effective_noise_hu, artefact_margin)
@@ -348,7 +415,27 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
         if reference.get("basis") == "literature":
             remarks.append(f"{region} routine level from published measurements")
         notes[n] = "; ".join(remarks)
+    _cap_at_cms_threshold(noise, regions, labels, notes)
     return Verdicts(dose, labels, above, notes, learned if combined is not None else None, drivers)
+
+
+def _cap_at_cms_threshold(noise: np.ndarray, regions: Sequence[str], labels: List[str], notes: List[str]) -> None:
+    """Good slices of a region whose series' global noise (the median noise index of its slices there) reaches the
+    region's CMS threshold become borderline, with the reason (in place)."""
+    names = np.asarray(list(regions))
+    for region, (threshold, category) in CMS_ROUTINE_NOISE_HU.items():
+        chosen = (names == region) & np.isfinite(noise)
+        if not chosen.any():
+            continue
+        series_noise = float(np.median(noise[chosen]))
+        if series_noise < threshold:
+            continue
+        remark = (f"global noise {series_noise:.1f} HU reaches the CMS CT measure's {category} threshold "
+                  f"({threshold:g} HU): not good")
+        for n in np.nonzero(names == region)[0]:
+            if labels[n] == "good":
+                labels[n] = "borderline"
+                notes[n] = "; ".join(part for part in (notes[n], remark) if part)
 
 
 def _why_unknown(region: str, region_reason: str, reference: Optional[Dict[str, Any]], noise: float,

@@ -75,6 +75,12 @@ class SliceScores:
     diameter_cm: Optional[np.ndarray] = None
     #: Reconstructed slice thickness (mm); NaN where unknown.
     thickness_mm: float = float("nan")
+    #: Each slice's own thickness (mm) where the series' slices differ in it (a thin and a thick part); the
+    #: verdicts rest on it, ``None``: every slice has :attr:`thickness_mm`.
+    thickness_per_slice_mm: Optional[np.ndarray] = None
+    #: The DICOM ConvolutionKernel and Manufacturer: a sharp kernel gets no soft-tissue verdict.
+    kernel: str = ""
+    manufacturer: str = ""
     #: Body region of each slice (read from the image, or given by the user); ``None``: not determined.
     regions: Optional[SliceRegions] = None
     #: A learned model's effective noise of each slice (HU): the noise of a pure dose reduction that would degrade
@@ -91,7 +97,8 @@ class SliceScores:
     def verdicts(self) -> Optional[Verdicts]:
         """Per-region verdicts from the model's noise reference, and the learned dose equivalent of a model that
         gives an effective noise (``None`` when the bands are on the score). Computed once for the same inputs."""
-        inputs = (self.info, self.regions, self.noise_hu, self.diameter_cm, self.thickness_mm, self.effective_noise_hu)
+        inputs = (self.info, self.regions, self.noise_hu, self.diameter_cm, self.thickness_mm, self.effective_noise_hu,
+                  self.thickness_per_slice_mm, self.kernel)
         cached = self._verdicts
         if cached is None or len(cached[0]) != len(inputs) or any(a is not b for a, b in zip(cached[0], inputs)):
             self._verdicts = cached = (inputs, self._compute_verdicts())
@@ -102,9 +109,10 @@ class SliceScores:
             return None
         diameter = self.diameter_cm if self.diameter_cm is not None else np.full(len(self.score), np.nan)
         reasons = list(self.regions.reason) if self.regions else ["not determined"] * len(self.score)
-        return region_verdicts(self.noise_hu, self.thickness_mm, diameter, self.region, reasons,
+        thickness = self.thickness_mm if self.thickness_per_slice_mm is None else self.thickness_per_slice_mm
+        return region_verdicts(self.noise_hu, thickness, diameter, self.region, reasons,
                                region_references(self.info.noise_reference, self.info.adequacy),
-                               self.effective_noise_hu, self.info.artefact_margin)
+                               self.effective_noise_hu, self.info.artefact_margin, self.kernel, self.manufacturer)
 
     @property
     def driver(self) -> List[str]:
@@ -332,6 +340,8 @@ class Scorer:
             matrix=tuple(volume.hu.shape[:0:-1]), spacing_mm=tuple(volume.spacing_mm),
             warnings=self._warnings(volume), diameter_cm=diameter, thickness_mm=volume.slice_thickness_mm,
             regions=regions, effective_noise_hu=np.exp(scores.astype(np.float64)) if learned else None,
+            thickness_per_slice_mm=_per_slice(volume.metadata.get("slice_thickness_per_slice_mm"), total),
+            kernel=str(volume.metadata.get("kernel", "")), manufacturer=str(volume.metadata.get("manufacturer", "")),
         )
         if learned:
             # the score of a learned model is its dose equivalent: one scale for every region, NaN without a verdict
@@ -382,6 +392,11 @@ class Scorer:
             warnings.append("this model is marked 'test' (trained only to check the software): its scores are not "
                             "quality judgements")
         return warnings
+
+
+def _per_slice(values, count: int) -> Optional[np.ndarray]:
+    """A per-slice list of ``count`` numbers as an array, else ``None``."""
+    return None if values is None or len(values) != count else np.asarray(values, dtype=np.float64)
 
 
 def verdict_line(summary: Dict[str, Any]) -> str:

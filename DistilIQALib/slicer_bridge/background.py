@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..progress import PROGRESS_PREFIX
 
@@ -35,18 +36,56 @@ def parse_progress(line: str) -> Optional[Dict]:
     return record if isinstance(record, dict) else None
 
 
+# Windows' values (winbase.h, winuser.h), spelled out so that the options can be built and tested anywhere.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
+
+
+def popen_options(platform: str = os.name, startupinfo: Optional[Callable[..., Any]] = None) -> Dict[str, Any]:
+    """The ``subprocess.Popen`` keyword arguments of a job's child on ``platform`` (``os.name``).
+
+    POSIX: its own session, so that cancel reaches its whole process group. Windows: its own process group (for
+    ``taskkill /T``), and started as Slicer starts ``PythonSlicer``, a console program, in
+    ``slicer.util.launchConsoleProcess`` (Base/Python/slicer/util.py:3819-3824 in Slicer 5.8.1): a ``STARTUPINFO``
+    with ``dwFlags`` 1 (``STARTF_USESHOWWINDOW``) and ``wShowWindow`` 0 (``SW_HIDE``), so its console window is
+    hidden, cannot be closed by hand (which would kill the job) and is shared by what the child starts. Output is
+    text decoded as UTF-8 (the child is told to write UTF-8) with undecodable bytes replaced: where Slicer's own
+    reader catches ``UnicodeDecodeError`` (util.py:3853-3858), a reader thread that stopped would leave the job
+    hanging. ``startupinfo`` builds the ``STARTUPINFO`` (default: ``subprocess.STARTUPINFO`` where there is one)."""
+    options: Dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True,
+                               "encoding": "utf-8", "errors": "replace", "bufsize": 1}
+    if platform == "nt":
+        factory = startupinfo or getattr(subprocess, "STARTUPINFO", types.SimpleNamespace)
+        options["creationflags"] = CREATE_NEW_PROCESS_GROUP
+        options["startupinfo"] = factory(dwFlags=STARTF_USESHOWWINDOW, wShowWindow=SW_HIDE)
+    else:
+        options["start_new_session"] = True
+    return options
+
+
+def child_environment(env: Optional[Dict[str, str]] = None, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of a job's child: ``base`` (default ``os.environ``) with ``env`` on top, unbuffered progress
+    lines, and UTF-8 output whatever the system's code page."""
+    return {**(os.environ if base is None else base), **(env or {}), "DISTILIQA_PROGRESS_LINES": "1",
+            "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+
+
+def kill_tree_command(pid: int, platform: str = os.name) -> Optional[Tuple[List[str], Dict[str, Any]]]:
+    """Windows: ``taskkill`` of the process tree of ``pid`` and its ``subprocess.run`` options, started with no
+    console window (``CREATE_NO_WINDOW``) so that no window flashes over Slicer. ``None`` on POSIX (signals)."""
+    if platform != "nt":
+        return None
+    return (["taskkill", "/T", "/F", "/PID", str(pid)],
+            {"capture_output": True, "creationflags": CREATE_NO_WINDOW})
+
+
 class BackgroundProcess:
     def __init__(self, command: Sequence[str], cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None):
         self.command = list(command)
         self._lines: queue.Queue[str] = queue.Queue()
-        environment = {**os.environ, **(env or {}), "DISTILIQA_PROGRESS_LINES": "1", "PYTHONUNBUFFERED": "1"}
-        options = {}
-        if os.name == "nt":
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            options["start_new_session"] = True  # its own process group: cancel reaches grandchildren
-        self.process = subprocess.Popen(self.command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, bufsize=1, **options)
+        self.process = subprocess.Popen(self.command, cwd=cwd, env=child_environment(env), **popen_options())
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -82,8 +121,10 @@ class BackgroundProcess:
         """Stop the child and its descendants (SIGTERM, then SIGKILL after ``timeout_s``)."""
         if self.process.poll() is not None:
             return
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.process.pid)], capture_output=True)
+        windows = kill_tree_command(self.process.pid)
+        if windows is not None:
+            command, options = windows
+            subprocess.run(command, **options)
             return
         try:
             os.killpg(self.process.pid, signal.SIGTERM)

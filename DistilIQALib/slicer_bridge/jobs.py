@@ -274,3 +274,77 @@ def _region_reason(note: str) -> str:
     """The reason a slice's region is unknown, as its verdict note gives it ('' when it is known)."""
     prefix = "body region unknown: "
     return note[len(prefix):] if note.startswith(prefix) else ""
+
+
+# --- the panel's background jobs: one at a time per kind ----------------------------------------------------------
+
+#: Each task the panel runs in the background, and its kind: one job of a kind runs at a time (the kinds share no
+#: widgets, so a batch may run during training); Assess Quality is its own kind, run by the panel's ScoreJob.
+JOB_KINDS = {"batch": "batch", "preprocess": "training", "train-teacher": "training", "train-student": "training",
+             "evaluate": "training", "recipe": "training"}
+
+
+class RunningJob:
+    """A job the panel started: its task, child process, and what it needs when it ends, kept here, not in the
+    parameter node (a scene close replaces that node while the job runs on): ``result_path``, a model file to offer
+    once the job has succeeded (``None``: nothing to offer)."""
+
+    def __init__(self, task: str, process, result_path: Optional[Path] = None, widgets=None) -> None:
+        self.task, self.kind, self.process = task, JOB_KINDS[task], process
+        self.result_path = None if result_path is None else Path(result_path)
+        self.widgets = widgets
+        self.log: List[str] = []
+
+
+class JobBoard:
+    """The running jobs by kind. :meth:`request` says what a click on a job's button means: ``"start"`` when
+    nothing of its kind runs, else ``"ask"`` with the running job, to be cancelled only after the user agrees
+    (:meth:`question`); a job never cancels another unasked."""
+
+    def __init__(self) -> None:
+        self.running: Dict[str, RunningJob] = {}
+
+    def request(self, task: str) -> Tuple[str, Optional[RunningJob]]:
+        job = self.running.get(JOB_KINDS[task])
+        return ("start", None) if job is None else ("ask", job)
+
+    @staticmethod
+    def question(running: RunningJob, task: str) -> str:
+        if running.task == task:
+            return f"'{running.task}' is running. Cancel it?"
+        return f"'{running.task}' is running; '{task}' can start once it has ended. Cancel '{running.task}' now?"
+
+    def add(self, job: RunningJob) -> RunningJob:
+        if job.kind in self.running:
+            raise RuntimeError(f"'{self.running[job.kind].task}' is still running")
+        self.running[job.kind] = job
+        return job
+
+    def finished(self, job: RunningJob) -> None:
+        if self.running.get(job.kind) is job:
+            del self.running[job.kind]
+
+    def jobs(self) -> List[RunningJob]:
+        return list(self.running.values())
+
+
+def result_to_offer(task: str, output) -> Optional[Path]:
+    """The model a successful ``task`` writes into ``output`` (offered to the user), ``None`` when it writes none."""
+    if task == "train-student":
+        return student_model_path(output)
+    if task == "recipe":
+        return adapted_model_path(output)
+    return None
+
+
+def bound_widgets(widgets, property_name: str = "SlicerParameterName") -> Dict[str, object]:
+    """Parameter name -> widget for each of ``widgets`` whose Qt property ``property_name`` names a parameter: the
+    mapping Slicer's ``connectGui`` builds (parameterNodeWrapper/wrapper.py:241-251 in 5.8.1), for
+    ``connectParametersToGui``, the call that returns its binding's tag on every release."""
+    found = {}
+    for widget in widgets:
+        read = getattr(widget, "property", None)
+        name = read(property_name) if callable(read) else None
+        if name:
+            found[str(name)] = widget
+    return found

@@ -20,7 +20,7 @@ application, and takes the scene from the nodes it is given, so it runs against 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import slicer
@@ -443,3 +443,58 @@ class SliceRenderer:
         width, height, _ = image.GetDimensions()
         pixels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)
         return pixels[::-1].copy()
+
+
+#: Name of the table node that holds the exam table of the last DICOM database batch.
+EXAM_TABLE_NAME = "DistilIQA exams"
+
+
+def show_exam_table(scene, rows: Sequence[Dict], name: str = EXAM_TABLE_NAME):
+    """The exam table (:data:`DistilIQALib.dose.exams.EXAM_COLUMNS`, one row per study) as a table node, replacing
+    the one a previous batch left (found by name); numbers as double columns (empty: NaN), the rest as text. The
+    CMS CT measure's columns are an open computation of its inputs, not the certified measure (the node says so in
+    its ``about`` attribute)."""
+    from ..dose.cms import NOT_CERTIFIED
+    from ..dose.exams import EXAM_COLUMNS
+
+    node = scene.GetFirstNodeByName(name)
+    if node is None or not node.IsA("vtkMRMLTableNode"):
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = vtk.vtkTable()
+    numeric = [column for column in EXAM_COLUMNS if column.endswith(("_mgy", "_mgycm", "_cm", "_hu"))]
+    for column in EXAM_COLUMNS:
+        array = vtk.vtkDoubleArray() if column in numeric else vtk.vtkStringArray()
+        array.SetName(column)
+        array.SetNumberOfValues(len(rows))
+        for n, row in enumerate(rows):
+            value = row.get(column)
+            if column in numeric:
+                array.SetValue(n, np.nan if value is None else float(value))
+            else:
+                array.SetValue(n, "" if value is None else str(value))
+        table.AddColumn(array)
+    node.SetAndObserveTable(table)
+    node.SetLocked(True)
+    node.SetAttribute("DistilIQA.about", NOT_CERTIFIED)
+    node.Modified()
+    return node
+
+
+def show_table_in_views(application_logic, table_node) -> None:
+    """Show ``table_node`` in the table views, as Slicer shows a table: make it the selection node's active
+    table, then let the application logic propagate the selection, which sets the table of every
+    ``vtkMRMLTableViewNode`` whose ``DoPropagateTableSelection`` is on (the default).
+
+    From Slicer's source (github Slicer/Slicer, v5.8.1 = 11eaf62e and main at 583e9b37):
+    ``vtkMRMLSelectionNode::SetActiveTableID`` (Libs/MRML/Core/vtkMRMLSelectionNode.h:116 at v5.8.1, :118 on
+    main; ``SetReferenceActiveTableID`` is its deprecated name), ``vtkMRMLApplicationLogic::GetSelectionNode``
+    (Libs/MRML/Logic/vtkMRMLApplicationLogic.h:60) and ``PropagateTableSelection``
+    (Libs/MRML/Logic/vtkMRMLApplicationLogic.cxx:481-501 at v5.8.1, :470-489 on main), the flag's default
+    (Libs/MRML/Core/vtkMRMLTableViewNode.h:95, ``DoPropagateTableSelection{true}``). The layout must hold a table
+    view for the table to be seen: Slicer's script repository switches to ``SlicerLayoutFourUpTableView`` first
+    (Docs/developer_guide/script_repository/models.md:70-72), which the panel does."""
+    selection = application_logic.GetSelectionNode()
+    if selection is None:
+        raise RuntimeError("the application logic has no selection node (it has no scene)")
+    selection.SetActiveTableID(table_node.GetID())
+    application_logic.PropagateTableSelection()

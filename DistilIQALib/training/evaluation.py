@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.outputs import plots_available
 from ..quality.device import resolve_device
 from ..quality.metrics import agreement
 from ..quality.model import QualityViT, score_from_outputs
@@ -50,9 +51,11 @@ def predict_split(weights: Sequence[Path | str], split: LabelledImages, device: 
 
 
 def evaluate(weights: Sequence[Path | str], data_dir: Path | str, output_dir: Path | str,
-             split_name: str = "test", device_spec: str = "auto", plot: bool = True) -> List[Dict[str, float]]:
+             split_name: str = "test", device_spec: str = "auto",
+             plot: Optional[bool] = None) -> List[Dict[str, float]]:
     """Metrics of each weights file on a split: ``eval_info.csv`` (per image), ``accumulate_metrics.csv``
-    (one row per model, appended) and ``scatter_<model>.png``."""
+    (one row per model, appended) and ``scatter_<model>.png`` (where matplotlib is installed, see
+    :func:`write_evaluation`)."""
     split = load_split(data_dir, split_name)
     if len(split) < 2:
         raise InputError(f"the {split_name} split of {data_dir} has fewer than 2 images")
@@ -61,9 +64,11 @@ def evaluate(weights: Sequence[Path | str], data_dir: Path | str, output_dir: Pa
 
 
 def write_evaluation(predictions: Sequence[Prediction], split: LabelledImages, output_dir: Path | str,
-                     split_name: str = "test", plot: bool = True) -> List[Dict[str, float]]:
-    """Write the evaluation files for ``predictions`` on ``split``; returns each model's metrics."""
+                     split_name: str = "test", plot: Optional[bool] = None) -> List[Dict[str, float]]:
+    """Write the evaluation files for ``predictions`` on ``split``; returns each model's metrics. ``plot``: a
+    scatter plot per model (``None``: where matplotlib is installed; the metrics never depend on it)."""
     output_dir = Path(output_dir)
+    plot = plots_available() if plot is None else plot
     output_dir.mkdir(parents=True, exist_ok=True)
     results = []
     rows = []

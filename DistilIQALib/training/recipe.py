@@ -209,13 +209,6 @@ def apply_noise_reference(info, reference: Dict, fitted_on: Sequence[str],
                                    "scans, none of them a test patient.")
 
 
-#: Head bands from the reader study of Fletcher et al. (Acad Radiol 2017;24(7)): at 100/80/60/40/20/10% of a
-#: routine head dose only 10% failed non-inferiority, so inadequate starts between 10% and 20% (their geometric
-#: mean); good down to 30%, a margin above the 20% that still passed (noise under 1.8x routine: 7.3 HU at 5 mm
-#: against a grey-white contrast of 5.5-7 HU). The head's size dependence is the chest's and abdomen's (one head
-#: cannot fit one): with the fixed-technique law (variance as exp(0.2 D)) the small sections near the vertex
-#: would read as low dose.
-HEAD_BANDS = (0.3, 0.14)
 #: The neck has no real routine scan in the corpus: its level is the abdomen's, scaled by the ratio of the
 #: global-noise thresholds of the US CMS CT measure (CMS1074: neck or cervical spine 25 HU, routine abdomen-pelvis
 #: 29 HU), at the abdomen's median fitted size, with no size dependence of its own.
@@ -223,12 +216,6 @@ NECK_TO_ABDOMEN_NOISE = 25.0 / 29.0
 NECK_DIAMETER_CM = (8.0, 30.0)
 HEAD_DIAMETER_CM = (10.0, 26.0)
 FITTED_REGIONS = ("chest", "abdomen")
-#: The dose equivalent below which readers failed a region's task in a reader study, where it is stricter than
-#: what the spread of routine scans gives: liver metastases at 30% of a routine abdominal dose failed
-#: non-inferiority (Fletcher et al., Acad Radiol 2017). The neck is read like the abdomen (soft tissue).
-READER_STUDY_INADEQUATE = {"abdomen": 0.30}
-
-
 def _measured(sources):
     """Noise index (HU), noise-equivalent diameter (cm), thickness (mm) and patient of each source slice."""
     import torch
@@ -257,6 +244,14 @@ def _fit_region(sources, per_cm: Optional[float]) -> Dict:
         raise InputError(str(error)) from None
 
 
+def _spread_text(reference: Dict) -> str:
+    """`` (routine scans' 5th-95th percentile of dose equivalent a-b)`` where the reference measured it, else ''."""
+    spread = reference.get("routine_range")
+    if not spread:
+        return ""
+    return f" (routine scans' 5th-95th percentile of dose equivalent {spread[0]:.2f}-{spread[1]:.2f})"
+
+
 def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> Dict:
     """A routine reference for every body region from full-dose source slices that carry their region
     (:attr:`~DistilIQALib.training.datasets.SourceSlice.region`): chest and abdomen fitted on their slices (every
@@ -267,7 +262,7 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
         ABOVE_ROUTINE_DEFAULT,
         ABOVE_ROUTINE_QUANTILE,
         adequacy_from_reference,
-        region_bands,
+        reader_study_bands,
         region_references,
         valid_ranges,
     )
@@ -298,21 +293,17 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
             fitted = _fit_region(picked, float(pooled["per_cm"]))
             fitted.pop("routine_p75", None)
             fitted["routine_range"] = pooled.get("routine_range")
-            bands = [dict(band) for band in adequacy["bands"]]
-            good, inadequate = bands[0]["min_value"], bands[1]["min_value"]
-            study = READER_STUDY_INADEQUATE.get(region)
-            note = ""
-            if study and good is not None and inadequate < study:
-                bands = region_bands(max(good, study), study)
-                note = (f" Inadequate raised to below {study:.0%} (good from at least that): in a reader study "
-                        f"(Fletcher et al. 2017) {study:.0%} of a routine {region} dose failed non-inferiority.")
+            spread_inadequate = float(adequacy["bands"][1]["min_value"])
+            bands, why = reader_study_bands(region, spread_inadequate)
+            note = (f" Bands: good from {bands[0]['min_value']:.0%}, inadequate below {bands[1]['min_value']:.0%} "
+                    f"({why}).")
             regions[region] = dict(
                 fitted, **valid_ranges(pooled), basis="fitted", fitted_on=sorted({s.patient for s in picked}),
                 bands=bands, above_routine_from=round(above, 3),
                 reasoning=(f"Level fitted on the {region} slices of {fitted['patients']} real patients; size "
                            f"dependence ({pooled['per_cm']:.4f} per cm) and spread from the chest and abdomen "
                            f"slices of {pooled['patients']} patients together, and so are the sizes and thicknesses it "
-                           "applies to. " + adequacy["reasoning"]
+                           f"applies to{_spread_text(pooled)}."
                            + f" Above routine: a dose equivalent over {above:.2f}, the {ABOVE_ROUTINE_QUANTILE:.0%} "
                            "point of routine scans, as diagnostic reference levels are set." + note))
     else:
@@ -324,18 +315,17 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
         fitted = _fit_region(head, body_per_cm)
         fitted.pop("routine_p75", None)
         head_patients = sorted({s.patient for s in head})
-        good, inadequate = HEAD_BANDS
+        bands, why = reader_study_bands("head")
         regions["head"] = dict(
             fitted, valid_diameter_cm=list(HEAD_DIAMETER_CM), **{k: v for k, v in valid_ranges(fitted).items()
                                                                   if k == "valid_thickness_mm"},
-            basis="fitted", fitted_on=head_patients, bands=region_bands(good, inadequate),
+            basis="fitted", fitted_on=head_patients, bands=bands,
             above_routine_from=ABOVE_ROUTINE_DEFAULT,
             reasoning=(f"Level fitted on {len(head_patients)} real routine head CT(s) with the chest's and "
                        f"abdomen's size dependence ({body_per_cm:.4f} per cm); checked against published brain "
-                       "noise (4.0 HU at 5 mm, Nakamura et al. 2019). Bands from the reader study of Fletcher et "
-                       f"al. 2017 (head: only 10% of a routine dose failed non-inferiority): good from {good:.0%}, "
-                       f"inadequate below {inadequate:.0%}. Above routine: over {ABOVE_ROUTINE_DEFAULT:g}x a routine "
-                       "dose."))
+                       f"noise (4.0 HU at 5 mm, Nakamura et al. 2019). Bands: good from {bands[0]['min_value']:.0%}, "
+                       f"inadequate below {bands[1]['min_value']:.0%} ({why}). Above routine: over "
+                       f"{ABOVE_ROUTINE_DEFAULT:g}x a routine dose."))
     elif base.get("head"):
         regions["head"] = base["head"]
     if "abdomen" in regions:
@@ -343,14 +333,16 @@ def regional_noise_reference(sources, base_reference: Optional[Dict] = None) -> 
         low, high = abdomen["diameter_range_cm"]
         middle = (low + high) / 2.0
         level = float(abdomen["intercept"]) + float(abdomen["per_cm"]) * middle + 2.0 * math.log(NECK_TO_ABDOMEN_NOISE)
+        neck_bands, neck_why = reader_study_bands("neck", float(abdomen["bands"][1]["min_value"]))
         regions["neck"] = {
             "intercept": round(level, 5), "per_cm": 0.0, "basis": "literature",
             "valid_diameter_cm": list(NECK_DIAMETER_CM), "valid_thickness_mm": abdomen.get("valid_thickness_mm"),
-            "bands": abdomen["bands"], "above_routine_from": abdomen["above_routine_from"],
+            "bands": neck_bands, "above_routine_from": abdomen["above_routine_from"],
             "reasoning": (f"No routine neck CT in the corpus: the level is the abdomen's at {middle:.1f} cm with "
                           f"noise x{NECK_TO_ABDOMEN_NOISE:.2f}, the ratio of the global-noise thresholds of the US "
-                          "CMS CT measure CMS1074 (neck 25 HU, routine abdomen-pelvis 29 HU); bands as the abdomen's "
-                          "(a soft-tissue task).")}
+                          "CMS CT measure CMS1074 (neck 25 HU, routine abdomen-pelvis 29 HU). Bands: good from "
+                          f"{neck_bands[0]['min_value']:.0%}, inadequate below {neck_bands[1]['min_value']:.0%} "
+                          f"({neck_why}).")}
     elif base.get("neck"):
         regions["neck"] = base["neck"]
     if not regions:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -315,8 +316,11 @@ def test_a_studys_dose_report_series_is_retrieved_into_the_dose_tables(orthanc, 
     report.save_as(tmp_path / "rdsr.dcm")
     orthanc.upload(paths + [tmp_path / "rdsr.dcm"])
     store = tmp_path / "dose.sqlite"
-    summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_uids=[study]), store,
-                           Scorer(str(tiny_weights), device="cpu"))
+    try:
+        summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_uids=[study]), store,
+                               Scorer(str(tiny_weights), device="cpu"))
+    finally:  # other tests count the session's series
+        orthanc.delete(orthanc.lookup(study, "Study"), "studies")
     assert summary.scored == 1 and summary.failed == 0 and summary.dose_reports == 1
     with ResultStore(store) as results:
         [row] = results.dose_report_rows()
@@ -326,3 +330,44 @@ def test_a_studys_dose_report_series_is_retrieved_into_the_dose_tables(orthanc, 
     assert row["dlp_total_mgycm"] == pytest.approx(1174.95) and row["events_found"] == 12 and len(events) == 12
     assert row["path"].startswith(f"{orthanc.dicomweb_url}/studies/{study}/series/{_uid('dose-sr-series')}")
     assert series["series_uid"] == uid and series["ctdivol_mgy"] == 9.5
+
+
+def test_a_server_error_quoting_the_requests_headers_shows_no_credentials(tmp_path, capsys, monkeypatch):
+    """A gateway before the archive whose error quotes the request's headers in its status line (as some proxies
+    do): the one-line error names the server and the status, never the credentials."""
+    import http.server
+
+    from .conftest import write_untrained_weights
+
+    heard = []
+
+    class QuotingGateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the name http.server calls)
+            authorization = self.headers.get("Authorization", "")
+            heard.append(authorization)
+            self.send_response(502, f"Bad Gateway (upstream refused GET with Authorization: {authorization}; "
+                                    f"token {authorization.split()[-1]})")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *arguments):
+            pass
+
+    gateway = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuotingGateway)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{gateway.server_address[1]}/dicom-web"
+    weights = write_untrained_weights(tmp_path / "w.safetensors", input_size=64)
+    monkeypatch.setenv("PACS_AUTH", AUTH)
+    try:
+        code = main(["batch", "--dicomweb", url, "--auth-env", "PACS_AUTH", "--retries", "0", "--db",
+                     str(tmp_path / "r.sqlite"), "--weights", str(weights), "--device", "cpu"])
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+    output = capsys.readouterr()
+    assert heard and heard[0] == AUTH  # the credentials were sent, and quoted back
+    assert (code, output.err.strip().splitlines()[-1]) == (
+        3, f"distiliqa: error: {url} answered the series query with 502 Bad Gateway (upstream refused GET with "
+           "Authorization: <credentials>; token <credentials>)")
+    for text in (output.err, output.out):
+        assert AUTH.split()[1] not in text and ORTHANC_PASSWORD not in text

@@ -36,10 +36,10 @@ def _series(folder, name, slices, seed=0):
 class Listener:
     """``python -m DistilIQALib listen`` in a child process, its log lines read as they come."""
 
-    def __init__(self, port, db, weights, series_timeout_s):
+    def __init__(self, port, db, weights, series_timeout_s, *options):
         arguments = [sys.executable, "-m", "DistilIQALib", "listen", "--port", str(port), "--ae-title", RECEIVER_AET,
                      "--db", str(db), "--host", "127.0.0.1", "--series-timeout", str(series_timeout_s),
-                     "--weights", str(weights), "--device", "cpu"]
+                     "--weights", str(weights), "--device", "cpu", *map(str, options)]
         self.process = subprocess.Popen(arguments, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         text=True)
         self.lines = []
@@ -155,7 +155,7 @@ def test_a_restart_scores_what_was_received_and_not_yet_scored(orthanc, tiny_wei
         assert again.stop(signal.SIGTERM) == 0
     assert not list((storage / uid).glob("*" + PARTIAL_SUFFIX))
     # scored and marked: the next start finds nothing to do
-    receiver = Receiver(storage, db, Scorer(str(tiny_weights), device="cpu"))
+    receiver = Receiver(storage, db, Scorer(str(tiny_weights), device="cpu"), host="127.0.0.1")
     receiver._pick_up_unscored()
     assert receiver.pending() == []
 

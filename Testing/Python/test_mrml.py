@@ -378,3 +378,50 @@ def test_a_learned_models_table_charts_and_map_show_what_set_each_verdict(scene,
     again = mrml.show_stored_results(ct, scores)
     assert [str(v) for v in _column(again.table.GetTable(), "driver")] == DRIVERS
     assert again.table.GetID() == nodes.table.GetID()
+
+
+def test_exam_table_node_holds_the_exam_rows_and_is_replaced_on_rerun():
+    from DistilIQALib.dose.cms import NOT_CERTIFIED
+    from DistilIQALib.dose.exams import EXAM_COLUMNS
+
+    scene = slicer.vtkMRMLScene()
+    row = dict.fromkeys(EXAM_COLUMNS)
+    row.update(study_uid="1.2.3", study_date="20260315", exam_category="Chest Routine Dose", ctdivol_mgy=8.25,
+               global_noise_hu=21.5, cms_out_of_range="no", cms_reason="global noise 21.5 HU < 49")
+    node = mrml.show_exam_table(scene, [row, {**row, "study_uid": "1.2.4", "ctdivol_mgy": None}])
+    table = node.GetTable()
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(EXAM_COLUMNS)
+    assert table.GetNumberOfRows() == 2
+    assert node.GetCellText(0, EXAM_COLUMNS.index("exam_category")) == "Chest Routine Dose"
+    assert table.GetColumnByName("ctdivol_mgy").GetValue(0) == pytest.approx(8.25)
+    assert np.isnan(table.GetColumnByName("ctdivol_mgy").GetValue(1))
+    assert node.GetAttribute("DistilIQA.about") == NOT_CERTIFIED
+    again = mrml.show_exam_table(scene, [row])
+    assert again is node and node.GetTable().GetNumberOfRows() == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+
+
+def test_the_exam_table_is_shown_in_the_table_views_that_follow_the_selection():
+    """The panel's way of showing the exam table, on real MRML: the selection node's active table, propagated by
+    the application logic to every table view that follows the selection (Slicer's PropagateTableSelection,
+    Libs/MRML/Logic/vtkMRMLApplicationLogic.cxx:481-501 at v5.8.1, :470-489 on main 583e9b37), in the layout
+    Slicer's script repository uses to show a table (SlicerLayoutFourUpTableView = 34,
+    Libs/MRML/Core/vtkMRMLLayoutNode.h:118 at v5.8.1, :156 on main)."""
+    from DistilIQALib.dose.exams import EXAM_COLUMNS
+
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkMRMLApplicationLogic()
+    logic.SetMRMLScene(scene)
+    follows = scene.AddNewNodeByClass("vtkMRMLTableViewNode")
+    pinned = scene.AddNewNodeByClass("vtkMRMLTableViewNode")
+    pinned.SetDoPropagateTableSelection(False)
+    other = scene.AddNewNodeByClass("vtkMRMLTableNode", "another table")
+    pinned.SetTableNodeID(other.GetID())
+    node = mrml.show_exam_table(scene, [dict.fromkeys(EXAM_COLUMNS, None) | {"study_uid": "1.2.3"}])
+    mrml.show_table_in_views(logic, node)
+    assert logic.GetSelectionNode().GetActiveTableID() == node.GetID()
+    assert follows.GetTableNodeID() == node.GetID()
+    assert pinned.GetTableNodeID() == other.GetID()  # a view pinned to its table keeps it
+    assert slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView == 34
+    with pytest.raises(RuntimeError, match="no selection node"):
+        mrml.show_table_in_views(slicer.vtkMRMLApplicationLogic(), node)

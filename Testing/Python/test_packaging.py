@@ -67,6 +67,7 @@ def test_installed_tree_is_what_slicer_loads(tmp_path):
     assert top_level_py == ["DistilIQA.py"]  # Slicer takes every top-level .py for a module
     shipped = sorted(str(p.relative_to(installed)) for p in installed.rglob("*") if p.is_file())
     expected = sorted([str(p.relative_to(ROOT)) for p in (ROOT / "DistilIQALib").rglob("*.py")]
+                      + [str(p.relative_to(ROOT)) for p in (ROOT / "DistilIQALib").rglob("*.json")]
                       + [str(p.relative_to(ROOT)) for p in (ROOT / "Resources").rglob("*")
                          if p.is_file() and p.name != ".gitkeep"]
                       + ["DistilIQA.py"])
@@ -172,3 +173,16 @@ def test_every_picture_url_is_a_picture_in_this_repository():
         path = ROOT / url[len(prefix):]
         assert path.is_file(), url
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+
+
+def test_the_wheel_ships_the_default_exam_category_mapping(tmp_path):
+    """The default mapping file is package data: a pip install (a wheel) carries it beside the module that reads
+    it, as the CMake list carries it into Slicer (the test above)."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        mapping = json.loads(archive.read("DistilIQALib/dose/exam_categories.json"))
+    assert mapping["text_rules"] and mapping["area_from_regions"]["rules"]

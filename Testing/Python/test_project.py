@@ -27,8 +27,9 @@ def test_every_shipped_file_is_listed_in_cmake():
     on_disk = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "DistilIQALib").rglob("*.py"))
     assert sorted(scripts) == on_disk
     resources = _cmake_listed(text, "DISTILIQA_RESOURCES")
-    resource_files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "Resources").rglob("*")
-                            if p.is_file() and p.name != ".gitkeep")
+    resource_files = sorted([str(p.relative_to(ROOT)) for p in (ROOT / "Resources").rglob("*")
+                             if p.is_file() and p.name != ".gitkeep"]
+                            + [str(p.relative_to(ROOT)) for p in (ROOT / "DistilIQALib").rglob("*.json")])
     assert sorted(resources) == resource_files
     module = _cmake_listed((ROOT / "DistilIQA" / "CMakeLists.txt").read_text(), "MODULE_PYTHON_SCRIPTS")
     assert module == ["${MODULE_NAME}.py"] and (ROOT / "DistilIQA" / "DistilIQA.py").is_file()

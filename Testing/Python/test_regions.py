@@ -27,6 +27,7 @@ from DistilIQALib.quality.interpretation import (
 from DistilIQALib.quality.regions import (
     ABDOMEN,
     CHEST,
+    FEATURE_NAMES,
     HEAD,
     NECK,
     UNKNOWN,
@@ -73,6 +74,46 @@ def test_a_real_routine_head_ct_reads_as_head_from_skull_base_to_vertex():
     # the slices that are not head have no body left to read (the top of the vertex), never another region
     assert set(regions.region) <= {HEAD, UNKNOWN}
     assert all(reason for region, reason in zip(regions.region, regions.reason) if region == UNKNOWN)
+
+
+def test_hole_filling_and_opening_are_those_of_scipy_on_random_masks_and_a_real_head():
+    from scipy import ndimage
+
+    from DistilIQALib.quality.regions import _fill_holes, _open
+
+    rng = np.random.default_rng(3)
+    masks = [rng.random((4, 61, 87)) < share for share in (0.3, 0.55, 0.7)]
+    if CRANIUM.is_file():  # the real head's body masks at the pooled grid, arms of the head holder and all
+        head = torch.from_numpy(read_inv3(CRANIUM).hu[::8].astype(np.float32))
+        masks.append((torch.nn.functional.avg_pool2d(head[:, None], 2, ceil_mode=True)[:, 0] > -500.0).numpy())
+    for mask in masks:
+        found = torch.from_numpy(mask)[:, None]
+        filled = _fill_holes(found)[:, 0].numpy()
+        for n, one in enumerate(mask):  # background moves to all 8 neighbours: the 3x3 structure
+            np.testing.assert_array_equal(filled[n], ndimage.binary_fill_holes(one, structure=np.ones((3, 3))))
+        for size in (1, 3, 5, 9):  # the square window is clipped at the edge: outside neither erodes nor dilates
+            opened = _open(found, size)[:, 0].numpy()
+            eroded = ndimage.minimum_filter(mask, size=(1, size, size), mode="constant", cval=1)
+            np.testing.assert_array_equal(
+                opened, ndimage.maximum_filter(eroded, size=(1, size, size), mode="constant", cval=0))
+
+
+def test_the_region_features_and_the_noise_index_make_every_tensor_on_their_slices_device():
+    # Every tensor made inside follows the slices' device: with a default device of "meta", one made without
+    # naming it would fail to meet the CPU slices (what a GPU run would meet as a CPU tensor).
+    from DistilIQALib.quality.noise import global_noise_index, size_for_reference
+    from DistilIQALib.quality.preprocessing import prepare_batch
+
+    hu = torch.from_numpy(np.stack([phantom_slice(0.0), phantom_slice(0.7)]).astype(np.float32))
+    expected = region_features(hu, (0.7, 0.7))
+    noise = global_noise_index(hu, (0.7, 0.7))
+    with torch.device("meta"):
+        found = region_features(hu, (0.7, 0.7))
+        assert torch.equal(global_noise_index(hu, (0.7, 0.7)), noise)
+        for reference in (None, {"size": "noise_equivalent_diameter"}):
+            assert size_for_reference(hu, (0.7, 0.7), reference).device == hu.device
+        assert prepare_batch(hu).device == hu.device
+    assert all(np.array_equal(getattr(found, name), getattr(expected, name)) for name in FEATURE_NAMES)
 
 
 def _one(name: str):

@@ -300,3 +300,19 @@ def test_a_result_names_its_source_the_time_it_took_and_its_thickness(weights):
     # the thickness to 3 decimals; none when unknown
     assert dataclasses.replace(scores, thickness_mm=0.62549).summary()["slice_thickness_mm"] == 0.625
     assert dataclasses.replace(scores, thickness_mm=float("nan")).summary()["slice_thickness_mm"] is None
+
+
+def test_verdicts_are_computed_once_and_again_when_an_input_is_replaced(monkeypatch):
+    # the shipped model's verdicts rest on the noise, size, thickness and region of each slice
+    real = scoring.region_verdicts
+    calls = []
+    monkeypatch.setattr(scoring, "region_verdicts", lambda *args: calls.append(1) or real(*args))
+    volume = CTVolume(phantom_volume(2, noise_sd_hu=12.0), spacing_mm=(0.7, 0.7, 2.5))
+    scores = Scorer(device="cpu").score_volume(volume)
+    assert len(calls) == 1  # the learned score is the verdicts' dose equivalent
+    first = (scores.rows(), scores.summary(), list(scores.adequacy), scores.dose_equivalent.copy(), scores.driver)
+    assert len(calls) == 1
+    scores.noise_hu = scores.noise_hu * 4.0  # a sixteenth of the dose, as the noise tells it
+    assert len(calls) == 1
+    assert np.all(scores.dose_equivalent < first[3])
+    assert len(calls) == 2 and scores.rows() != first[0] and len(calls) == 2

@@ -173,15 +173,18 @@ def _method_source(class_name, method_name):
 
 
 def test_gui_tag_is_compared_with_none_never_by_truth():
-    """connectGui returns None on Slicer 5.6/5.8 (wrapper.py:241-253 in v5.8.1 has no return) and 0 for the
-    first binding on newer Slicer (wrapper.py:205-215 on main): a truth test never disconnects."""
+    """connectGui returns None on Slicer 5.4-5.8 (wrapper.py:241-253 in v5.8.1 has no return), so the panel binds
+    with connectParametersToGui, which returns its tag on every release (wrapper.py:194-213 in v5.8.1, :186-205
+    in v5.4.0); the first tag is 0: a truth test never disconnects. The old binding is undone before a new one."""
     text = MODULE.read_text()
     assert not re.search(r"and self\._parameterNodeGuiTag\b(?! is)", text)
     assert not re.search(r"if self\._parameterNodeGuiTag\s*:", text)
     setter = ast.unparse(_method_source("DistilIQAWidget", "setParameterNode"))
     # binding the node the panel already holds is skipped: no second set of connectors and observers
     assert "parameterNode.parameterNode is self._parameterNode.parameterNode" in setter
-    assert setter.index("return") < setter.index(".connectGui(")
+    assert setter.index("return") < setter.index("self._disconnectGui()") < setter.index(".connectParametersToGui(")
+    assert ".connectGui(" not in text
+    assert "self._disconnectGui()" in ast.unparse(_method_source("DistilIQAWidget", "cleanup"))
 
 
 def test_score_text_goes_to_the_overlay_corner_that_dataprobe_leaves_alone():
@@ -232,4 +235,4 @@ def test_small_fixes_of_the_panel():
 def test_adapt_to_this_site_is_wired():
     assert "adaptButton" in _widgets()
     text = ast.unparse(_method_source("DistilIQAWidget", "onAdaptButton"))
-    assert "adaptArguments" in text and "_startJob" in text and "_offerAdaptedModel" in text
+    assert "adaptArguments" in text and "_startJob" in text and "_offerModel" in text and "'recipe'" in text
