@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..volume import CTVolume
 from .headers import SeriesDose, SliceDose, read_slice_doses, series_dose
@@ -52,10 +54,9 @@ class ScanDose:
 def _block_means(hu: np.ndarray, step: int) -> np.ndarray:
     """Each slice of ``hu`` ``(n, y, x)`` averaged in ``step`` x ``step`` blocks (the ragged edge dropped)."""
     if step <= 1:
-        return hu
-    rows, columns = (hu.shape[1] // step) * step, (hu.shape[2] // step) * step
-    blocks = hu[:, :rows, :columns].reshape(len(hu), rows // step, step, columns // step, step)
-    return blocks.mean(axis=(2, 4), dtype=np.float32)
+        return np.asarray(hu, dtype=np.float32)
+    slices = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None]
+    return F.avg_pool2d(slices, step)[:, 0].numpy()
 
 
 def slice_water_diameters(volume: CTVolume, wanted: Optional[Sequence[bool]] = None) -> List[tuple]:

@@ -75,23 +75,25 @@ def patient_mask(hu_slice: np.ndarray) -> np.ndarray:
     return patient_masks(np.asarray(hu_slice)[None])[0]
 
 
-def _outside_field(hu_slice: np.ndarray) -> np.ndarray:
-    """Pixels outside the reconstructed field: the image's border frame (one pixel past its edge) and padding."""
-    outside = np.asarray(hu_slice) < OUTSIDE_FIELD_HU
-    return np.pad(outside, 1, constant_values=True)
+def _truncated(masks: np.ndarray, hu_slices: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Whether each slice's patient outline runs along the edge of the field of view (the image border, or the
+    padded corners outside the reconstruction circle, below ``OUTSIDE_FIELD_HU``) for at least
+    ``TRUNCATION_CONTACT_MM``; ``masks`` and ``hu_slices`` are ``(n, y, x)``."""
+    frame = ((0, 0), (1, 1), (1, 1))
+    outside = np.pad(np.asarray(hu_slices) < OUTSIDE_FIELD_HU, frame, constant_values=True)
+    inside = np.pad(np.asarray(masks, dtype=bool), frame, constant_values=False)
+    touching = np.zeros_like(inside)
+    for axis in (1, 2):
+        for step in (1, -1):
+            touching |= inside & np.roll(outside, step, axis=axis)
+    contact_mm = touching.sum(axis=(1, 2)) * float(min(spacing_mm[0], spacing_mm[1]))
+    return contact_mm >= TRUNCATION_CONTACT_MM
 
 
 def is_truncated(mask: np.ndarray, hu_slice: np.ndarray, spacing_mm: Sequence[float]) -> bool:
-    """Whether the patient's outline runs along the edge of the field of view (the image border or the padded
-    corners outside the reconstruction circle) for at least ``TRUNCATION_CONTACT_MM``."""
-    outside = _outside_field(hu_slice)
-    padded = np.pad(mask, 1, constant_values=False)
-    touching = np.zeros_like(padded)
-    for axis in (0, 1):
-        for step in (1, -1):
-            touching |= padded & np.roll(outside, step, axis=axis)
-    contact_mm = float(touching.sum()) * float(min(spacing_mm[0], spacing_mm[1]))
-    return contact_mm >= TRUNCATION_CONTACT_MM
+    """Whether the patient's outline on one slice runs along the edge of the field of view (see
+    :func:`_truncated`)."""
+    return bool(_truncated(np.asarray(mask)[None], np.asarray(hu_slice)[None], spacing_mm)[0])
 
 
 def water_equivalent_diameters_cm(hu_slices: np.ndarray, spacing_mm: Sequence[float]) -> List[Tuple[Optional[float],
@@ -103,8 +105,9 @@ def water_equivalent_diameters_cm(hu_slices: np.ndarray, spacing_mm: Sequence[fl
     # Air-equivalent pixels add nothing, not less than nothing (padding inside a filled hole is not negative water).
     relative = np.clip(hu.astype(np.float64) / 1000.0 + 1.0, 0.0, None)
     water = np.where(masks, relative, 0.0).sum(axis=(1, 2)) * pixel_area_cm2
-    return [(2.0 * math.sqrt(float(water[k]) / math.pi), is_truncated(masks[k], hu[k], spacing_mm))
-            if masks[k].any() else (None, False) for k in range(len(hu))]
+    truncated = _truncated(masks, hu, spacing_mm)
+    return [(2.0 * math.sqrt(float(water[k]) / math.pi), bool(truncated[k])) if masks[k].any() else (None, False)
+            for k in range(len(hu))]
 
 
 def water_equivalent_diameter_cm(hu_slice: np.ndarray, spacing_mm: Sequence[float]) -> Tuple[Optional[float], bool]:
