@@ -194,9 +194,10 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     scores = scorer.score_volume(volume, Progress(chain(TerminalProgress(), lines)), region=region)
     for warning in scores.warnings:
         _note(f"warning: {warning}")
-    write_csv(scores, out or sys.stdout)
+    dose = _scanner_dose(volume)
+    write_csv(scores, out or sys.stdout, extra_rows=dose.slice_rows())
     if json_path:
-        write_json(scores, json_path)
+        write_json(scores, json_path, extra={"scanner_dose": dose.summary()})
     if plot:
         write_plot(scores, plot)
     summary = scores.summary()
@@ -211,7 +212,31 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     verdict = verdict_line(summary)
     if verdict:
         _note(verdict)
+    _note(_dose_line(dose.summary()))
     return 0
+
+
+def _dose_line(dose) -> str:
+    """One line of the series' scanner dose, or why there is none."""
+    parts = []
+    if dose["ctdivol_mgy"] is not None:
+        parts.append(f"CTDIvol {dose['ctdivol_mgy']:.2f} mGy ({dose['ctdi_phantom'] or 'phantom not stated'})")
+    if dose["dw_cm"] is not None:
+        parts.append(f"Dw {dose['dw_cm']:.1f} cm at mid-scan")
+    if dose["ssde_mgy"] is not None:
+        parts.append(f"SSDE {dose['ssde_mgy']:.2f} mGy")
+    note = f" ({dose['dose_note']})" if dose["dose_note"] else ""
+    return f"scanner dose: {', '.join(parts) or 'none'}{note}"
+
+
+def _scanner_dose(volume):
+    """The scanner's dose of a scored volume (CTDIvol from its DICOM headers, Dw, SSDE); never fails the score."""
+    from .dose.series import empty_dose, volume_dose
+
+    try:
+        return volume_dose(volume)
+    except Exception as error:  # a header the dose reader cannot use must not cost the user the scores
+        return empty_dose(volume.num_slices, f"dose not computed ({type(error).__name__}: {error})")
 
 
 def _add_demo_parser(commands) -> None:

@@ -2,14 +2,17 @@
 
 The same generated archive (``--series`` phantom CT series of ``--slices`` 512x512 slices whose headers carry
 CTDIvol on the body phantom, plus the committed real GE dose report) is scored by ``run_batch`` with the dose
-reading switched off and on, alternately ``--rounds`` times each; the ratio is of the summed wall times. The model
-is an untrained ``fast`` network (timing does not depend on its values).
+reading switched off and on, alternately ``--rounds`` times each after one uncounted warm-up run; the ratio is of
+the summed wall times, and, less swayed by other work on a shared machine, of the summed CPU times (this process's
+threads and the scan's worker processes). The model is an untrained ``fast`` network (timing does not depend on
+its values).
 
     .venv/bin/python benchmarks/dose_overhead.py [--series 4] [--slices 24] [--rounds 2]
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import sys
 import tempfile
@@ -45,6 +48,12 @@ def _restore(saved) -> None:
     archive._HEADER_TAGS, archive.frame_doses, batch._dose, batch.record_dose_objects = saved
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (the scan's worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=4)
@@ -67,13 +76,17 @@ def main() -> int:
                                ModelInfo(preset="fast", architecture=PRESETS["fast"], num_outputs=5,
                                          provenance={"purpose": "benchmark"}))
         scorer = Scorer(str(weights), device="cpu", batch_size=8)
+        # one run first that is not counted: the first run of a process pays for warming up (threads, caches)
+        batch.run_batch(folder / "archive", folder / "warm-up.sqlite", scorer, workers=2)
         seconds = {"without": 0.0, "with": 0.0}
+        cpu = {"without": 0.0, "with": 0.0}
         for n in range(args.rounds):
             for mode in ("without", "with") if n % 2 == 0 else ("with", "without"):
                 saved = _without_dose() if mode == "without" else None
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), _cpu_seconds()
                 summary = batch.run_batch(folder / "archive", folder / f"{mode}{n}.sqlite", scorer, workers=2)
                 seconds[mode] += time.perf_counter() - started
+                cpu[mode] += _cpu_seconds() - cpu_started
                 if saved:
                     _restore(saved)
                 assert summary.scored == args.series
@@ -84,6 +97,8 @@ def main() -> int:
           f"with dose: {seconds['with']:.1f} s")
     print(f"dose reading adds {100 * (seconds['with'] / seconds['without'] - 1):+.1f}% "
           f"(ratio {seconds['with'] / seconds['without']:.3f})")
+    print(f"CPU time: without dose {cpu['without']:.1f} s, with dose {cpu['with']:.1f} s; dose reading adds "
+          f"{100 * (cpu['with'] / cpu['without'] - 1):+.1f}% (ratio {cpu['with'] / cpu['without']:.3f})")
     return 0
 
 

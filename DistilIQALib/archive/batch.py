@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Ty
 
 import numpy as np
 
-from ..dose.reports import read_dose_report
+from ..dose.reports import DoseReport, read_dose_report
 from ..dose.series import ScanDose, scan_dose
 from ..errors import DistilIQAError, InputError
 from ..io.reading import read_dicom_files
@@ -240,18 +240,26 @@ def record_dose_objects(store: ResultStore, objects: Sequence[Tuple[str, str]], 
     """Read each ``(path, key)`` dose report, dose screen or other structured report of this shard into the
     store's dose tables (a rerun skips those already there); returns how many were recorded."""
     done = set() if rescore else store.dose_reports_done()
-    recorded = 0
-    for path, key in objects:
-        if key in done or not in_shard(key, shard):
-            continue
+    reports = read_dose_objects([(path, key) for path, key in objects if key not in done and in_shard(key, shard)],
+                                shown)
+    for report in reports:
+        store.write_dose_report(report.row(), report.event_rows())
+    if summary is not None:
+        summary.dose_reports += len(reports)
+    return len(reports)
+
+
+def read_dose_objects(objects: Sequence[Tuple[str, str]],
+                      shown: Optional[Callable[[str], str]] = None) -> List[DoseReport]:
+    """Read each ``(path, key)`` dose report, dose screen or other structured report (``shown`` names its path
+    in the results)."""
+    reports = []
+    for path, _key in objects:
         report = read_dose_report(path)
         if shown is not None:
             report.path = shown(path)
-        store.write_dose_report(report.row(), report.event_rows())
-        recorded += 1
-    if summary is not None:
-        summary.dose_reports += recorded
-    return recorded
+        reports.append(report)
+    return reports
 
 
 def _write_skipped(store: ResultStore, entry: SeriesEntry, weights_id: str, reason: str,
@@ -329,6 +337,8 @@ class FolderSeries:
     problems: List[Tuple[str, Optional[str], str]] = field(default_factory=list)
     #: ``(path, key)`` of the dose reports, dose screens and other structured reports among the files
     dose_objects: List[Tuple[str, str]] = field(default_factory=list)
+    #: those objects as read while their files are there (a server's copy is deleted before the series is stored)
+    dose_reports: List[DoseReport] = field(default_factory=list)
 
 
 def read_series_folder(folder: os.PathLike[str] | str, entry: SeriesEntry,
@@ -340,17 +350,18 @@ def read_series_folder(folder: os.PathLike[str] | str, entry: SeriesEntry,
     scan = scan_folder(folder, workers=2, files=files)
     problems = [(entry.shown(path), entry.uid, f"unreadable: {message}") for path, message in scan.unreadable]
     problems += [(entry.shown(path), key, message) for path, key, message in scan.duplicates]
+    dose = {"dose_objects": scan.dose_objects, "dose_reports": read_dose_objects(scan.dose_objects, entry.shown)}
     found = scan.series.get(entry.uid)
     if found is None and scan.dose_objects:
-        return FolderSeries(entry, skip_reason=DOSE_SERIES, problems=problems, dose_objects=scan.dose_objects)
+        return FolderSeries(entry, skip_reason=DOSE_SERIES, problems=problems, **dose)
     if found is None:
         return FolderSeries(entry, error=f"no readable image of series {entry.uid} among the files received",
-                            problems=problems)
+                            problems=problems, **dose)
     found.location = entry.location
     reason = found.skip_reason()
     if reason:
-        return FolderSeries(found, skip_reason=reason, problems=problems)
-    return FolderSeries(found, _read(found), problems=problems, dose_objects=scan.dose_objects)
+        return FolderSeries(found, skip_reason=reason, problems=problems, **dose)
+    return FolderSeries(found, _read(found), problems=problems, **dose)
 
 
 def store_folder_series(store: ResultStore, scorer: Scorer, series: FolderSeries, summary: BatchSummary) -> Dict:
@@ -358,7 +369,9 @@ def store_folder_series(store: ResultStore, scorer: Scorer, series: FolderSeries
     series; returns the series record."""
     store.add_problems(series.problems)
     entry, weights_id = series.entry, scorer.info.weights_id
-    record_dose_objects(store, series.dose_objects, rescore=True, summary=summary, shown=entry.shown)
+    for report in series.dose_reports:
+        store.write_dose_report(report.row(), report.event_rows())
+    summary.dose_reports += len(series.dose_reports)
     if series.skip_reason == DOSE_SERIES:
         return {"series_uid": entry.uid, "status": "dose report", "reason": _dose_series_line(store, series)}
     if series.skip_reason:

@@ -11,7 +11,7 @@ body or 16 cm head), Dw in place of the effective diameter as AAPM Report 220 pr
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,35 +30,84 @@ AAPM204 = {"body32": (3.704369, 0.03671937), "head16": (1.874799, 0.03871313)}
 AAPM204_RANGE_CM = (8.0, 45.0)
 
 
-def patient_mask(hu_slice: np.ndarray) -> np.ndarray:
-    """The patient's cross-section on one axial slice (bool, same shape): the largest connected region above
-    ``PATIENT_THRESHOLD_HU`` (the table and loose objects are smaller and apart), its holes (lungs, bowel gas)
-    filled."""
-    above = np.ascontiguousarray(np.asarray(hu_slice) > PATIENT_THRESHOLD_HU, dtype=np.uint8)
+def _mosaic(tiles: np.ndarray) -> np.ndarray:
+    """The 2D ``tiles`` ``(n, h, w)`` side by side on one canvas, one background pixel between and around them,
+    so that one SimpleITK call labels or fills every tile on its own."""
+    count, height, width = tiles.shape
+    columns = int(math.ceil(math.sqrt(count)))
+    rows = int(math.ceil(count / columns))
+    padded = np.zeros((rows * columns, height + 1, width + 1), dtype=tiles.dtype)
+    padded[:count, 1:, 1:] = tiles
+    canvas = padded.reshape(rows, columns, height + 1, width + 1).transpose(0, 2, 1, 3)
+    return np.pad(canvas.reshape(rows * (height + 1), columns * (width + 1)), ((0, 1), (0, 1)))
+
+
+def _tiles(canvas: np.ndarray, count: int, height: int, width: int) -> np.ndarray:
+    """The inverse of :func:`_mosaic`."""
+    rows, columns = (canvas.shape[0] - 1) // (height + 1), (canvas.shape[1] - 1) // (width + 1)
+    grid = canvas[:-1, :-1].reshape(rows, height + 1, columns, width + 1).transpose(0, 2, 1, 3)
+    return grid.reshape(rows * columns, height + 1, width + 1)[:count, 1:, 1:]
+
+
+def patient_masks(hu_slices: np.ndarray) -> np.ndarray:
+    """The patient's cross-section on each axial slice of ``hu_slices`` ``(n, y, x)`` (bool, same shape): the
+    largest connected region above ``PATIENT_THRESHOLD_HU`` (the table and loose objects are smaller and apart),
+    its holes (lungs, bowel gas) filled. All slices go through SimpleITK at once, side by side."""
+    hu_slices = np.asarray(hu_slices)
+    count, height, width = hu_slices.shape
+    above = hu_slices > PATIENT_THRESHOLD_HU
     if not above.any():
-        return above.astype(bool)
-    labels = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(above)), sortByObjectSize=True)
-    largest = sitk.Equal(labels, 1)
-    return sitk.GetArrayFromImage(sitk.BinaryFillhole(largest, fullyConnected=False)).astype(bool)
+        return above
+    labels = _tiles(sitk.GetArrayFromImage(sitk.ConnectedComponent(
+        sitk.GetImageFromArray(_mosaic(above.astype(np.uint8))))), count, height, width)
+    largest = np.zeros_like(above)
+    for k in range(count):
+        sizes = np.bincount(labels[k].ravel())
+        sizes[0] = 0
+        if sizes.any():
+            largest[k] = labels[k] == int(np.argmax(sizes))
+    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(_mosaic(largest.astype(np.uint8))), fullyConnected=False)
+    return _tiles(sitk.GetArrayFromImage(filled), count, height, width).astype(bool)
 
 
-def _outside_field(hu_slice: np.ndarray) -> np.ndarray:
-    """Pixels outside the reconstructed field: the image's border frame (one pixel past its edge) and padding."""
-    outside = np.asarray(hu_slice) < OUTSIDE_FIELD_HU
-    return np.pad(outside, 1, constant_values=True)
+def patient_mask(hu_slice: np.ndarray) -> np.ndarray:
+    """The patient's cross-section on one axial slice (see :func:`patient_masks`)."""
+    return patient_masks(np.asarray(hu_slice)[None])[0]
+
+
+def _truncated(masks: np.ndarray, hu_slices: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Whether each slice's patient outline runs along the edge of the field of view (the image border, or the
+    padded corners outside the reconstruction circle, below ``OUTSIDE_FIELD_HU``) for at least
+    ``TRUNCATION_CONTACT_MM``; ``masks`` and ``hu_slices`` are ``(n, y, x)``."""
+    frame = ((0, 0), (1, 1), (1, 1))
+    outside = np.pad(np.asarray(hu_slices) < OUTSIDE_FIELD_HU, frame, constant_values=True)
+    inside = np.pad(np.asarray(masks, dtype=bool), frame, constant_values=False)
+    touching = np.zeros_like(inside)
+    for axis in (1, 2):
+        for step in (1, -1):
+            touching |= inside & np.roll(outside, step, axis=axis)
+    contact_mm = touching.sum(axis=(1, 2)) * float(min(spacing_mm[0], spacing_mm[1]))
+    return contact_mm >= TRUNCATION_CONTACT_MM
 
 
 def is_truncated(mask: np.ndarray, hu_slice: np.ndarray, spacing_mm: Sequence[float]) -> bool:
-    """Whether the patient's outline runs along the edge of the field of view (the image border or the padded
-    corners outside the reconstruction circle) for at least ``TRUNCATION_CONTACT_MM``."""
-    outside = _outside_field(hu_slice)
-    padded = np.pad(mask, 1, constant_values=False)
-    touching = np.zeros_like(padded)
-    for axis in (0, 1):
-        for step in (1, -1):
-            touching |= padded & np.roll(outside, step, axis=axis)
-    contact_mm = float(touching.sum()) * float(min(spacing_mm[0], spacing_mm[1]))
-    return contact_mm >= TRUNCATION_CONTACT_MM
+    """Whether the patient's outline on one slice runs along the edge of the field of view (see
+    :func:`_truncated`)."""
+    return bool(_truncated(np.asarray(mask)[None], np.asarray(hu_slice)[None], spacing_mm)[0])
+
+
+def water_equivalent_diameters_cm(hu_slices: np.ndarray, spacing_mm: Sequence[float]) -> List[Tuple[Optional[float],
+                                                                                                     bool]]:
+    """:func:`water_equivalent_diameter_cm` of every slice of ``hu_slices`` ``(n, y, x)`` at once."""
+    hu = np.asarray(hu_slices)
+    masks = patient_masks(hu)
+    pixel_area_cm2 = float(spacing_mm[0]) * float(spacing_mm[1]) / 100.0
+    # Air-equivalent pixels add nothing, not less than nothing (padding inside a filled hole is not negative water).
+    relative = np.clip(hu.astype(np.float64) / 1000.0 + 1.0, 0.0, None)
+    water = np.where(masks, relative, 0.0).sum(axis=(1, 2)) * pixel_area_cm2
+    truncated = _truncated(masks, hu, spacing_mm)
+    return [(2.0 * math.sqrt(float(water[k]) / math.pi), bool(truncated[k])) if masks[k].any() else (None, False)
+            for k in range(len(hu))]
 
 
 def water_equivalent_diameter_cm(hu_slice: np.ndarray, spacing_mm: Sequence[float]) -> Tuple[Optional[float], bool]:
@@ -67,15 +116,7 @@ def water_equivalent_diameter_cm(hu_slice: np.ndarray, spacing_mm: Sequence[floa
     ``hu_slice``: the slice in HU, shape ``(y, x)``; ``spacing_mm``: pixel size ``(x, y, ...)`` in mm (a volume's
     ``spacing_mm`` will do). Returns ``(None, False)`` when the slice shows no patient.
     """
-    hu = np.asarray(hu_slice)
-    mask = patient_mask(hu)
-    if not mask.any():
-        return None, False
-    pixel_area_cm2 = float(spacing_mm[0]) * float(spacing_mm[1]) / 100.0
-    # Air-equivalent pixels add nothing, not less than nothing (padding inside a filled hole is not negative water).
-    relative = np.clip(hu[mask].astype(np.float64) / 1000.0 + 1.0, 0.0, None)
-    area_water_cm2 = float(relative.sum()) * pixel_area_cm2
-    return 2.0 * math.sqrt(area_water_cm2 / math.pi), is_truncated(mask, hu, spacing_mm)
+    return water_equivalent_diameters_cm(np.asarray(hu_slice)[None], spacing_mm)[0]
 
 
 def conversion_factor(phantom: Optional[str], dw_cm: Optional[float]) -> Tuple[Optional[float], Optional[str]]:

@@ -6,30 +6,42 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from ..quality.interpretation import DRIVER_ARTEFACTS, adequacy_measure, band_threshold
 from ..quality.scoring import SliceScores
 
+#: ``ctdivol_mgy``, ``dw_cm``, ``ssde_mgy``: the scanner's dose per slice (CTDIvol from the slice's header, AAPM
+#: Report 220 water-equivalent diameter, SSDE), given by the caller (``extra_rows``); empty where not known.
+DOSE_COLUMNS = ("ctdivol_mgy", "dw_cm", "ssde_mgy")
 CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "water_diameter_cm", "dose_equivalent",
-               "adequacy", "region", "above_routine", "verdict_note", "effective_noise_hu", "driver")
+               "adequacy", "region", "above_routine", "verdict_note", "effective_noise_hu", "driver") + DOSE_COLUMNS
 
 
-def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]) -> None:
-    """One row per axial slice with :data:`CSV_COLUMNS` (empty cells where not available)."""
+def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str],
+              extra_rows: Optional[Sequence[Dict[str, Any]]] = None) -> None:
+    """One row per axial slice with :data:`CSV_COLUMNS` (empty cells where not available). ``extra_rows``: one
+    dict per slice of further values of those columns (the dose columns), in slice order."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in scores.rows():
+    rows = scores.rows()
+    if extra_rows is not None and len(extra_rows) != len(rows):
+        raise ValueError(f"{len(extra_rows)} extra rows for {len(rows)} slices")
+    for n, row in enumerate(rows):
         row["above_routine"] = "yes" if row["above_routine"] else ""
+        if extra_rows is not None:
+            row.update(extra_rows[n])
         writer.writerow({key: "" if value is None else value for key, value in row.items()})
     _write_text(buffer.getvalue(), destination)
 
 
-def write_json(scores: SliceScores, destination: os.PathLike[str] | str | IO[str]) -> None:
-    _write_text(json.dumps(scores.summary(), indent=2) + "\n", destination)
+def write_json(scores: SliceScores, destination: os.PathLike[str] | str | IO[str],
+               extra: Optional[Dict[str, Any]] = None) -> None:
+    """The summary of ``scores``, with the caller's ``extra`` keys (the scanner's dose) added."""
+    _write_text(json.dumps({**scores.summary(), **(extra or {})}, indent=2) + "\n", destination)
 
 
 def plots_available() -> bool:

@@ -160,6 +160,9 @@ def _read_dicom_files(files: List[str], source: str) -> Tuple[sitk.Image, Dict[s
         thickness = [_number_tag(reader, k, THICKNESS_TAG) for k in range(len(files))]
         if all(value is not None for value in thickness) and len(set(thickness)) > 1:
             metadata["file_thickness_mm"] = thickness
+    # the files and their positions, for readers of other header facts (the scanner's dose)
+    metadata["dicom_files"] = [str(name) for name in files]
+    metadata["file_positions_mm"] = positions
     return image, metadata
 
 
@@ -253,7 +256,19 @@ def _read_file(path: Path) -> Tuple[sitk.Image, Dict[str, str]]:
     metadata = {key: reader.GetMetaData(tag).strip() for key, tag in DICOM_TAGS.items() if reader.HasMetaDataKey(tag)}
     if path.name.lower().endswith(IMAGE_2D_SUFFIXES) and image.GetDimension() == 2:
         metadata["intensity"] = _display_image_convention(image)
+    elif _looks_like_dicom(path):
+        metadata["dicom_files"] = [str(path)]
+        metadata["file_positions_mm"] = [_file_position(reader)]
     return image, metadata
+
+
+def _file_position(reader: sitk.ImageFileReader) -> Optional[Tuple[float, float, float]]:
+    """ImagePositionPatient (mm) of a single DICOM file, or ``None``."""
+    try:
+        values = [float(v) for v in reader.GetMetaData(POSITION_TAG).split("\\")]
+    except (RuntimeError, ValueError):
+        return None
+    return tuple(values) if len(values) == 3 else None
 
 
 def _looks_like_dicom(path: Path) -> bool:

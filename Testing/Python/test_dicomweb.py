@@ -29,6 +29,9 @@ from .orthanc_server import FaultyProxy, free_port
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = "Basic " + base64.b64encode(f"{ORTHANC_USER}:{ORTHANC_PASSWORD}".encode()).decode()
 SPACING = (3.5, 3.5, 5.0)
+#: The archive's dates, and not write_series' default date (20240101) that other tests' series on the shared
+#: server carry (the receiver tests upload theirs).
+ARCHIVE_DATES = "20240102-20241231"
 
 
 def _uid(name):
@@ -84,7 +87,7 @@ def test_server_series_are_scored_as_from_a_folder_and_never_twice(orthanc, arch
     (tmp_path / "tmp").mkdir()
     scorer = Scorer(str(tiny_weights), device="cpu")
     store = tmp_path / "server.sqlite"
-    summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date="20240101-20241231"), store, scorer)
+    summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date=ARCHIVE_DATES), store, scorer)
     assert summary.found == 4  # the MR is not a CT series: the server does not list it
     assert (summary.scored, summary.skipped, summary.failed) == (3, 1, 0)
     statuses = _statuses(store)
@@ -102,7 +105,7 @@ def test_server_series_are_scored_as_from_a_folder_and_never_twice(orthanc, arch
     again = run_batch(root, store, scorer)
     assert (again.scored, again.already_done, again.skipped) == (0, 4, 1)  # the MR is new, and skipped
     # and the server run finds them done without fetching them
-    assert run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date="20240101-20241231"), store,
+    assert run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_date=ARCHIVE_DATES), store,
                         scorer).already_done == 4
     assert list((tmp_path / "tmp").iterdir()) == []  # the temporary folders are gone
 
@@ -299,6 +302,34 @@ def test_series_deleted_or_thinned_during_the_run(orthanc, tiny_weights, tmp_pat
     assert query_rows(store, "SELECT num_slices FROM series WHERE series_uid = ?", (uids["thinned"],)) == [(3,)]
     with ResultStore(store) as results:
         assert results.last_server_run(config.name, query.key()) is not None
+
+
+def test_a_studys_dose_report_series_is_retrieved_into_the_dose_tables(orthanc, tiny_weights, tmp_path):
+    import pydicom
+
+    study = _uid("dose-study")
+    uid, paths = write_ct(tmp_path, "dose-ct", "DOSE1", "20220601", study=study, extra={"CTDIvol": 9.5})
+    report = pydicom.dcmread(ROOT / "Testing" / "Data" / "dose" / "ge_revolution_rdsr.dcm")
+    report.StudyInstanceUID, report.PatientID, report.StudyDate = study, "DOSE1", "20220601"
+    report.SeriesInstanceUID, report.SOPInstanceUID = _uid("dose-sr-series"), _uid("dose-sr")
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    report.save_as(tmp_path / "rdsr.dcm")
+    orthanc.upload(paths + [tmp_path / "rdsr.dcm"])
+    store = tmp_path / "dose.sqlite"
+    try:
+        summary = run_dicomweb(_config(orthanc.dicomweb_url), SeriesQuery(study_uids=[study]), store,
+                               Scorer(str(tiny_weights), device="cpu"))
+    finally:  # other tests count the session's series
+        orthanc.delete(orthanc.lookup(study, "Study"), "studies")
+    assert summary.scored == 1 and summary.failed == 0 and summary.dose_reports == 1
+    with ResultStore(store) as results:
+        [row] = results.dose_report_rows()
+        events = results.dose_event_rows(study)
+        [series] = results.series_rows()
+    assert (row["sop_uid"], row["study_uid"], row["status"]) == (_uid("dose-sr"), study, "read"), row["reason"]
+    assert row["dlp_total_mgycm"] == pytest.approx(1174.95) and row["events_found"] == 12 and len(events) == 12
+    assert row["path"].startswith(f"{orthanc.dicomweb_url}/studies/{study}/series/{_uid('dose-sr-series')}")
+    assert series["series_uid"] == uid and series["ctdivol_mgy"] == 9.5
 
 
 def test_a_server_error_quoting_the_requests_headers_shows_no_credentials(tmp_path, capsys, monkeypatch):

@@ -278,3 +278,100 @@ def test_batch_records_series_dose_and_every_dose_object(tmp_path, tiny_weights)
     # a rerun reads nothing again
     again = run_batch(root, store, Scorer(str(tiny_weights), device="cpu"), workers=1)
     assert again.dose_reports == 0 and again.already_done == 2
+
+
+def _score(tmp_path, tiny_weights, source, name, *options):
+    import csv
+    import json
+
+    from DistilIQALib.cli import main
+
+    out, summary = tmp_path / f"{name}.csv", tmp_path / f"{name}.json"
+    assert main(["score", str(source), "--weights", str(tiny_weights), "--device", "cpu", "--out", str(out),
+                 "--json", str(summary), *options]) == 0
+    with open(out, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return rows, json.loads(summary.read_text())["scanner_dose"]
+
+
+def _body_phantom_code():
+    from pydicom.dataset import Dataset
+
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113691", "DCM", "IEC Body Dosimetry Phantom"
+    return code
+
+
+def test_score_writes_each_slices_own_ctdivol_dw_and_ssde_and_the_series_dose(tmp_path, tiny_weights):
+    phantom = phantom_volume(6, size=128, pixel_mm=2.8, seed=5)
+    folder = tmp_path / "ct"
+    write_series(phantom, folder, spacing_mm=(2.8, 2.8, 5.0), series_uid="1.2.826.0.1.3680043.8.498.34.21",
+                 extra={"CTDIPhantomTypeCodeSequence": [_body_phantom_code()]})
+    # tube-current modulation: each file states its own CTDIvol, rising with its position along z
+    files = sorted((float(pydicom.dcmread(path).ImagePositionPatient[2]), path) for path in folder.iterdir())
+    stated = {}
+    for rank, (z, path) in enumerate(files):
+        ds = pydicom.dcmread(path)
+        ds.CTDIvol = 8.0 + 0.5 * rank
+        stated[z] = ds.CTDIvol
+        ds.save_as(path)
+    rows, dose = _score(tmp_path, tiny_weights, folder, "ct")
+    assert len(rows) == 6 and len(set(stated.values())) == 6
+    for row in rows:
+        # the row's CTDIvol is the file's at the row's own position, its SSDE AAPM 204's at the row's Dw
+        ctdi, dw, value = float(row["ctdivol_mgy"]), float(row["dw_cm"]), float(row["ssde_mgy"])
+        assert ctdi == stated[min(stated, key=lambda z: abs(z - float(row["z_mm"])))]
+        assert value == pytest.approx(ctdi * 3.704369 * math.exp(-0.03671937 * dw), rel=1e-6)
+    from DistilIQALib.io.reading import read_volume
+
+    volume = read_volume(folder)
+    hand = [_hand_dw_cm(volume.hu[int(row["slice_index"])].astype(np.float64), (2.8, 2.8)) for row in rows]
+    assert [float(r["dw_cm"]) for r in rows] == pytest.approx(hand, rel=0.03)
+    assert dose["ctdivol_mgy"] == pytest.approx(np.mean(list(stated.values())))
+    assert dose["ctdi_phantom"] == "body32" and dose["dw_truncated"] is False and dose["dose_note"] is None
+    assert dose["dw_cm"] == pytest.approx(hand[3], rel=0.03)
+    assert dose["ssde_mgy"] == pytest.approx(dose["ctdivol_mgy"] * 3.704369 * math.exp(-0.03671937 * hand[3]),
+                                             rel=0.05)
+    # the same volume as a NIfTI file carries no dose: empty columns and the reason
+    image = sitk.GetImageFromArray(phantom.astype(np.int16))
+    image.SetSpacing((2.8, 2.8, 5.0))
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    rows, dose = _score(tmp_path, tiny_weights, tmp_path / "ct.nii.gz", "nifti")
+    assert all(row[name] == "" for row in rows for name in ("ctdivol_mgy", "dw_cm", "ssde_mgy"))
+    assert dose["ctdivol_mgy"] is None and dose["ssde_mgy"] is None and dose["dw_cm"] is None
+    assert dose["dose_note"].startswith("not a DICOM input")
+
+
+def test_score_of_real_ct_images_gives_their_dose_or_says_why_not(tmp_path, tiny_weights):
+    rows, dose = _score(tmp_path, tiny_weights, _siemens_ct(), "siemens", "--force")
+    image = sitk.ReadImage(str(_siemens_ct()))
+    hand_dw = _hand_dw_cm(sitk.GetArrayFromImage(image)[0].astype(np.float64), image.GetSpacing()[:2])
+    hand_ssde = 29.7696282 * 3.704369 * math.exp(-0.03671937 * hand_dw)
+    assert float(rows[0]["ctdivol_mgy"]) == pytest.approx(29.7696, abs=1e-3)
+    assert float(rows[0]["ssde_mgy"]) == pytest.approx(hand_ssde, rel=0.05)
+    assert dose["ctdi_phantom"] == "body32" and dose["ssde_mgy"] == pytest.approx(hand_ssde, rel=0.05)
+    assert dose["dw_truncated"] is True and "cut by the field of view" in dose["dose_note"]
+    rows, dose = _score(tmp_path, tiny_weights, GE_NO_CTDIVOL, "ge", "--force")
+    assert rows[0]["ctdivol_mgy"] == rows[0]["ssde_mgy"] == ""
+    assert dose["ctdivol_mgy"] is None and dose["dose_note"] == NO_CTDIVOL and dose["dw_cm"] > 10
+
+
+def test_dw_is_measured_where_ssde_needs_it_and_all_slices_at_once_as_one_by_one():
+    from DistilIQALib.dose.headers import SliceDose
+    from DistilIQALib.dose.series import DW_MATRIX, scan_dose
+    from DistilIQALib.volume import CTVolume
+
+    hu = phantom_volume(7, size=256, pixel_mm=1.4, seed=2)
+    volume = CTVolume(hu=hu, spacing_mm=(1.4, 1.4, 5.0), origin_mm=(0.0, 0.0, 0.0), direction=np.eye(3),
+                      source="phantom")
+    doses = [SliceDose(ctdivol_mgy=10.0, phantom="body32") if k % 2 else SliceDose() for k in range(7)]
+    dose = scan_dose(volume, doses)
+    step = 256 // DW_MATRIX
+    one_by_one = [size.water_equivalent_diameter_cm(hu[k].reshape(128, step, 128, step).mean(axis=(1, 3)),
+                                                    (1.4 * step, 1.4 * step)) for k in range(7)]
+    assert [dw is not None for dw in dose.dw_cm] == [bool(k % 2) for k in range(7)]
+    assert [dw for dw in dose.dw_cm if dw is not None] == pytest.approx([one_by_one[k][0] for k in (1, 3, 5)])
+    assert dose.series["dw_cm"] == pytest.approx(one_by_one[3][0])  # the mid-scan slice's
+    # no slice states a CTDIvol: no per-slice Dw, but the series' still is the mid-scan slice's
+    middle = scan_dose(volume, [SliceDose()] * 7)
+    assert middle.dw_cm == [None] * 7 and middle.series["dw_cm"] == pytest.approx(one_by_one[3][0])

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 
 from DistilIQALib.archive.listener import PARTIAL_SUFFIX, SCORED_MARKER, Receiver, image_storage_classes
@@ -184,3 +185,27 @@ def test_only_image_storage_classes_are_offered():
     assert {CT_IMAGE_STORAGE, "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.7"} <= offered  # CT, enhanced, SC
     assert BASIC_TEXT_SR not in offered and "1.2.840.10008.5.1.4.1.1.88.67" not in offered  # SR, dose report
     assert "1.2.840.10008.1.1" not in offered  # verification is offered on its own
+
+
+def test_a_dose_report_sent_by_storescu_lands_in_the_dose_tables(tiny_weights, tmp_path):
+    import shutil
+
+    from .orthanc_server import free_port
+
+    if shutil.which("storescu") is None:
+        pytest.skip("DCMTK's storescu is not installed (Debian package dcmtk)")
+    report = ROOT / "Testing" / "Data" / "dose" / "ge_revolution_rdsr.dcm"
+    port, db = free_port(), tmp_path / "dose.sqlite"
+    listener = Listener(port, db, tiny_weights, series_timeout_s=0.5)
+    try:
+        sent = subprocess.run(["storescu", "-aet", "SCANNER", "-aec", RECEIVER_AET, "127.0.0.1", str(port),
+                               str(report)], capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        series = pydicom.dcmread(report, stop_before_pixels=True).SeriesInstanceUID
+        line = listener.wait_for(f"series {series}")
+    finally:
+        assert listener.stop(signal.SIGTERM) == 0
+    assert line.endswith("1 image(s): dose report: read, DLP total 1174.95 mGy.cm in 12 event(s)")
+    rows = query_rows(db, "SELECT status, dlp_total_mgycm, events_found FROM dose_reports")
+    assert rows == [("read", 1174.95, 12)]
+    assert query_rows(db, "SELECT COUNT(*) FROM dose_events WHERE localizer = 1") == [(1,)]
