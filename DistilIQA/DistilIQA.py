@@ -319,7 +319,7 @@ class DistilIQAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if summary["fraction_inadequate"] is not None:
             text += " " + _("{percent:.0f}% of slices inadequate.").format(
                 percent=100 * summary["fraction_inadequate"])
-        from DistilIQALib.quality.scoring import verdict_line
+        from DistilIQALib.quality.results import verdict_line
 
         verdict = verdict_line(summary)
         if verdict:
@@ -699,7 +699,7 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         return node
 
     def exportBatch(self, path):
-        from DistilIQALib.archive.batch import write_summary_csv
+        from DistilIQALib.archive.stored import write_summary_csv
 
         write_summary_csv(self.batchStore(), path)
 
@@ -708,7 +708,7 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         rescoring); returns ``(volume node, scores, result nodes)`` or None when nothing loaded."""
         from DICOMLib import DICOMUtils
 
-        from DistilIQALib.archive.batch import stored_scores
+        from DistilIQALib.archive.stored import stored_scores
         from DistilIQALib.slicer_bridge.jobs import chosen_path
         from DistilIQALib.slicer_bridge.mrml import show_stored_results
 
@@ -801,9 +801,8 @@ class DistilIQATest(ScriptedLoadableModuleTest):
     def test_AssessQuality(self):
         import numpy as np
 
-        from DistilIQALib.quality.weights import default_weights_path
-        from DistilIQALib.training.phantoms import phantom_volume
-        from DistilIQALib.training.simulation import textured_noise
+        from DistilIQALib.quality.model_info import default_weights_path
+        from DistilIQALib.training.phantoms import phantom_volume, textured_noise
 
         logic = DistilIQALogic()
         self.assertTrue(logic.ensureDependencies(askConfirmation=False))

@@ -15,8 +15,8 @@ from .progress import Progress  # noqa: E402
 #: of ``slicer_bridge``, which Slicer's own process imports) loads neither PyTorch nor SimpleITK: the scorer and the
 #: weights need torch, reading files needs SimpleITK, and scoring needs neither reading nor the archive scan.
 _LAZY = {
-    "CTVolume": ".volume", "Scorer": ".quality.scoring", "SliceScores": ".quality.scoring",
-    "ModelInfo": ".quality.weights", "load_weights": ".quality.weights", "save_weights": ".quality.weights",
+    "CTVolume": ".volume", "Scorer": ".quality.scoring", "SliceScores": ".quality.results",
+    "ModelInfo": ".quality.model_info", "load_weights": ".quality.weights", "save_weights": ".quality.weights",
     "read_volume": ".io.reading", "scan_folder": ".archive.archive",
 }
 

@@ -11,7 +11,7 @@ from typing import IO, Any, Dict, Optional, Sequence
 import numpy as np
 
 from ..quality.interpretation import DRIVER_ARTEFACTS, adequacy_measure, band_threshold
-from ..quality.scoring import SliceScores
+from ..quality.results import SliceScores
 
 #: ``ctdivol_mgy``, ``dw_cm``, ``ssde_mgy``: the scanner's dose per slice (CTDIvol from the slice's header, AAPM
 #: Report 220 water-equivalent diameter, SSDE), given by the caller (``extra_rows``); empty where not known.

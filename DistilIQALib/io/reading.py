@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..quality.preprocessing import DEFAULT_WINDOW, Window
+from ..quality.windows import DEFAULT_WINDOW, Window
 from ..volume import CTVolume, to_axial
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")

@@ -16,37 +16,15 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .windows import BRAIN_WINDOW, DEFAULT_INPUT_SIZE, DEFAULT_WINDOW, Window  # noqa: F401
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Window:
-    """A display window in HU."""
-
-    width_hu: float = 350.0
-    level_hu: float = 40.0
-
-    @property
-    def lower_hu(self) -> float:
-        return self.level_hu - self.width_hu / 2.0
-
-    @property
-    def upper_hu(self) -> float:
-        return self.level_hu + self.width_hu / 2.0
-
-
-DEFAULT_WINDOW = Window()
-#: The brain window: grey-white contrast (5-10 HU) and head-CT noise (3-6 HU) are a few percent of it, where in
-#: the W350 window they are about 1-2%.
-BRAIN_WINDOW = Window(80.0, 40.0)
-DEFAULT_INPUT_SIZE = 512
 
 
 def window_to_unit(hu: ArrayLike, window: Window = DEFAULT_WINDOW) -> ArrayLike:

@@ -34,11 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-HEAD, NECK, CHEST, ABDOMEN, UNKNOWN = "head", "neck", "chest", "abdomen", "unknown"
-#: The regions a verdict can be taken in, head to foot (the order used when slices are read along z).
-REGIONS = (HEAD, NECK, CHEST, ABDOMEN)
-#: What a user may pass to ``--region`` (``auto``: read from the image).
-REGION_CHOICES = ("auto",) + REGIONS
+from .region_labels import (  # noqa: F401  (the labels were part of this module)
+    ABDOMEN,
+    CHEST,
+    HEAD,
+    NECK,
+    REGION_CHOICES,
+    REGIONS,
+    UNKNOWN,
+    SliceRegions,
+    given_regions,
+)
 
 POOLED_PIXEL_MM = 2.0
 BODY_ABOVE_HU = -500.0
@@ -73,16 +79,6 @@ FEATURE_NAMES = ("body_cm2", "lung_share", "skull_cover", "soft_tissue_share", "
 MAX_EDGE_SHARE = 0.4
 #: Neighbours on each side whose agreement overrules an isolated label.
 SMOOTHING_NEIGHBOURS = 2
-
-
-@dataclass
-class SliceRegions:
-    """Body region of each slice, with the reason for each ``unknown`` (empty string otherwise) and where the
-    label came from (``image``, or ``user`` when given)."""
-
-    region: List[str]
-    reason: List[str]
-    source: str = "image"
 
 
 @dataclass
@@ -212,13 +208,6 @@ def detect_regions(features: RegionFeatures, z_mm: Sequence[float], shape_yx: Se
         return SliceRegions([UNKNOWN] * count, [outside] * count)
     regions, reasons = slice_labels(features)
     return SliceRegions(series_labels(z_mm, regions), reasons)
-
-
-def given_regions(region: str, count: int) -> SliceRegions:
-    """Every slice in the region a user named."""
-    if region not in REGIONS:
-        raise ValueError(f"unknown body region {region!r}; use one of {', '.join(REGION_CHOICES)}")
-    return SliceRegions([region] * count, [""] * count, source="user")
 
 
 def _smooth(labels: List[str]) -> List[str]:

@@ -6,7 +6,7 @@ adaptation) as ``<PythonSlicer> -m DistilIQALib ...`` through
 a Python thread inside Slicer's process would starve, since Slicer's Python keeps the interpreter
 lock while the Qt event loop idles. This module builds those command lines from the panel's
 settings, turns the child's progress lines into progress-bar values, and reads a scoring run's
-CSV and JSON back into :class:`~DistilIQALib.quality.scoring.SliceScores`. No Qt or Slicer here.
+CSV and JSON back into :class:`~DistilIQALib.quality.results.SliceScores`. No Qt or Slicer here.
 """
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ class ScoreJob:
         return error_line(self.log)
 
     def results(self):
-        """The run's :class:`~DistilIQALib.quality.scoring.SliceScores` (after exit code 0)."""
+        """The run's :class:`~DistilIQALib.quality.results.SliceScores` (after exit code 0)."""
         return read_score_results(self.work_dir / SCORES_CSV, self.work_dir / SUMMARY_JSON, self.weights)
 
     def cleanup(self) -> None:
@@ -227,14 +227,14 @@ def _float_or_nan(text: str) -> float:
 
 
 def read_score_results(csv_path, json_path, weights=None):
-    """A ``score`` run's per-slice CSV and JSON summary as :class:`~DistilIQALib.quality.scoring.SliceScores`.
+    """A ``score`` run's per-slice CSV and JSON summary as :class:`~DistilIQALib.quality.results.SliceScores`.
 
     ``weights`` is the model the run used (``None``: the shipped one); its metadata gives the score's
     meaning, adequacy bands and dose calibration. The CSV keeps each slice's score and the spread of the
     student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread."""
-    from ..quality.regions import UNKNOWN, SliceRegions
-    from ..quality.scoring import EFFECTIVE_NOISE, SliceScores
-    from ..quality.weights import read_info, resolve_weights
+    from ..quality.model_info import read_info, resolve_weights
+    from ..quality.region_labels import UNKNOWN, SliceRegions
+    from ..quality.results import EFFECTIVE_NOISE, SliceScores
 
     info = read_info(resolve_weights(weights))
     with open(csv_path, newline="") as handle:

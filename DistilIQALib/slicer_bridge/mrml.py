@@ -33,8 +33,8 @@ from ..quality.interpretation import (
     lowest_adequate_value,
     region_references,
 )
-from ..quality.regions import SliceRegions
-from ..quality.scoring import SliceScores
+from ..quality.region_labels import SliceRegions
+from ..quality.results import SliceScores
 from ..volume import CTVolume, to_axial
 
 ATTRIBUTE_SOURCE = "DistilIQA.SourceVolumeID"

@@ -173,3 +173,20 @@ def water_phantom(size: int = 512, pixel_mm: float = 0.7, diameter_mm: float = 3
     table_top = centre + radius_px + 8.0 / pixel_mm
     image[(y > table_top) & (y < table_top + 15.0 / pixel_mm)] = HU_TABLE
     return image
+
+
+def textured_noise(shape, sd_hu: float, rng: np.random.Generator) -> np.ndarray:
+    """Stationary noise with CT texture (HU, float32): white noise shaped to the noise power spectrum of
+    FBP with a Hann-apodised ramp, ``NPS(f) ~ |f| hann(f)^2``, scaled to ``sd_hu``.
+
+    A cheap stand-in for :class:`~DistilIQALib.training.simulation.DoseSimulator` where many slices need noise
+    quickly (the sample CT, the module's self-test); it lacks the projection-domain noise's rise behind dense
+    anatomy. Plain numpy: Slicer's own process runs it."""
+    fy = np.fft.fftfreq(shape[-2])[:, None]
+    fx = np.fft.rfftfreq(shape[-1])[None, :]
+    radius = np.minimum(np.hypot(fy, fx) / 0.5, 1.0)  # 1 at the Nyquist frequency
+    amplitude = np.sqrt(radius) * 0.5 * (1.0 + np.cos(np.pi * radius))
+    white = rng.standard_normal(shape, dtype=np.float32)
+    noise = np.fft.irfft2(np.fft.rfft2(white) * amplitude, s=shape[-2:])
+    noise /= noise.std(axis=(-2, -1), keepdims=True)
+    return (noise * sd_hu).astype(np.float32)

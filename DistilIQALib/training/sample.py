@@ -8,8 +8,7 @@ from typing import Tuple
 import numpy as np
 
 from ..io.dicom_writing import write_series
-from .phantoms import phantom_volume
-from .simulation import textured_noise
+from .phantoms import phantom_volume, textured_noise
 
 #: Noise (HU) of the sample's normal slices (a full-dose scan) and of its dose dip (noise SD scales as
 #: 1/sqrt(dose): 10 / sqrt(0.07) is about 38).

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..quality.noise import global_noise_index, slice_noise_index
+from .phantoms import textured_noise  # noqa: F401  (was defined here)
 from .tomography import fbp, forward_project
 
 MU_WATER_PER_MM = 0.0193
@@ -66,22 +67,6 @@ def hu_to_mu(hu: torch.Tensor) -> torch.Tensor:
 
 def mu_to_hu(mu: torch.Tensor) -> torch.Tensor:
     return (mu / MU_WATER_PER_MM - 1.0) * 1000.0
-
-
-def textured_noise(shape, sd_hu: float, rng: np.random.Generator) -> np.ndarray:
-    """Stationary noise with CT texture (HU, float32): white noise shaped to the noise power spectrum of
-    FBP with a Hann-apodised ramp, ``NPS(f) ~ |f| hann(f)^2``, scaled to ``sd_hu``.
-
-    A cheap stand-in for :class:`DoseSimulator` where many slices need noise quickly (the sample CT); it
-    lacks the projection-domain noise's rise behind dense anatomy."""
-    fy = np.fft.fftfreq(shape[-2])[:, None]
-    fx = np.fft.rfftfreq(shape[-1])[None, :]
-    radius = np.minimum(np.hypot(fy, fx) / 0.5, 1.0)  # 1 at the Nyquist frequency
-    amplitude = np.sqrt(radius) * 0.5 * (1.0 + np.cos(np.pi * radius))
-    white = rng.standard_normal(shape, dtype=np.float32)
-    noise = np.fft.irfft2(np.fft.rfft2(white) * amplitude, s=shape[-2:])
-    noise /= noise.std(axis=(-2, -1), keepdims=True)
-    return (noise * sd_hu).astype(np.float32)
 
 
 def paired_dose(full_hu: np.ndarray, low_hu: np.ndarray, low_dose_fraction: float, dose_fraction: float) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 from DistilIQALib.errors import Cancelled, DeviceError
 from DistilIQALib.io.reading import read_volume
 from DistilIQALib.progress import Progress
-from DistilIQALib.quality import scoring
+from DistilIQALib.quality import results, scoring
 from DistilIQALib.quality.noise import global_noise_index
 from DistilIQALib.quality.preprocessing import Window
 from DistilIQALib.quality.scoring import CPU_BATCH_SIZE, Scorer
@@ -304,9 +304,9 @@ def test_a_result_names_its_source_the_time_it_took_and_its_thickness(weights):
 
 def test_verdicts_are_computed_once_and_again_when_an_input_is_replaced(monkeypatch):
     # the shipped model's verdicts rest on the noise, size, thickness and region of each slice
-    real = scoring.region_verdicts
+    real = results.region_verdicts
     calls = []
-    monkeypatch.setattr(scoring, "region_verdicts", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setattr(results, "region_verdicts", lambda *args: calls.append(1) or real(*args))
     volume = CTVolume(phantom_volume(2, noise_sd_hu=12.0), spacing_mm=(0.7, 0.7, 2.5))
     scores = Scorer(device="cpu").score_volume(volume)
     assert len(calls) == 1  # the learned score is the verdicts' dose equivalent
