@@ -72,8 +72,12 @@ def test_one_job_of_a_kind_at_a_time_and_none_cancelled_unasked(tmp_path):
             assert action == "ask" and running is training
         assert "Cancel 'train-teacher' now?" in board.question(training, "train-student")
         assert board.question(training, "train-teacher") == "'train-teacher' is running. Cancel it?"
-        with pytest.raises(RuntimeError, match="still running"):
-            board.add(RunningJob("evaluate", _sleeper()))
+        refused = _sleeper()
+        try:
+            with pytest.raises(RuntimeError, match="still running"):
+                board.add(RunningJob("evaluate", refused))
+        finally:
+            refused.cancel()  # the board refused it: it is the test's to end
         assert training.process.running  # asking cancels nothing
     finally:
         training.process.cancel()
