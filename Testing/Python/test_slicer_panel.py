@@ -19,23 +19,27 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "einops", "safetensors", "SimpleITK", "matplotlib")
 
 
+def _heavy_modules_after(script: str) -> list:
+    """The heavy packages' modules loaded once ``script`` has run in a fresh interpreter."""
+    script += ("import json, sys\n"
+               f"print(json.dumps(sorted(name for name in sys.modules if name.split('.')[0] in {HEAVY!r})))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_the_panels_imports_and_command_lines_load_no_torch():
     """In a fresh interpreter, as Slicer's process is before the first job: importing the package, the job
     builders and the dependency check, and building every job's command line, loads none of the heavy packages,
     so a missing PyTorch is found by the dependency offer, never by an ImportError."""
     script = (
-        "import json, sys\n"
         "import DistilIQALib, DistilIQALib.slicer_bridge.jobs as jobs\n"
         "import DistilIQALib.slicer_bridge.background, DistilIQALib.slicer_bridge.dependencies as d\n"
         "jobs.batch_arguments('db', 'store.sqlite', None, 'http://127.0.0.1:8042/dicom-web')\n"
         "jobs.training_arguments('train-student', 'data', 'tcia', 'out', 'fast', 'fast', 2, 1, 2, 1e-3, 0.75, 'cpu')\n"
         "jobs.adapt_arguments('out', 'site')\n"
         "jobs.score_arguments('volume.nrrd', 'work')\n"
-        "d.plan_for(None)\n"
-        "print(json.dumps(sorted(name for name in sys.modules if name.split('.')[0] in "
-        f"{HEAVY!r})))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert json.loads(result.stdout) == []
+        "d.plan_for(None)\n")
+    assert _heavy_modules_after(script) == []
     # the names the package offers still work, loaded on first use
     check = subprocess.run([sys.executable, "-c", "import sys, DistilIQALib; DistilIQALib.Scorer; "
                             "DistilIQALib.read_volume; print('torch' in sys.modules)"],
@@ -124,10 +128,8 @@ def test_every_engine_import_of_the_module_loads_no_torch():
               f"for module, name in {names!r}:\n"
               "    loaded = importlib.import_module(module)\n"
               "    if name is not None and not hasattr(loaded, name):\n"
-              "        importlib.import_module(module + '.' + name)  # a submodule\n"
-              f"print(json.dumps(sorted(name for name in sys.modules if name.split('.')[0] in {HEAVY!r})))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert json.loads(result.stdout) == []
+              "        importlib.import_module(module + '.' + name)  # a submodule\n")
+    assert _heavy_modules_after(script) == []
 
 #: What the panel runs in Slicer's own process once a job has ended, in a fresh interpreter: *Assess Quality*'s
 #: results read back and shown (DistilIQA.py: startScoring, showScoringResults, _showSummary, onSliceMoved,
