@@ -211,7 +211,8 @@ def print_stages(stages: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=2, help="slices per forward pass of the network timing")
+    parser.add_argument("--batch-size", type=int, help="slices per forward pass of the network timing (default: what "
+                        "`score` uses on the device, 2 on the CPU, 32 on a GPU)")
     parser.add_argument("--seconds", type=float, default=4.0, help="least seconds each network is timed")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--presets", default="paper,fast,tiny,shipped",
@@ -223,6 +224,11 @@ def main() -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--stages", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.batch_size is None:  # the networks are timed at the batch size `score` runs them at
+        sys.path.insert(0, str(ROOT))
+        from DistilIQALib.quality.scoring import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
+
+        args.batch_size = CPU_BATCH_SIZE if args.device == "cpu" else DEFAULT_BATCH_SIZE
     if args.child:
         print(json.dumps(measure(args.child, args.batch_size, args.seconds, args.device)))
         return 0

@@ -43,17 +43,21 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     pixels by its local mean instead of ``hu``'s: the SD of a noise image over the tissue of the slice
     it will be added to.
     """
-    hu = hu.float().unsqueeze(1)
+    # whole HU (a CT series' integers, int16 at most): their window sums are whole numbers under 2^24, exact in
+    # float32; those of their squares are not, and neither are any sums of fractions: those are summed in float64
+    whole = not hu.is_floating_point() and hu.element_size() <= 2
+    hu = hu.float()
     kernel = (kernel_pixels(pixel_spacing_mm[1], kernel_mm), kernel_pixels(pixel_spacing_mm[0], kernel_mm))
     count = kernel[0] * kernel[1]
     centred = hu - 50.0  # keeps E[x^2] - E[x]^2 accurate in float32
-    both = _box_mean(torch.cat([centred, centred * centred], dim=1), kernel)
-    mean, mean_square = both[:, :1], both[:, 1:]
-    variance = (mean_square - mean * mean).clamp_(min=0.0) * (count / (count - 1))
+    mean = _box_mean(centred, kernel, whole)
+    mean_square = _box_mean(centred.mul_(centred), kernel)
+    variance = mean_square.sub_(mean * mean).clamp_(min=0.0).mul_(count / (count - 1))
     sd = variance.sqrt_().flatten(1)
     if tissue_from is not None:
-        mean = _box_mean(tissue_from.float().unsqueeze(1) - 50.0, kernel)
-    local_mean = (mean + 50.0).flatten(1)
+        mean = _box_mean(tissue_from.float() - 50.0, kernel,
+                         not tissue_from.is_floating_point() and tissue_from.element_size() <= 2)
+    local_mean = mean.add_(50.0).flatten(1)
     tissue = (local_mean >= TISSUE_RANGE_HU[0]) & (local_mean <= TISSUE_RANGE_HU[1]) & (sd < MAX_SD_HU)
     coarse = _tissue_sd_mode(sd, tissue, torch.ones(sd.shape[0], 1, device=sd.device), MAX_SD_HU)
     # Second pass at a twentieth of that mode per bin: 1 HU bins are coarse for quiet (head) slices.
@@ -142,14 +146,31 @@ def size_for_reference(hu: torch.Tensor, pixel_spacing_mm: Sequence[float], refe
     return water_equivalent_diameter_cm(hu, pixel_spacing_mm)
 
 
-def _box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
-    """Mean over every ``kernel``-sized window (valid positions only), from a summed-area table: the
-    same as ``avg_pool2d(x, kernel, stride=1)`` at a cost that does not grow with the kernel. The table
-    is float64 so that differences of large running sums stay exact to float32 precision."""
-    table = F.pad(x.double(), (1, 0, 1, 0)).cumsum_(-2).cumsum_(-1)
-    ky, kx = kernel
-    sums = table[..., ky:, kx:] - table[..., :-ky, kx:] - table[..., ky:, :-kx] + table[..., :-ky, :-kx]
-    return (sums / (ky * kx)).float()
+def _box_mean(x: torch.Tensor, kernel: Sequence[int], exact_in_float32: bool = False) -> torch.Tensor:
+    """Mean over every ``kernel``-sized window (valid positions only) of ``x`` ``(..., H, W)`` (float32): the same
+    as ``avg_pool2d(x, kernel, stride=1)``, as sums along the rows and then the columns, at a cost that barely
+    grows with the kernel. The sums are taken in float64, so that those of large values stay exact to float32
+    precision, or in float32 where they are exact there (``exact_in_float32``: whole numbers whose window sums stay
+    under 2^24); in both the one rounding is the division, as in a float64 summed-area table."""
+    rows, columns = kernel
+    sums = _window_sums(_window_sums(x if exact_in_float32 else x.double(), columns, -1), rows, -2)
+    return sums.div_(rows * columns).float()
+
+
+def _window_sums(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Sums over every ``size`` consecutive elements along ``dim`` (valid positions only), from sums over
+    windows of 1, 2, 4, ... elements: a handful of additions of whole arrays, whatever ``size``."""
+    length = x.shape[dim] - size + 1
+    total, offset, power, width = None, 0, x, 1
+    while True:
+        if size & width:  # this power of two is in size's binary form: its window sums join the total
+            part = power.narrow(dim, offset, length)
+            total = part.clone() if total is None else total.add_(part)
+            offset += width
+        if 2 * width > size:
+            return total
+        power = power.narrow(dim, 0, power.shape[dim] - width) + power.narrow(dim, width, power.shape[dim] - width)
+        width *= 2
 
 
 def _tissue_sd_mode(sd: torch.Tensor, tissue: torch.Tensor, step: torch.Tensor, bins: int) -> torch.Tensor:

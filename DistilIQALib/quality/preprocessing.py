@@ -69,12 +69,12 @@ def prepare_batch(
     return fit_to_input(unit, input_size)
 
 
-def hu_to_tensor(hu_slices: ArrayLike, device: Optional[torch.device] = None) -> torch.Tensor:
-    """A few HU slices (any dtype, numpy or torch) as a float32 tensor on ``device``
-    (copied through pinned memory when the device is a CUDA GPU)."""
+def hu_to_tensor(hu_slices: ArrayLike, device: Optional[torch.device] = None, keep_dtype: bool = False) -> torch.Tensor:
+    """A few HU slices (any dtype, numpy or torch) as a float32 tensor on ``device`` (copied through pinned memory
+    when the device is a CUDA GPU); ``keep_dtype``: in their own dtype (a series' int16 travels at half the size)."""
     tensor = torch.from_numpy(np.ascontiguousarray(hu_slices)) if isinstance(hu_slices, np.ndarray) else hu_slices
     if device is not None and tensor.device != device:
         if device.type == "cuda" and tensor.device.type == "cpu":
             tensor = tensor.pin_memory()
         tensor = tensor.to(device, non_blocking=True)
-    return tensor.float()
+    return tensor if keep_dtype else tensor.float()

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 #: 0.17 at 64-128: 32 gets nearly all of it while needing well under 1 GiB, and out-of-memory halves it.
 DEFAULT_BATCH_SIZE = 32
 CPU_BATCH_SIZE = 2
+#: Slices whose body-region features are measured together on the CPU (or one batch, when larger; on a GPU, the
+#: batch): their many small steps are taken once for all of them, where the network's batch is small.
+REGION_SLICES = 16
 
 
 class Scorer:
@@ -76,17 +79,19 @@ class Scorer:
         noise = np.zeros(total, dtype=np.float32)
         diameter = np.zeros(total, dtype=np.float32)
         features = []
-        start = 0
+        start = read_to = 0  # the slices whose region features are measured: [0, read_to)
         progress.update(0, total, "scoring")
         while start < total:
             stop = min(start + self.batch_size, total)
             try:
-                outputs[start:stop], noise[start:stop], diameter[start:stop], found = self._score_batch(
-                    volume, start, stop, region == "auto")
+                if region == "auto" and start >= read_to:
+                    end = min(total, max(stop, start + REGION_SLICES)) if self.device.type == "cpu" else stop
+                    features.append(self._region_features(volume, start, end))
+                    read_to = end
+                outputs[start:stop], noise[start:stop], diameter[start:stop] = self._score_batch(volume, start, stop)
             except torch.OutOfMemoryError:
                 self._shrink_after_out_of_memory()
                 continue
-            features.append(found)
             start = stop
             progress.update(start, total, "scoring")
         scores = score_from_outputs(torch.from_numpy(outputs)).numpy()
@@ -111,16 +116,22 @@ class Scorer:
             result.score = verdicts.learned_dose_equivalent if verdicts is not None else np.full(total, np.nan)
         return result
 
-    def _score_batch(self, volume: CTVolume, start: int, stop: int, find_region: bool = True):
+    def _score_batch(self, volume: CTVolume, start: int, stop: int):
         with torch.inference_mode():
-            hu = hu_to_tensor(volume.hu[start:stop], self.device)
-            noise = global_noise_index(hu, volume.spacing_mm[:2])
+            # the slices as stored (whole HU in a CT series' integers: the noise index sums them exactly in float32)
+            stored = hu_to_tensor(volume.hu[start:stop], self.device, keep_dtype=True)
+            hu = stored.float()
+            noise = global_noise_index(stored, volume.spacing_mm[:2])
             diameter = size_for_reference(hu, volume.spacing_mm[:2], self.info.noise_reference)
-            found = region_features(hu, volume.spacing_mm[:2]) if find_region else None
             batch = prepare_batch(hu, self.info.window, self.info.input_size, extra_windows=self.info.extra_windows)
             with self._autocast():
                 outputs = self.model(batch).float()
-        return outputs.cpu().numpy(), noise.cpu().numpy(), diameter.cpu().numpy(), found
+        return outputs.cpu().numpy(), noise.cpu().numpy(), diameter.cpu().numpy()
+
+    def _region_features(self, volume: CTVolume, start: int, stop: int) -> RegionFeatures:
+        """The region features of slices ``start:stop``, on the scoring device."""
+        with torch.inference_mode():
+            return region_features(hu_to_tensor(volume.hu[start:stop], self.device), volume.spacing_mm[:2])
 
     def _autocast(self):
         if self.use_amp and self.device.type == "cuda":

@@ -41,3 +41,30 @@ def test_gni_on_anatomy_includes_tissue_texture_but_tracks_noise():
         values.append(global_noise_index(torch.from_numpy(noisy)[None], (0.7, 0.7)).item())
     assert values == sorted(values)
     assert values[-1] == pytest.approx(40.0, rel=0.1)
+
+
+def test_box_means_and_the_noise_index_are_those_of_float64_pooling_on_real_heads_and_bodies():
+    # The window sums of whole HU run in float32 (their sums are exact there), those of their squares and of
+    # fractions in float64: each is the float64 mean of avg_pool2d on the real head and on every real slice
+    # pydicom ships, and the noise index of a series' int16 slices is that of the same slices as float.
+    import torch.nn.functional as F
+
+    from DistilIQALib.io.reading import read_volume
+    from DistilIQALib.quality.noise import _box_mean
+
+    from .shipped_ct import shipped_ct_files
+    from .test_regions import CRANIUM, read_inv3
+
+    volumes = [read_volume(path, force=True) for path in shipped_ct_files()]
+    if CRANIUM.is_file():
+        volumes.append(read_inv3(CRANIUM))
+    for volume in volumes:
+        stored = torch.from_numpy(np.array(volume.hu[:12]))
+        assert not stored.is_floating_point()
+        centred = stored.float() - 50.0
+        kernel = (kernel_pixels(volume.spacing_mm[1]), kernel_pixels(volume.spacing_mm[0]))
+        for values, whole in ((centred, True), (centred * centred, False), (centred * 0.37, False)):
+            pooled = F.avg_pool2d(values.double()[:, None], kernel, stride=1)[:, 0].float()
+            assert torch.equal(_box_mean(values, kernel, whole), pooled), (volume.source, whole)
+        noise = global_noise_index(stored, volume.spacing_mm[:2])
+        np.testing.assert_array_equal(noise.numpy(), global_noise_index(stored.float(), volume.spacing_mm[:2]).numpy())

@@ -31,6 +31,7 @@ from DistilIQALib.quality.regions import (
     HEAD,
     NECK,
     UNKNOWN,
+    RegionFeatures,
     detect_regions,
     given_regions,
     region_features,
@@ -74,6 +75,20 @@ def test_a_real_routine_head_ct_reads_as_head_from_skull_base_to_vertex():
     # the slices that are not head have no body left to read (the top of the vertex), never another region
     assert set(regions.region) <= {HEAD, UNKNOWN}
     assert all(reason for region, reason in zip(regions.region, regions.reason) if region == UNKNOWN)
+
+
+@pytest.mark.skipif(not CRANIUM.is_file(), reason="Debian's invesalius-examples is not installed")
+def test_the_region_features_of_a_slice_do_not_depend_on_the_slices_read_with_it():
+    # the scorer reads them 16 slices at a time on the CPU, a batch at a time on a GPU: every feature of the real
+    # head is the same to the bit whether its slices are read one, two, sixteen or all at a time
+    volume = read_inv3(CRANIUM)
+    hu = torch.from_numpy(volume.hu.astype(np.float32))
+    together = region_features(hu, volume.spacing_mm[:2])
+    for size in (1, 2, 16):
+        parts = [region_features(hu[start:start + size], volume.spacing_mm[:2]) for start in range(0, len(hu), size)]
+        apart = RegionFeatures.concatenate(parts)
+        for name in FEATURE_NAMES:
+            np.testing.assert_array_equal(getattr(apart, name), getattr(together, name), err_msg=f"{name}, {size}")
 
 
 def test_hole_filling_and_opening_are_those_of_scipy_on_random_masks_and_a_real_head():

@@ -227,11 +227,11 @@ def test_gpu_out_of_memory_at_batch_size_one_continues_on_the_cpu(weights, dicom
     real_to_tensor = scoring.hu_to_tensor
     moved = []
 
-    def to_device(hu_slices, device=None):
+    def to_device(hu_slices, device=None, **options):
         moved.append((device.type, len(hu_slices)))
         if device.type == "cuda":
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_to_tensor(hu_slices, device)
+        return real_to_tensor(hu_slices, device, **options)
 
     monkeypatch.setattr(scoring, "hu_to_tensor", to_device)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Simulated GPU")
@@ -244,9 +244,12 @@ def test_gpu_out_of_memory_at_batch_size_one_continues_on_the_cpu(weights, dicom
         scores = scorer.score_volume(volume)
     assert scorer.device == torch.device("cpu") and scores.device.startswith("cpu (")
     assert scorer.model.moves == [torch.device("cpu")]  # the model follows the slices to the CPU
-    assert moved[:3] == [("cuda", 2), ("cuda", 1), ("cpu", 1)] and scorer.batch_size == 1
+    # on the GPU the region features are read a batch at a time, on the CPU a chunk of REGION_SLICES at a time
+    chunk = min(volume.num_slices, scoring.REGION_SLICES)
+    assert moved[:4] == [("cuda", 2), ("cuda", 1), ("cpu", chunk), ("cpu", 1)] and scorer.batch_size == 1
     assert len(cache_emptied) == 2  # the GPU's cache is given back after each out-of-memory error
     np.testing.assert_allclose(scores.score, reference.score, atol=1e-6)
+    assert scores.region == reference.region and len(scores.region) == volume.num_slices  # every slice read once
     assert [r.getMessage() for r in caplog.records] == [
         "out of memory on cuda:0 (Simulated GPU): retrying with batch size 1",
         "out of memory on cuda:0 (Simulated GPU) even with batch size 1: continuing on the CPU"]
