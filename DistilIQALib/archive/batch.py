@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Ty
 import numpy as np
 
 from ..dose.reports import DoseReport, read_dose_report
-from ..dose.series import ScanDose, scan_dose
+from ..dose.series import ScanDose, scan_dose, verdict_ssde
 from ..errors import DistilIQAError, InputError
 from ..io.reading import read_dicom_files
 from ..progress import Progress
@@ -304,6 +304,9 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
         return record
     volume = read.volume
     scores = scorer.score_volume(volume, region=region)
+    if read.dose is not None:
+        # "above routine" from the delivered dose where it is known
+        scores.ssde_mgy, scores.ssde_upper_bound = read.dose.verdict_ssde(), bool(read.dose.series.get("dw_truncated"))
     notes = entry.notes() + [note for note in [_gap_note(volume, read.corrupt_files)] if note]
     record = _record(entry, weights_id, "scored", _joined(notes))
     fields = _summary_fields(scores)
@@ -402,6 +405,7 @@ def _summary_fields(scores: SliceScores) -> Dict:
             "region": max(regions, key=regions.get) if regions else None,
             "median_dose_equivalent": facts["median_dose_equivalent"],
             "fraction_above_routine": facts["fraction_above_routine"],
+            "above_routine_basis": facts["above_routine_basis"],
             "artefact_slices": drivers.get(DRIVER_ARTEFACTS, 0) if drivers else None}
 
 
@@ -410,7 +414,8 @@ def _summary_fields(scores: SliceScores) -> Dict:
 SUMMARY_COLUMNS = ("status", "reason", "patient_id", "study_date", "description", "scanner_model", "kernel", "kvp",
                    "slice_thickness_mm", "exposure_mas", "num_slices", "region", "mean_score", "min_score",
                    "worst_slice", "mean_noise_hu", "median_dose_equivalent", "fraction_inadequate",
-                   "fraction_above_routine", "artefact_slices", "series_uid", "weights_id", "folder")
+                   "fraction_above_routine", "above_routine_basis", "artefact_slices", "series_uid", "weights_id",
+                   "folder")
 
 
 def write_summary_csv(store_path: os.PathLike[str] | str, csv_path: os.PathLike[str] | str) -> int:
@@ -448,6 +453,7 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
     record = series[0] if series else {}
     thickness = record.get("slice_thickness_mm")
     regions = SliceRegions([r.get("region") or UNKNOWN for r in rows], [""] * len(rows), source="stored")
+    ssde = verdict_ssde(record.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows])
     return SliceScores(slice_index=np.array([r["slice_index"] for r in rows]),
                        z_mm=np.array([r["z_mm"] for r in rows], dtype=np.float64), score=score,
                        outputs=_outputs(score, spread), noise_hu=noise, info=info,
@@ -455,7 +461,9 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
                        elapsed_s=float(record.get("seconds") or 0.0), diameter_cm=diameter,
                        thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions,
                        effective_noise_hu=effective if learned else None, kernel=record.get("kernel") or "",
-                       manufacturer=record.get("manufacturer") or "")
+                       manufacturer=record.get("manufacturer") or "",
+                       ssde_mgy=ssde if np.isfinite(ssde).any() else None,
+                       ssde_upper_bound=bool(record.get("dw_truncated")))
 
 
 def _outputs(score: np.ndarray, spread: np.ndarray) -> np.ndarray:

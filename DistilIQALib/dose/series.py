@@ -42,11 +42,24 @@ class ScanDose:
         return [{"ctdivol_mgy": c, "dw_cm": d, "ssde_mgy": s}
                 for c, d, s in zip(self.ctdivol_mgy, self.dw_cm, self.ssde_mgy)]
 
+    def verdict_ssde(self) -> np.ndarray:
+        """The SSDE (mGy) each slice's "above routine" is judged from (see :func:`verdict_ssde`)."""
+        return verdict_ssde(self.series.get("ssde_mgy"), self.ssde_mgy)
+
     def summary(self) -> Dict:
         """The series' values for a JSON summary (``dw_truncated`` true or false, None without a Dw)."""
         truncated = self.series.get("dw_truncated")
         return {name: self.series.get(name) for name in SUMMARY_FIELDS} | {
             "dw_truncated": None if truncated is None else bool(truncated)}
+
+
+def verdict_ssde(series_ssde: Optional[float], slice_ssde: Sequence[Optional[float]]) -> np.ndarray:
+    """The SSDE (mGy) each slice's "above routine" is judged from: the series' (mean CTDIvol and Dw at mid-scan,
+    the exam-level dose a reference level is compared with) where it is known, else the slice's own; NaN where
+    neither is known. Where the body is cut by the field of view (``dw_truncated``) it is an upper bound."""
+    if series_ssde is not None:
+        return np.full(len(slice_ssde), float(series_ssde))
+    return np.array([np.nan if v in (None, "") else float(v) for v in slice_ssde], dtype=np.float64)
 
 
 def _block_means(hu: np.ndarray, step: int) -> np.ndarray:
