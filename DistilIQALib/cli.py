@@ -195,6 +195,8 @@ def _score_to_files(source, weights, device, batch_size, series=None, out=None, 
     for warning in scores.warnings:
         _note(f"warning: {warning}")
     dose = _scanner_dose(volume)
+    # "above routine" from the delivered dose where the headers give it
+    scores.ssde_mgy, scores.ssde_upper_bound = dose.verdict_ssde(), bool(dose.series.get("dw_truncated"))
     write_csv(scores, out or sys.stdout, extra_rows=dose.slice_rows())
     if json_path:
         write_json(scores, json_path, extra={"scanner_dose": dose.summary()})

@@ -178,13 +178,18 @@ class NetworkNoise:
         return np.concatenate(out)
 
 
-def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
+def region_detection(entries, root: Path, info, network: NetworkNoise) -> dict:
     """Slices per detected region of every series of each patient, in the series' own z order, and the verdicts
     of every slice at the scan's own (full) dose (with a learned dose equivalent: as the user sees them, the
-    worse of noise and network)."""
+    worse of noise and network). Returns what the held-out tables need: per routine head series the 25th and 75th
+    percentile of its head slices' dose equivalent along z, and per series whose headers give an SSDE whether
+    "above routine" (the verdict's, and the noise's alone) agrees with SSDE against the region's reference."""
+    from DistilIQALib.dose.series import volume_dose
+    from DistilIQALib.quality.interpretation import reference_ssde_mgy
     from DistilIQALib.quality.noise import noise_equivalent_diameter_cm
 
     references = region_references(info.noise_reference, info.adequacy)
+    found_tables = {"head_spread": [], "above": [], "ctdivol_series": []}
     print("\nBody region detected on every slice (series read head first; h head, n neck, c chest, a abdomen, "
           "u unknown), and the verdicts of every slice at the scan's own dose")
     for entry in entries:
@@ -196,9 +201,14 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
             noise = global_noise_index(hu, volume.spacing_mm[:2]).numpy()
             size = noise_equivalent_diameter_cm(hu, volume.spacing_mm[:2]).numpy()
             judged = entry.details.get("verdicts", True)  # a region-only entry: no verdicts, no network needed
-            verdicts = region_verdicts(noise, volume.slice_thickness_mm, size, regions, found.reason, references,
-                                       network(volume.hu) if judged else None, info.artefact_margin,
-                                       volume.metadata.get("kernel", ""), volume.metadata.get("manufacturer", ""))
+            dose = volume_dose(volume)
+            ssde = dose.verdict_ssde()
+            truncated = bool(dose.series.get("dw_truncated"))
+            thickness = volume.metadata.get("slice_thickness_per_slice_mm") or volume.slice_thickness_mm
+            kernel, manufacturer = volume.metadata.get("kernel", ""), volume.metadata.get("manufacturer", "")
+            learned_noise = network(volume.hu) if judged else None
+            verdicts = region_verdicts(noise, thickness, size, regions, found.reason, references, learned_noise,
+                                       info.artefact_margin, kernel, manufacturer, ssde, truncated)
             bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
                      if b in verdicts.adequacy}
             order = np.argsort(-volume.z_mm(), kind="stable")
@@ -216,6 +226,85 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> None:
                                f"artefacts {verdicts.driver.count('artefacts')}")
                 print(f"      at its own dose: {bands} ({good:.1f}% good, {above:.1f}% above routine, median dose "
                       f"equivalent {np.nanmedian(verdicts.dose_equivalent):.2f}{learned})")
+                seen = verdicts.dose_equivalent if verdicts.learned_dose_equivalent is None else \
+                    verdicts.learned_dose_equivalent
+                heads = np.array([r == "head" for r in regions]) & np.isfinite(seen)
+                if entry.anatomy == "head" and heads.sum() >= 4:
+                    low, high = np.percentile(seen[heads], [25, 75])
+                    found_tables["head_spread"].append((entry.patient, int(heads.sum()), float(low), float(high)))
+                if any(d is not None for d in dose.ctdivol_mgy):
+                    found_tables["ctdivol_series"].append((entry.patient, dose.series.get("ctdivol_mgy"),
+                                                           dose.series.get("ctdi_phantom"), dose.series.get("ssde_mgy"),
+                                                           dose.series.get("dose_note")))
+                main = max(set(regions), key=regions.count)
+                reference = reference_ssde_mgy(main)
+                if reference is not None and np.isfinite(ssde).any() and not truncated:
+                    truth = float(np.nanmedian(ssde)) > reference
+                    noise_only = region_verdicts(noise, thickness, size, regions, found.reason, references,
+                                                 learned_noise, info.artefact_margin, kernel, manufacturer)
+                    chosen = np.array([r == main for r in regions])
+                    found_tables["above"].append((entry.patient, main, truth,
+                                                  bool(verdicts.above_routine[chosen].mean() > 0.5),
+                                                  bool(noise_only.above_routine[chosen].mean() > 0.5)))
+    return found_tables
+
+
+def held_out_tables(rows, found_tables, info) -> None:
+    """The held-out tables of the verdict issue, per region: full-dose good, 10% and 5% inadequate, the bands
+    (borderline non-empty), the routine heads' spread along z, and "above routine" against SSDE where known."""
+    from DistilIQALib.quality.interpretation import reference_ssde_mgy
+
+    references = region_references(info.noise_reference, info.adequacy)
+    print("\nHeld-out tables per region (targets: full dose good >= 95%, 10% and 5% inadequate >= 95%, borderline "
+          "non-empty; each slice at its own full dose and at 10% and 5% of it, noise relative to its own)")
+    header = "bands: inadequate < x <= borderline < y <= good"
+    print("  good: % of full-dose slices with a soft-tissue verdict that are good (never inadequate: the count); "
+          "inadq: % of 10% and 5% slices with a verdict that are inadequate; <=10%: the same of those at most a tenth "
+          "of a routine dose (d x the scan's own full-dose reading); unknown: full-dose slices without a verdict")
+    print(f"  {'region':<8} {'slices':>6} {'good':>6} {'inadq.':>6} {'inadq':>6} {'<=10%':>6} {'unkn':>5}  "
+          f"{header:<48} {'basis':<10} {'ref SSDE':>8}")
+    for region in REGIONS:
+        chosen = [r for r in rows if r[1] == region]
+        full = [r for r in chosen if r[3] == 1.0]
+        judged = [r for r in full if r[5] != "unknown"]
+        low = [r for r in chosen if r[3] in (0.1, 0.05) and r[5] != "unknown"]
+        reading = {r[2]: r[4] for r in full}
+        tenth = [r for r in low if np.isfinite(reading.get(r[2], np.nan)) and reading[r[2]] < 4.0
+                 and r[3] * reading[r[2]] <= 0.1]
+        good = 100 * np.mean([r[5] == "good" for r in judged]) if judged else float("nan")
+        full_inadequate = sum(r[5] == "inadequate" for r in judged)
+        inadequate = 100 * np.mean([r[5] == "inadequate" for r in low]) if low else float("nan")
+        routine = 100 * np.mean([r[5] == "inadequate" for r in tenth]) if tenth else float("nan")
+        reference = references.get(region) or {}
+        bands = {b["name"]: b.get("min_value") for b in reference.get("bands", [])}
+        good_from, borderline_from = bands.get("good"), bands.get("borderline")
+        interval = (f"x = {borderline_from:.2f}, y = {good_from:.2f} (borderline "
+                    f"{'non-empty' if good_from > borderline_from else 'EMPTY'})" if good_from is not None else "-")
+        ssde = reference_ssde_mgy(region)
+        print(f"  {region:<8} {len(judged):6d} {good:6.1f} {full_inadequate:6d} {inadequate:6.1f} {routine:6.1f} "
+              f"{len(full) - len(judged):5d}  {interval:<48} {reference.get('basis', '-'):<10} "
+              f"{ssde if ssde is not None else float('nan'):8.1f}")
+    print("\nRoutine heads along z (target: the 75th percentile of the head slices' dose equivalent at most 1.5 times "
+          "the 25th)")
+    for patient, count, low, high in found_tables["head_spread"]:
+        print(f"  {patient:<32} {count:4d} head slices  P25 {low:.2f}  P75 {high:.2f}  P75/P25 {high / low:.2f}"
+              f" {'met' if high <= 1.5 * low else 'NOT met'}")
+    if not found_tables["head_spread"]:
+        print("  no routine head series with 4 or more head slices with a verdict")
+    print("\n\"Above routine\" against SSDE vs the region's reference, series whose headers give CTDIvol and phantom "
+          "(target: agreement >= 90%)")
+    for patient, ctdivol, phantom, ssde, note in found_tables["ctdivol_series"]:
+        print(f"  {patient:<32} CTDIvol {ctdivol if ctdivol is not None else float('nan'):.2f} mGy, phantom "
+              f"{phantom or 'not stated'}, SSDE {f'{ssde:.2f} mGy' if ssde is not None else 'none'}"
+              f"{' (' + note + ')' if note else ''}")
+    above = found_tables["above"]
+    if above:
+        verdict = 100 * np.mean([truth == said for _, _, truth, said, _ in above])
+        noise = 100 * np.mean([truth == said for _, _, truth, _, said in above])
+        print(f"  {len(above)} series with an SSDE: the verdict agrees on {verdict:.0f}%, the noise alone on "
+              f"{noise:.0f}%")
+    else:
+        print("  no held-out series has an SSDE (CTDIvol with its phantom and an uncut body): agreement not measurable")
 
 
 def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkNoise, seed: int = 11):
@@ -322,6 +411,8 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, help="also write one CSV row per image (patient, kind, value, label, "
                         "model, ensemble, GNI; with a learned dose equivalent's run every column its tables use) for "
                         "further analysis")
+    parser.add_argument("--fit-sizes", action="store_true",
+                        help="only print the median Dw per region of the fit split (the reference SSDEs' sizes)")
     parser.add_argument("--network-only", action="store_true",
                         help="with --run: only the network's tables (not the per-region verdicts of the physics)")
     args = parser.parse_args()
@@ -339,10 +430,43 @@ def main() -> None:
     root = args.manifest.parent / "files"
     print(f"\nweights {weights}; {args.role} patients of {args.manifest}")
     network = NetworkNoise(weights, info)
-    region_detection(entries, root, info, network)
+    if args.fit_sizes:
+        fit_sizes(load_manifest(args.manifest), root)
+        return
+    found_tables = region_detection(entries, root, info, network)
     rows = simulated_verdicts([e for e in entries if e.details.get("verdicts", True)], root, info, args.slices,
                               network)
     verdict_table(rows)
+    held_out_tables(rows, found_tables, info)
+
+
+def fit_sizes(entries, root: Path) -> None:
+    """The median AAPM Report 220 Dw per region of the fit split's real patients (training and calibration roles;
+    each patient's median over its slices whose body is within the field of view): the sizes at which the regions'
+    national DRLs become reference SSDEs (``REFERENCE_DW_CM``)."""
+    from DistilIQALib.dose.series import slice_water_diameters
+
+    per_region = defaultdict(list)
+    for entry in entries:
+        if entry.role not in ("train", "calibration") or not entry.details.get("verdicts", True):
+            continue
+        for path, uid in _series_of(root / entry.path):
+            try:
+                volume = read_volume(path, series_uid=uid, force=True)
+            except Exception as error:  # a series the reader refuses is left out, and said
+                print(f"  {entry.patient}: not read ({error})")
+                continue
+            regions = volume_regions(volume).region
+            sizes = defaultdict(list)
+            for region, (dw, truncated) in zip(regions, slice_water_diameters(volume)):
+                if dw is not None and not truncated:
+                    sizes[region].append(dw)
+            for region, values in sizes.items():
+                print(f"  {entry.patient:<32} {region:<8} {len(values):4d} slices, median Dw "
+                      f"{np.median(values):.1f} cm")
+                per_region[region].append(float(np.median(values)))
+    for region, values in sorted(per_region.items()):
+        print(f"region {region}: {len(values)} patient series, median Dw {np.median(values):.1f} cm")
 
 
 def agreement_tables(args) -> None:

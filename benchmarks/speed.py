@@ -264,7 +264,8 @@ def main() -> int:
                                 "network_ms_per_slice": network["ms_per_slice"],
                                 "vs_network": per_slice_ms / network["ms_per_slice"],
                                 "speedup_vs_paper": paper["ms_per_slice"] / per_slice_ms}
-        print(f"\nend to end (`score SERIES --device {args.device} --out CSV --json JSON`, best of {args.repeats} rounds): "
+        print(f"\nend to end (`score SERIES --device {args.device} --out CSV --json JSON`, "
+              f"best of {args.repeats} rounds): "
               f"{args.slices} slices {large_s:.2f} s, {SMALL_SLICES} slices {small_s:.2f} s: "
               f"{per_slice_ms:.1f} ms per slice")
         print(f"  {report['end_to_end']['vs_network']:.2f}x the shipped network's own {network['ms_per_slice']:.1f} "

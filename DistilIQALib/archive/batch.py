@@ -303,6 +303,9 @@ def _score_series(store: ResultStore, scorer: Scorer, entry: SeriesEntry, read: 
         return record
     volume = read.volume
     scores = scorer.score_volume(volume, region=region)
+    if read.dose is not None:
+        # "above routine" from the delivered dose where it is known
+        scores.ssde_mgy, scores.ssde_upper_bound = read.dose.verdict_ssde(), bool(read.dose.series.get("dw_truncated"))
     notes = entry.notes() + [note for note in [_gap_note(volume, read.corrupt_files)] if note]
     record = _record(entry, weights_id, "scored", _joined(notes))
     fields = _summary_fields(scores)
@@ -401,4 +404,5 @@ def _summary_fields(scores: SliceScores) -> Dict:
             "region": max(regions, key=regions.get) if regions else None,
             "median_dose_equivalent": facts["median_dose_equivalent"],
             "fraction_above_routine": facts["fraction_above_routine"],
+            "above_routine_basis": facts["above_routine_basis"],
             "artefact_slices": drivers.get(DRIVER_ARTEFACTS, 0) if drivers else None}

@@ -52,7 +52,7 @@ SERIES_COLUMNS = ("series_uid", "weights_id", "status", "reason", "patient_id", 
                   "seconds", "written_at", "worst_thumbnail_png",
                   "ctdivol_mgy", "ctdi_phantom", "tube_current_modulation", "dw_cm", "dw_truncated", "ssde_mgy",
                   "scan_length_mm", "dose_note", "patient_age", "manufacturer", "body_part", "study_description",
-                  "protocol_name")
+                  "protocol_name", "above_routine_basis")
 #: Columns added after the first release, with their type: an older store gains them when opened.
 ADDED_SERIES_COLUMNS = {"slice_thickness_mm": "REAL", "scanner_model": "TEXT", "region": "TEXT",
                         "median_dose_equivalent": "REAL", "fraction_above_routine": "REAL",
@@ -64,16 +64,19 @@ ADDED_SERIES_COLUMNS = {"slice_thickness_mm": "REAL", "scanner_model": "TEXT", "
                         "ctdivol_mgy": "REAL", "ctdi_phantom": "TEXT", "tube_current_modulation": "TEXT",
                         "dw_cm": "REAL", "dw_truncated": "INTEGER", "ssde_mgy": "REAL", "scan_length_mm": "REAL",
                         "dose_note": "TEXT", "patient_age": "TEXT", "manufacturer": "TEXT", "body_part": "TEXT",
-                        "study_description": "TEXT", "protocol_name": "TEXT"}
+                        "study_description": "TEXT", "protocol_name": "TEXT",
+                        # what "above routine" was judged from: 'ssde' (the delivered dose against the region's
+                        # reference dose), 'noise' (no SSDE known), 'ssde+noise' (some slices each), NULL (neither)
+                        "above_routine_basis": "TEXT"}
 ADDED_SLICE_COLUMNS = {"water_diameter_cm": "REAL", "region": "TEXT", "above_routine": "INTEGER",
                        "verdict_note": "TEXT", "effective_noise_hu": "REAL", "driver": "TEXT",
-                       "ctdivol_mgy": "REAL", "dw_cm": "REAL", "ssde_mgy": "REAL"}
+                       "ctdivol_mgy": "REAL", "dw_cm": "REAL", "ssde_mgy": "REAL", "above_routine_basis": "TEXT"}
 #: ``effective_noise_hu``: a learned model's effective noise (HU), NULL for other models; ``driver``: what set the
 #: slice's verdict, ``noise`` (the measured noise) or ``artefacts`` (the network sees worse), '' or NULL without one.
 #: ``artefact_slices`` (series): how many of its slices had their verdict set by artefacts (NULL: no verdicts).
 SLICE_COLUMNS = ("series_uid", "weights_id", "slice_index", "z_mm", "score", "score_spread", "noise_hu",
                  "water_diameter_cm", "dose_equivalent", "adequacy", "region", "above_routine", "verdict_note",
-                 "effective_noise_hu", "driver", "ctdivol_mgy", "dw_cm", "ssde_mgy")
+                 "effective_noise_hu", "driver", "ctdivol_mgy", "dw_cm", "ssde_mgy", "above_routine_basis")
 
 
 def _now() -> str:

@@ -11,13 +11,14 @@ import numpy as np
 from ..errors import InputError
 from ..quality.model_info import read_info, resolve_weights
 from ..quality.region_labels import UNKNOWN, SliceRegions
-from ..quality.results import EFFECTIVE_NOISE, SliceScores
+from ..quality.results import EFFECTIVE_NOISE, SliceScores, verdict_ssde
 from .store import ResultStore
 
 SUMMARY_COLUMNS = ("status", "reason", "patient_id", "study_date", "description", "scanner_model", "kernel", "kvp",
                    "slice_thickness_mm", "exposure_mas", "num_slices", "region", "mean_score", "min_score",
                    "worst_slice", "mean_noise_hu", "median_dose_equivalent", "fraction_inadequate",
-                   "fraction_above_routine", "artefact_slices", "series_uid", "weights_id", "folder")
+                   "fraction_above_routine", "above_routine_basis", "artefact_slices", "series_uid", "weights_id",
+                   "folder")
 
 
 def write_summary_csv(store_path: os.PathLike[str] | str, csv_path: os.PathLike[str] | str) -> int:
@@ -53,6 +54,7 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
     record = series[0] if series else {}
     thickness = record.get("slice_thickness_mm")
     regions = SliceRegions([r.get("region") or UNKNOWN for r in rows], [""] * len(rows), source="stored")
+    ssde = verdict_ssde(record.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows])
     return SliceScores(slice_index=np.array([r["slice_index"] for r in rows]),
                        z_mm=np.array([r["z_mm"] for r in rows], dtype=np.float64), score=score,
                        outputs=_outputs(score, spread), noise_hu=noise, info=info,
@@ -60,7 +62,9 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
                        elapsed_s=float(record.get("seconds") or 0.0), diameter_cm=diameter,
                        thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions,
                        effective_noise_hu=effective if learned else None, kernel=record.get("kernel") or "",
-                       manufacturer=record.get("manufacturer") or "")
+                       manufacturer=record.get("manufacturer") or "",
+                       ssde_mgy=ssde if np.isfinite(ssde).any() else None,
+                       ssde_upper_bound=bool(record.get("dw_truncated")))
 
 
 def _outputs(score: np.ndarray, spread: np.ndarray) -> np.ndarray:

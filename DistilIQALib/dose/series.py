@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..quality.results import verdict_ssde  # noqa: F401  (the dose a verdict is judged from)
 from ..volume import CTVolume
 from .headers import SeriesDose, SliceDose, read_slice_doses, series_dose
 from .size import ssde, water_equivalent_diameters_cm
@@ -41,6 +42,10 @@ class ScanDose:
     def slice_rows(self) -> List[Dict]:
         return [{"ctdivol_mgy": c, "dw_cm": d, "ssde_mgy": s}
                 for c, d, s in zip(self.ctdivol_mgy, self.dw_cm, self.ssde_mgy)]
+
+    def verdict_ssde(self) -> np.ndarray:
+        """The SSDE (mGy) each slice's "above routine" is judged from (see :func:`verdict_ssde`)."""
+        return verdict_ssde(self.series.get("ssde_mgy"), self.ssde_mgy)
 
     def summary(self) -> Dict:
         """The series' values for a JSON summary (``dw_truncated`` true or false, None without a Dw)."""

@@ -17,7 +17,8 @@ from ..quality.results import SliceScores
 #: Report 220 water-equivalent diameter, SSDE), given by the caller (``extra_rows``); empty where not known.
 DOSE_COLUMNS = ("ctdivol_mgy", "dw_cm", "ssde_mgy")
 CSV_COLUMNS = ("slice_index", "z_mm", "score", "score_spread", "noise_hu", "water_diameter_cm", "dose_equivalent",
-               "adequacy", "region", "above_routine", "verdict_note", "effective_noise_hu", "driver") + DOSE_COLUMNS
+               "adequacy", "region", "above_routine", "verdict_note", "effective_noise_hu", "driver") + DOSE_COLUMNS + (
+                   "above_routine_basis",)
 
 
 def write_csv(scores: SliceScores, destination: os.PathLike[str] | str | IO[str],

@@ -304,6 +304,40 @@ def region_bands(good: float, inadequate: float) -> List[Dict[str, Any]]:
             {"name": "inadequate", "min_value": None}]
 
 
+#: What "above routine" rests on: the scanner's delivered dose (SSDE from the header's CTDIvol and phantom and
+#: the patient's water-equivalent diameter) or, where that is not known, the noise's dose equivalent.
+BASIS_SSDE = "ssde"
+BASIS_NOISE = "noise"
+
+#: The reference dose of each region as an SSDE (mGy): a series whose SSDE exceeds it is above routine (its dose
+#: could be lowered). Each is a national diagnostic reference level (UKHSA, "National diagnostic reference levels
+#: (NDRLs)", 2024; CTDIvol, the 75th percentile of national practice, for a standard-sized adult) converted to
+#: SSDE with AAPM Report 204's factor for its phantom at the standard adult's water-equivalent diameter
+#: (:data:`REFERENCE_DW_CM`): head (adult head, 16 cm phantom) 47 mGy, cervical spine (for the neck) 16 mGy,
+#: chest 8.5 mGy and abdomen-pelvis 10 mGy on the 32 cm phantom. ``Testing/Python/test_above_routine.py`` checks
+#: the arithmetic against the dose package's own conversion.
+REFERENCE_DRL_MGY = {"head": (47.0, "head16"), "neck": (16.0, "body32"), "chest": (8.5, "body32"),
+                     "abdomen": (10.0, "body32")}
+#: The water-equivalent diameter per region (cm) at which a DRL's CTDIvol is turned into an SSDE: the median AAPM
+#: Report 220 Dw of the corpus' real patients of that region in the fit split (the training and calibration roles,
+#: every slice whose body is within the field of view; ``benchmarks/real_ct.py --fit-sizes`` prints it). It rests
+#: on few patients (chest 2, abdomen 2, head 1); the neck has none and takes the head's.
+REFERENCE_DW_CM = {"head": 20.3, "neck": 20.3, "chest": 30.1, "abdomen": 26.5}
+#: AAPM Report 204's SSDE conversion, f = a exp(-b Dw) (Dw in cm), per phantom: a copy of the dose package's, which
+#: ``quality`` may not import.
+_AAPM204 = {"body32": (3.704369, 0.03671937), "head16": (1.874799, 0.03871313)}
+
+
+def reference_ssde_mgy(region: str) -> Optional[float]:
+    """The region's reference dose as an SSDE (mGy): its DRL's CTDIvol times AAPM Report 204's conversion at the
+    standard adult's Dw (:data:`REFERENCE_DRL_MGY`, :data:`REFERENCE_DW_CM`); ``None`` for another region."""
+    if region not in REFERENCE_DRL_MGY:
+        return None
+    ctdivol, phantom = REFERENCE_DRL_MGY[region]
+    a, b = _AAPM204[phantom]
+    return round(ctdivol * a * math.exp(-b * REFERENCE_DW_CM[region]), 1)
+
+
 #: What drove a verdict: the measured noise (the physics estimate), or what the network sees beyond it.
 DRIVER_NOISE = "noise"
 DRIVER_ARTEFACTS = "artefacts"
@@ -324,6 +358,9 @@ class Verdicts:
     note: List[str]
     learned_dose_equivalent: Optional[np.ndarray] = None
     driver: Optional[List[str]] = None
+    #: What "above routine" was judged from on each slice: :data:`BASIS_SSDE` (the delivered dose against the
+    #: region's reference dose), :data:`BASIS_NOISE` (the dose equivalent, where no SSDE is known), '' (neither).
+    above_basis: Optional[List[str]] = None
 
 
 #: Without a fitted margin: how far the network's effective noise may exceed the measured noise on a slice without
@@ -357,7 +394,8 @@ CMS_ROUTINE_NOISE_HU = {"head": (115.0, "Head Routine Dose"), "neck": (25.0, "Ne
 
 def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str], region_reasons: Sequence[str],
                     references: Dict[str, Dict[str, Any]], effective_noise_hu=None,
-                    artefact_margin: Optional[float] = None, kernel: str = "", manufacturer: str = "") -> Verdicts:
+                    artefact_margin: Optional[float] = None, kernel: str = "", manufacturer: str = "",
+                    ssde_mgy=None, ssde_upper_bound: bool = False) -> Verdicts:
     """Verdicts of each slice against the routine reference of its body region; ``unknown`` with its reason
     wherever the slice lies outside what that reference was fitted on (region, size, thickness) or has no
     noise figure. Never an extrapolation.
@@ -371,15 +409,28 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
     A series reconstructed with a sharp kernel (``kernel`` and ``manufacturer``, the DICOM names; see
     :func:`~DistilIQALib.quality.kernels.kernel_class`) gets no soft-tissue verdict: every slice is ``unknown`` with
     that reason. Where the series' global noise in a region reaches that region's CMS threshold
-    (:data:`CMS_ROUTINE_NOISE_HU`) no slice of it is good: good becomes borderline, with that reason."""
+    (:data:`CMS_ROUTINE_NOISE_HU`) no slice of it is good: good becomes borderline, with that reason.
+
+    ``ssde_mgy`` (one value or one per slice, NaN or ``None`` where unknown) is the scanner's delivered dose,
+    which the caller reads from the headers: where it is known, "above routine" is judged from it against the
+    region's reference dose (:func:`reference_ssde_mgy`), sharp kernels included, and from the noise's dose
+    equivalent only where it is not; :attr:`Verdicts.above_basis` says which. With ``ssde_upper_bound`` (the body
+    cut by the field of view, so Dw is too small and SSDE too large) an SSDE at or below the reference still shows
+    the dose is not above it, and one above it decides nothing: the noise decides there."""
     noise = np.asarray(noise_hu, dtype=np.float64)
     count = len(noise)
+    delivered = np.full(count, np.nan) if ssde_mgy is None else np.broadcast_to(
+        np.asarray([np.nan if v is None else v for v in np.atleast_1d(ssde_mgy)], dtype=np.float64), (count,))
     klass, described = kernel_class(kernel, manufacturer)
     if klass == SHARP:
         why = (f"no soft-tissue verdict: {described}, a lung or bone reconstruction whose noise says nothing of "
                "soft-tissue quality or dose")
-        return Verdicts(np.full(count, np.nan), [UNKNOWN] * count, np.zeros(count, dtype=bool), [why] * count,
-                        None if effective_noise_hu is None else np.full(count, np.nan), [""] * count)
+        above, basis, notes = np.zeros(count, dtype=bool), [""] * count, [why] * count
+        for n in range(count):
+            above[n], basis[n], remark = _above_from_ssde(regions[n], delivered[n], ssde_upper_bound)
+            notes[n] = "; ".join(part for part in (why, remark) if part)
+        return Verdicts(np.full(count, np.nan), [UNKNOWN] * count, above, notes,
+                        None if effective_noise_hu is None else np.full(count, np.nan), [""] * count, basis)
     thickness = np.broadcast_to(np.asarray(thickness_mm, dtype=np.float64), (count,))
     diameter = np.broadcast_to(np.asarray(diameter_cm, dtype=np.float64), (count,))
     combined = None if effective_noise_hu is None else effective_noise(noise, effective_noise_hu, artefact_margin)
@@ -387,13 +438,15 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
     learned = np.full(count, np.nan)
     labels, notes, drivers = [UNKNOWN] * count, [""] * count, [""] * count
     above = np.zeros(count, dtype=bool)
+    basis = [""] * count
     for n in range(count):
         region = regions[n]
         reference = references.get(region)
         why = _why_unknown(region, region_reasons[n] if region_reasons else "", reference, noise[n], thickness[n],
                            diameter[n])
         if why:
-            notes[n] = why
+            above[n], basis[n], remark = _above_from_ssde(region, delivered[n], ssde_upper_bound)
+            notes[n] = "; ".join(part for part in (why, remark) if part)
             continue
         bands = {"on": "dose_equivalent", "bands": reference["bands"]}
         dose[n] = noise_dose_equivalent(noise[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
@@ -409,14 +462,30 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
                 labels[n], drivers[n] = seen, DRIVER_ARTEFACTS
                 remarks.append(f"artefacts (streaks, rings or motion): it looks like {learned[n]:.2f} of a routine "
                                f"dose while its noise reads {dose[n]:.2f}")
-        above[n] = value > float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT))
-        if above[n]:
-            remarks.insert(0, ABOVE_ROUTINE_NOTE)
+        above[n], basis[n], remark = _above_from_ssde(region, delivered[n], ssde_upper_bound)
+        if not basis[n]:
+            above[n], basis[n] = value > float(reference.get("above_routine_from", ABOVE_ROUTINE_DEFAULT)), BASIS_NOISE
+            remark = f"{ABOVE_ROUTINE_NOTE} (judged from the noise)" if above[n] else ""
+        if remark:
+            remarks.insert(0, remark)
         if reference.get("basis") == "literature":
             remarks.append(f"{region} routine level from published measurements")
         notes[n] = "; ".join(remarks)
     _cap_at_cms_threshold(noise, regions, labels, notes)
-    return Verdicts(dose, labels, above, notes, learned if combined is not None else None, drivers)
+    return Verdicts(dose, labels, above, notes, learned if combined is not None else None, drivers, basis)
+
+
+def _above_from_ssde(region: str, ssde: float, upper_bound: bool = False) -> Tuple[bool, str, str]:
+    """``(above routine, basis, note)`` of a slice of ``region`` from its series' SSDE (mGy): basis '' where the
+    SSDE or the region's reference dose is not known, or where an SSDE that is only an upper bound exceeds the
+    reference (then the noise decides, where it can)."""
+    reference = reference_ssde_mgy(region)
+    if reference is None or not np.isfinite(ssde) or (upper_bound and ssde > reference):
+        return False, "", ""
+    if ssde > reference:
+        return True, BASIS_SSDE, (f"{ABOVE_ROUTINE_NOTE} (SSDE {ssde:.1f} mGy above the {region}'s reference "
+                                  f"{reference:.1f} mGy)")
+    return False, BASIS_SSDE, ""
 
 
 def _cap_at_cms_threshold(noise: np.ndarray, regions: Sequence[str], labels: List[str], notes: List[str]) -> None:

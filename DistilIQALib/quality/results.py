@@ -4,11 +4,13 @@ without loading it (the scorer that makes them is :mod:`.scoring`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .interpretation import (
+    BASIS_NOISE,
+    BASIS_SSDE,
     DRIVER_ARTEFACTS,
     DRIVER_NOISE,
     UNKNOWN,
@@ -17,6 +19,7 @@ from .interpretation import (
     adequacy_measure,
     dose_equivalent,
     lowest_adequate_value,
+    reference_ssde_mgy,
     region_references,
     region_verdicts,
 )
@@ -62,6 +65,12 @@ class SliceScores:
     #: A learned model's effective noise of each slice (HU): the noise of a pure dose reduction that would degrade
     #: it as much as what it shows; ``None`` for models whose score is something else.
     effective_noise_hu: Optional[np.ndarray] = None
+    #: The scanner's delivered dose of each slice's series (SSDE, mGy; NaN where unknown), which the caller reads
+    #: from the headers (the dose package): where it is known, "above routine" is judged from it against the
+    #: region's reference dose, else from the noise. ``None``: not known for any slice.
+    ssde_mgy: Optional[np.ndarray] = None
+    #: Whether :attr:`ssde_mgy` is only an upper bound (the body cut by the field of view: Dw too small).
+    ssde_upper_bound: bool = False
     _verdicts: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -74,7 +83,7 @@ class SliceScores:
         """Per-region verdicts from the model's noise reference, and the learned dose equivalent of a model that
         gives an effective noise (``None`` when the bands are on the score). Computed once for the same inputs."""
         inputs = (self.info, self.regions, self.noise_hu, self.diameter_cm, self.thickness_mm, self.effective_noise_hu,
-                  self.thickness_per_slice_mm, self.kernel)
+                  self.thickness_per_slice_mm, self.kernel, self.ssde_mgy, self.ssde_upper_bound)
         cached = self._verdicts
         if cached is None or len(cached[0]) != len(inputs) or any(a is not b for a, b in zip(cached[0], inputs)):
             self._verdicts = cached = (inputs, self._compute_verdicts())
@@ -88,7 +97,8 @@ class SliceScores:
         thickness = self.thickness_mm if self.thickness_per_slice_mm is None else self.thickness_per_slice_mm
         return region_verdicts(self.noise_hu, thickness, diameter, self.region, reasons,
                                region_references(self.info.noise_reference, self.info.adequacy),
-                               self.effective_noise_hu, self.info.artefact_margin, self.kernel, self.manufacturer)
+                               self.effective_noise_hu, self.info.artefact_margin, self.kernel, self.manufacturer,
+                               self.ssde_mgy, self.ssde_upper_bound)
 
     @property
     def driver(self) -> List[str]:
@@ -105,6 +115,15 @@ class SliceScores:
         lowered)."""
         verdicts = self.verdicts
         return verdicts.above_routine if verdicts else np.zeros(len(self.score), dtype=bool)
+
+    @property
+    def above_routine_basis(self) -> List[str]:
+        """What each slice's "above routine" was judged from: ``ssde`` (the delivered dose against the region's
+        reference dose), ``noise`` (the dose equivalent, no SSDE known), '' (neither)."""
+        verdicts = self.verdicts
+        if verdicts is None or verdicts.above_basis is None:
+            return [""] * len(self.score)
+        return list(verdicts.above_basis)
 
     @property
     def verdict_note(self) -> List[str]:
@@ -148,6 +167,7 @@ class SliceScores:
         regions = self.region
         spread = self.score_spread
         drivers = self.driver
+        basis = self.above_routine_basis
         effective = self.effective_noise_hu
         rows = []
         for n in range(len(self.score)):
@@ -163,6 +183,7 @@ class SliceScores:
                 "adequacy": None if adequacy is None else adequacy[n],
                 "region": regions[n],
                 "above_routine": bool(above[n]),
+                "above_routine_basis": basis[n],
                 "verdict_note": notes[n],
                 "effective_noise_hu": (round(float(effective[n]), 2) if effective is not None
                                        and np.isfinite(effective[n]) else None),
@@ -227,12 +248,16 @@ class SliceScores:
         verdicts = self.verdicts
         unknown: Dict[str, int] = {}
         above = None
+        bases: List[str] = []
         if verdicts is not None:
             for label, note in zip(verdicts.adequacy, verdicts.note):
                 if label == UNKNOWN:
                     unknown[note] = unknown.get(note, 0) + 1
-            known = np.isfinite(verdicts.dose_equivalent)
+            basis = self.above_routine_basis
+            known = np.array([bool(b) for b in basis], dtype=bool)
             above = round(float(verdicts.above_routine[known].mean()), 4) if known.any() else None
+            bases = sorted({b for b in basis if b}, key=lambda b: b != BASIS_SSDE)
+        ssde = None if self.ssde_mgy is None else np.asarray(self.ssde_mgy, dtype=np.float64)
         return {
             "regions": counts,
             "region_source": self.regions.source if self.regions else None,
@@ -241,6 +266,12 @@ class SliceScores:
                            for region in counts if region in references},
             "fraction_above_routine": above,
             "above_routine": bool(above is not None and above > 0.5),
+            # what "above routine" was judged from: "ssde", "noise", "ssde+noise" (some slices each), None
+            "above_routine_basis": "+".join(bases) or None,
+            "ssde_mgy": (round(float(np.nanmedian(ssde)), 2) if ssde is not None and np.isfinite(ssde).any()
+                         else None),
+            "reference_ssde_mgy": {region: reference_ssde_mgy(region) for region in counts
+                                   if reference_ssde_mgy(region) is not None},
             "unknown_reasons": unknown,
         }
 
@@ -260,11 +291,39 @@ def verdict_line(summary: Dict[str, Any]) -> str:
     parts = [f"regions: {regions}" + (" (as given)" if summary.get("region_source") == "user" else "")]
     if summary.get("median_dose_equivalent") is not None:
         parts.append(f"median dose equivalent {summary['median_dose_equivalent']:.2f} of a routine dose")
+    basis = summary.get("above_routine_basis")
     if summary.get("above_routine"):
-        parts.append("above routine: the dose could be lowered")
+        parts.append("above routine: the dose could be lowered" + _basis_words(summary))
+    elif basis:
+        parts.append("not above routine" + _basis_words(summary))
     literature = [region for region, ref in summary.get("references", {}).items() if ref.get("basis") == "literature"]
     if literature:
         parts.append(f"routine level from published measurements for: {', '.join(literature)}")
     for reason, count in sorted(summary.get("unknown_reasons", {}).items(), key=lambda item: -item[1])[:2]:
         parts.append(f"{count} slice(s) unknown: {reason}")
     return "; ".join(parts)
+
+
+def _basis_words(summary: Dict[str, Any]) -> str:
+    """What a summary's "above routine" was judged from, in words."""
+    basis = summary.get("above_routine_basis")
+    references = ", ".join(f"{region} {value:.1f} mGy" for region, value in
+                           sorted((summary.get("reference_ssde_mgy") or {}).items()))
+    if basis == BASIS_SSDE:
+        return (f" (judged from the delivered dose: SSDE {summary['ssde_mgy']:.1f} mGy against the reference "
+                f"{references})")
+    if basis == BASIS_NOISE:
+        return " (judged from the noise: no SSDE that decides it)"
+    if basis:
+        return (f" (judged from the delivered dose, SSDE {summary.get('ssde_mgy') or float('nan'):.1f} mGy against "
+                f"{references}, where known, elsewhere from the noise)")
+    return ""
+
+
+def verdict_ssde(series_ssde: Optional[float], slice_ssde: Sequence[Optional[float]]) -> np.ndarray:
+    """The SSDE (mGy) each slice's "above routine" is judged from: the series' (mean CTDIvol and Dw at mid-scan,
+    the exam-level dose a reference level is compared with) where it is known, else the slice's own; NaN where
+    neither is known. Where the body is cut by the field of view (``dw_truncated``) it is an upper bound."""
+    if series_ssde is not None:
+        return np.full(len(slice_ssde), float(series_ssde))
+    return np.array([np.nan if v in (None, "") else float(v) for v in slice_ssde], dtype=np.float64)

@@ -234,7 +234,7 @@ def read_score_results(csv_path, json_path, weights=None):
     student's outputs, so ``outputs`` holds two columns, ``score -/+ spread``, with that mean and spread."""
     from ..quality.model_info import read_info, resolve_weights
     from ..quality.region_labels import UNKNOWN, SliceRegions
-    from ..quality.results import EFFECTIVE_NOISE, SliceScores
+    from ..quality.results import EFFECTIVE_NOISE, SliceScores, verdict_ssde
 
     info = read_info(resolve_weights(weights))
     with open(csv_path, newline="") as handle:
@@ -248,6 +248,8 @@ def read_score_results(csv_path, json_path, weights=None):
     learned = summary.get("score_name") == EFFECTIVE_NOISE or bool(np.isfinite(effective).any())
     spread = np.array([_float_or_nan(r["score_spread"]) for r in rows], dtype=np.float32)
     spread = np.nan_to_num(spread)
+    dose = summary.get("scanner_dose") or {}
+    ssde = verdict_ssde(dose.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows])
     return SliceScores(
         slice_index=np.array([int(r["slice_index"]) for r in rows]),
         z_mm=np.array([float(r["z_mm"]) for r in rows], dtype=np.float64), score=score,
@@ -261,7 +263,8 @@ def read_score_results(csv_path, json_path, weights=None):
         effective_noise_hu=effective if learned else None,
         regions=SliceRegions([r.get("region") or UNKNOWN for r in rows],
                              [_region_reason(r.get("verdict_note") or "") for r in rows],
-                             summary.get("region_source") or "image"))
+                             summary.get("region_source") or "image"),
+        ssde_mgy=ssde if np.isfinite(ssde).any() else None, ssde_upper_bound=bool(dose.get("dw_truncated")))
 
 
 def _outputs(score: np.ndarray, spread: np.ndarray) -> np.ndarray:

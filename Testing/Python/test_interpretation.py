@@ -96,11 +96,13 @@ def test_rows_hold_each_slices_verdict_dose_and_spread():
     assert scores.rows() == [
         {"slice_index": 0, "z_mm": -10.0, "score": 0.8, "score_spread": 0.1, "noise_hu": 11.0,
          "water_diameter_cm": None, "dose_equivalent": 0.6, "adequacy": "good", "region": "unknown",
-         "above_routine": False, "verdict_note": "", "effective_noise_hu": None, "driver": ""},
+         "above_routine": False, "above_routine_basis": "", "verdict_note": "", "effective_noise_hu": None,
+         "driver": ""},
         # dose: 0.05 + 0.2 * (0.2 / 0.3) = 0.18333
         {"slice_index": 1, "z_mm": -7.5, "score": 0.4, "score_spread": 0.0, "noise_hu": None,
          "water_diameter_cm": None, "dose_equivalent": 0.183, "adequacy": "inadequate", "region": "unknown",
-         "above_routine": False, "verdict_note": "", "effective_noise_hu": None, "driver": ""},
+         "above_routine": False, "above_routine_basis": "", "verdict_note": "", "effective_noise_hu": None,
+         "driver": ""},
     ]
     plain = _scores([0.8], adequacy=None, calibration=None).rows()[0]
     assert plain["dose_equivalent"] is None and plain["adequacy"] is None and plain["score_spread"] == 0.0

@@ -52,7 +52,8 @@ def test_csv_has_the_effective_noise_and_driver_and_leaves_a_missing_score_empty
     reader = csv.DictReader(io.StringIO(buffer.getvalue()))
     rows = list(reader)
     assert tuple(reader.fieldnames) == CSV_COLUMNS
-    assert reader.fieldnames[-5:] == ["effective_noise_hu", "driver", "ctdivol_mgy", "dw_cm", "ssde_mgy"]
+    assert reader.fieldnames[-6:] == ["effective_noise_hu", "driver", "ctdivol_mgy", "dw_cm", "ssde_mgy",
+                                      "above_routine_basis"]
     assert [row["driver"] for row in rows] == DRIVERS
     assert rows[ARTEFACT_SLICE]["effective_noise_hu"] == "46.0" and rows[-1]["effective_noise_hu"] == ""
     assert rows[NO_VERDICT_SLICE]["score"] == "" and rows[ARTEFACT_SLICE]["score"] == "0.125"

@@ -252,7 +252,8 @@ def test_each_slice_is_judged_against_its_own_regions_routine_level_by_hand():
     np.testing.assert_allclose(found.dose_equivalent[:5], expected, rtol=1e-9)
     assert found.adequacy[:5] == ["good", "borderline", "borderline", "inadequate", "good"]
     assert found.above_routine.tolist() == [False] * 4 + [True] + [False] * 5 + [True]
-    assert found.note[4] == ABOVE_ROUTINE_NOTE
+    assert found.note[4] == f"{ABOVE_ROUTINE_NOTE} (judged from the noise)"
+    assert found.above_basis == ["noise"] * 5 + [""] * 5 + ["noise"]
     assert found.note[1] == "neck routine level from published measurements" and found.note[0] == ""
     # outside what the reference was fitted on, or nothing to measure: unknown, with the reason
     assert np.isnan(found.dose_equivalent[5:10]).all() and found.adequacy[5:10] == [UNKNOWN] * 5

@@ -49,7 +49,8 @@ def test_rewriting_a_series_replaces_its_row_and_its_slices(tmp_path):
                                                   "dose_equivalent": 0.3, "adequacy": "borderline",
                                                   "region": None, "above_routine": None, "verdict_note": None,
                                                   "effective_noise_hu": None, "driver": None,
-                                                  "ctdivol_mgy": None, "dw_cm": None, "ssde_mgy": None}
+                                                  "ctdivol_mgy": None, "dw_cm": None, "ssde_mgy": None,
+                                                  "above_routine_basis": None}
         assert len(store.slice_rows("B", "w1")) == 2 and store.slice_rows("B", "w2") == []
 
 
