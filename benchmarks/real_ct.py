@@ -238,7 +238,7 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> dict:
                                                            dose.series.get("dose_note")))
                 main = max(set(regions), key=regions.count)
                 reference = reference_ssde_mgy(main)
-                if reference is not None and np.isfinite(ssde).any() and not truncated:
+                if reference is not None and ssde is not None and not truncated:
                     truth = float(np.nanmedian(ssde)) > reference
                     noise_only = region_verdicts(noise, thickness, size, regions, found.reason, references,
                                                  learned_noise, info.artefact_margin, kernel, manufacturer)

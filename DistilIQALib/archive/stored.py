@@ -54,7 +54,6 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
     record = series[0] if series else {}
     thickness = record.get("slice_thickness_mm")
     regions = SliceRegions([r.get("region") or UNKNOWN for r in rows], [""] * len(rows), source="stored")
-    ssde = verdict_ssde(record.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows])
     return SliceScores(slice_index=np.array([r["slice_index"] for r in rows]),
                        z_mm=np.array([r["z_mm"] for r in rows], dtype=np.float64), score=score,
                        outputs=_outputs(score, spread), noise_hu=noise, info=info,
@@ -63,7 +62,7 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
                        thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions,
                        effective_noise_hu=effective if learned else None, kernel=record.get("kernel") or "",
                        manufacturer=record.get("manufacturer") or "",
-                       ssde_mgy=ssde if np.isfinite(ssde).any() else None,
+                       ssde_mgy=verdict_ssde(record.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows]),
                        ssde_upper_bound=bool(record.get("dw_truncated")))
 
 

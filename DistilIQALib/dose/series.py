@@ -43,7 +43,7 @@ class ScanDose:
         return [{"ctdivol_mgy": c, "dw_cm": d, "ssde_mgy": s}
                 for c, d, s in zip(self.ctdivol_mgy, self.dw_cm, self.ssde_mgy)]
 
-    def verdict_ssde(self) -> np.ndarray:
+    def verdict_ssde(self) -> Optional[np.ndarray]:
         """The SSDE (mGy) each slice's "above routine" is judged from (see :func:`verdict_ssde`)."""
         return verdict_ssde(self.series.get("ssde_mgy"), self.ssde_mgy)
 

@@ -320,10 +320,12 @@ def _basis_words(summary: Dict[str, Any]) -> str:
     return ""
 
 
-def verdict_ssde(series_ssde: Optional[float], slice_ssde: Sequence[Optional[float]]) -> np.ndarray:
-    """The SSDE (mGy) each slice's "above routine" is judged from: the series' (mean CTDIvol and Dw at mid-scan,
-    the exam-level dose a reference level is compared with) where it is known, else the slice's own; NaN where
-    neither is known. Where the body is cut by the field of view (``dw_truncated``) it is an upper bound."""
+def verdict_ssde(series_ssde: Optional[float], slice_ssde: Sequence[Optional[float]]) -> Optional[np.ndarray]:
+    """The SSDE (mGy) each slice's "above routine" is judged from (:attr:`SliceScores.ssde_mgy`): the series' (mean
+    CTDIvol and Dw at mid-scan, the exam-level dose a reference level is compared with) where it is known, else the
+    slice's own; NaN where neither is known, ``None`` where no slice has one. Where the body is cut by the field of
+    view (``dw_truncated``) it is an upper bound."""
     if series_ssde is not None:
         return np.full(len(slice_ssde), float(series_ssde))
-    return np.array([np.nan if v in (None, "") else float(v) for v in slice_ssde], dtype=np.float64)
+    ssde = np.array([np.nan if v in (None, "") else float(v) for v in slice_ssde], dtype=np.float64)
+    return ssde if np.isfinite(ssde).any() else None

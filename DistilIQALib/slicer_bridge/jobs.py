@@ -249,7 +249,6 @@ def read_score_results(csv_path, json_path, weights=None):
     spread = np.array([_float_or_nan(r["score_spread"]) for r in rows], dtype=np.float32)
     spread = np.nan_to_num(spread)
     dose = summary.get("scanner_dose") or {}
-    ssde = verdict_ssde(dose.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows])
     return SliceScores(
         slice_index=np.array([int(r["slice_index"]) for r in rows]),
         z_mm=np.array([float(r["z_mm"]) for r in rows], dtype=np.float64), score=score,
@@ -264,7 +263,8 @@ def read_score_results(csv_path, json_path, weights=None):
         regions=SliceRegions([r.get("region") or UNKNOWN for r in rows],
                              [_region_reason(r.get("verdict_note") or "") for r in rows],
                              summary.get("region_source") or "image"),
-        ssde_mgy=ssde if np.isfinite(ssde).any() else None, ssde_upper_bound=bool(dose.get("dw_truncated")))
+        ssde_mgy=verdict_ssde(dose.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows]),
+        ssde_upper_bound=bool(dose.get("dw_truncated")))
 
 
 def _outputs(score: np.ndarray, spread: np.ndarray) -> np.ndarray:
