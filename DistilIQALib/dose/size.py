@@ -16,6 +16,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..quality.interpretation import AAPM204  # AAPM Report 204's fits, f = a exp(-b D), (a, b) per phantom
+
 #: The patient is what is denser than this (HU): above air, lung-free foam pads and blankets, below fat and lung
 #: tissue's rim; the lungs are inside the patient's outline and are filled back in.
 PATIENT_THRESHOLD_HU = -500.0
@@ -24,8 +26,6 @@ OUTSIDE_FIELD_HU = -1500.0
 #: The body is cut by the field of view when its outline runs along the field's edge for at least this long (mm).
 TRUNCATION_CONTACT_MM = 10.0
 
-#: AAPM Report 204 fits, f = a exp(-b D) with D in cm: (a, b) per phantom.
-AAPM204 = {"body32": (3.704369, 0.03671937), "head16": (1.874799, 0.03871313)}
 #: The range of effective diameters AAPM Report 204's tables cover (cm): outside it the fit is an extrapolation.
 AAPM204_RANGE_CM = (8.0, 45.0)
 

@@ -323,9 +323,9 @@ REFERENCE_DRL_MGY = {"head": (47.0, "head16"), "neck": (16.0, "body32"), "chest"
 #: every slice whose body is within the field of view; ``benchmarks/real_ct.py --fit-sizes`` prints it). It rests
 #: on few patients (chest 2, abdomen 2, head 1); the neck has none and takes the head's.
 REFERENCE_DW_CM = {"head": 20.3, "neck": 20.3, "chest": 30.1, "abdomen": 26.5}
-#: AAPM Report 204's SSDE conversion, f = a exp(-b Dw) (Dw in cm), per phantom: a copy of the dose package's, which
-#: ``quality`` may not import.
-_AAPM204 = {"body32": (3.704369, 0.03671937), "head16": (1.874799, 0.03871313)}
+#: AAPM Report 204's SSDE conversion, f = a exp(-b Dw) with Dw in cm: (a, b) per phantom. Defined here, where
+#: ``quality`` needs it without SimpleITK; the dose package's SSDE uses the same (``dose.size``).
+AAPM204 = {"body32": (3.704369, 0.03671937), "head16": (1.874799, 0.03871313)}
 
 
 def reference_ssde_mgy(region: str) -> Optional[float]:
@@ -334,7 +334,7 @@ def reference_ssde_mgy(region: str) -> Optional[float]:
     if region not in REFERENCE_DRL_MGY:
         return None
     ctdivol, phantom = REFERENCE_DRL_MGY[region]
-    a, b = _AAPM204[phantom]
+    a, b = AAPM204[phantom]
     return round(ctdivol * a * math.exp(-b * REFERENCE_DW_CM[region]), 1)
 
 

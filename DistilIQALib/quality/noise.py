@@ -43,9 +43,7 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     pixels by its local mean instead of ``hu``'s: the SD of a noise image over the tissue of the slice
     it will be added to.
     """
-    # whole HU (a CT series' integers, int16 at most): their window sums are whole numbers under 2^24, exact in
-    # float32; those of their squares are not, and neither are any sums of fractions: those are summed in float64
-    whole = not hu.is_floating_point() and hu.element_size() <= 2
+    whole = _whole_hu(hu)
     hu = hu.float()
     kernel = (kernel_pixels(pixel_spacing_mm[1], kernel_mm), kernel_pixels(pixel_spacing_mm[0], kernel_mm))
     count = kernel[0] * kernel[1]
@@ -55,8 +53,7 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     variance = mean_square.sub_(mean * mean).clamp_(min=0.0).mul_(count / (count - 1))
     sd = variance.sqrt_().flatten(1)
     if tissue_from is not None:
-        mean = _box_mean(tissue_from.float() - 50.0, kernel,
-                         not tissue_from.is_floating_point() and tissue_from.element_size() <= 2)
+        mean = _box_mean(tissue_from.float() - 50.0, kernel, _whole_hu(tissue_from))
     local_mean = mean.add_(50.0).flatten(1)
     tissue = (local_mean >= TISSUE_RANGE_HU[0]) & (local_mean <= TISSUE_RANGE_HU[1]) & (sd < MAX_SD_HU)
     coarse = _tissue_sd_mode(sd, tissue, torch.ones(sd.shape[0], 1, device=sd.device), MAX_SD_HU)
@@ -144,6 +141,13 @@ def size_for_reference(hu: torch.Tensor, pixel_spacing_mm: Sequence[float], refe
     if (reference or {}).get("size") == NOISE_EQUIVALENT_DIAMETER:
         return noise_equivalent_diameter_cm(hu, pixel_spacing_mm)
     return water_equivalent_diameter_cm(hu, pixel_spacing_mm)
+
+
+def _whole_hu(hu: torch.Tensor) -> bool:
+    """Whether ``hu`` holds whole HU (a CT series' integers, int16 at most): their window sums are whole numbers
+    under 2^24, exact in float32; those of their squares are not, and neither are any sums of fractions: those
+    are summed in float64."""
+    return not hu.is_floating_point() and hu.element_size() <= 2
 
 
 def _box_mean(x: torch.Tensor, kernel: Sequence[int], exact_in_float32: bool = False) -> torch.Tensor:
