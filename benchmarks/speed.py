@@ -158,17 +158,14 @@ def measure_stages(series: str, device_name: str) -> dict:
             "regions": {region: scores.region.count(region) for region in set(scores.region)}}
 
 
-def time_score_command(series: Path, device_name: str, repeats: int) -> float:
-    """Best wall-clock seconds of ``python -m DistilIQALib score`` on ``series`` (a fresh process each time)."""
-    best = float("inf")
+def time_score_command(series: Path, device_name: str) -> float:
+    """Wall-clock seconds of ``python -m DistilIQALib score`` on ``series``, in a fresh process."""
     with tempfile.TemporaryDirectory() as folder:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "DistilIQALib", "score", str(series), "--device", device_name,
-                            "--out", str(Path(folder) / "scores.csv"), "--json", str(Path(folder) / "summary.json")],
-                           check=True, capture_output=True, cwd=ROOT)
-            best = min(best, time.perf_counter() - started)
-    return best
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "DistilIQALib", "score", str(series), "--device", device_name,
+                        "--out", str(Path(folder) / "scores.csv"), "--json", str(Path(folder) / "summary.json")],
+                       check=True, capture_output=True, cwd=ROOT)
+        return time.perf_counter() - started
 
 
 def child(args: argparse.Namespace, *extra: str) -> dict:
@@ -257,8 +254,8 @@ def main() -> int:
                     again = child(args, "--child", "shipped")
                     if again["ms_per_slice"] < network["ms_per_slice"]:
                         network = again
-                large_s = min(large_s, time_score_command(large, args.device, 1))
-                small_s = min(small_s, time_score_command(small, args.device, 1))
+                large_s = min(large_s, time_score_command(large, args.device))
+                small_s = min(small_s, time_score_command(small, args.device))
         per_slice_ms = 1000.0 * (large_s - small_s) / (args.slices - SMALL_SLICES)
         report["end_to_end"] = {"large_s": large_s, "small_s": small_s, "ms_per_slice": per_slice_ms,
                                 "network_ms_per_slice": network["ms_per_slice"],
