@@ -429,10 +429,10 @@ def main() -> None:
     entries = [e for e in load_manifest(args.manifest) if e.role == args.role]
     root = args.manifest.parent / "files"
     print(f"\nweights {weights}; {args.role} patients of {args.manifest}")
-    network = NetworkNoise(weights, info)
-    if args.fit_sizes:
+    if args.fit_sizes:  # sizes only: no network
         fit_sizes(load_manifest(args.manifest), root)
         return
+    network = NetworkNoise(weights, info)
     found_tables = region_detection(entries, root, info, network)
     rows = simulated_verdicts([e for e in entries if e.details.get("verdicts", True)], root, info, args.slices,
                               network)
