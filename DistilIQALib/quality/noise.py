@@ -43,13 +43,19 @@ def global_noise_index(hu: torch.Tensor, pixel_spacing_mm: Sequence[float] = (1.
     pixels by its local mean instead of ``hu``'s: the SD of a noise image over the tissue of the slice
     it will be added to.
     """
-    whole = _whole_hu(hu)
-    hu = hu.float()
     kernel = (kernel_pixels(pixel_spacing_mm[1], kernel_mm), kernel_pixels(pixel_spacing_mm[0], kernel_mm))
     count = kernel[0] * kernel[1]
-    centred = hu - 50.0  # keeps E[x^2] - E[x]^2 accurate in float32
-    mean = _box_mean(centred, kernel, whole)
-    mean_square = _box_mean(centred.mul_(centred), kernel)
+    exact = _exact_sum_dtype(hu, count)
+    if exact is not None:
+        # A series' whole HU: every window sum, of the values and of their squares, is exact in integers (int32
+        # for CT values, half the memory traffic of float64); the one rounding is the division, as below.
+        centred = hu.to(exact) - 50  # a new tensor, even where hu has that type already
+        mean = _window_sums_2d(centred, kernel).float().div_(count)
+        mean_square = _window_sums_2d(centred.mul_(centred), kernel).double().div_(count).float()
+    else:
+        centred = hu.float() - 50.0  # keeps E[x^2] - E[x]^2 accurate in float32
+        mean = _box_mean(centred, kernel, _whole_hu(hu))
+        mean_square = _box_mean(centred.mul_(centred), kernel)
     variance = mean_square.sub_(mean * mean).clamp_(min=0.0).mul_(count / (count - 1))
     sd = variance.sqrt_().flatten(1)
     if tissue_from is not None:
@@ -150,31 +156,49 @@ def _whole_hu(hu: torch.Tensor) -> bool:
     return not hu.is_floating_point() and hu.element_size() <= 2
 
 
+def _exact_sum_dtype(hu: torch.Tensor, count: int) -> Optional[torch.dtype]:
+    """The integer type in which the window sums of ``hu``'s squares, less 50 HU, over ``count`` pixels are exact:
+    int32 where they fit (any CT value up to 3071 HU with windows of up to 225 pixels), int64 for larger integers
+    (padding at -3024 HU with fine pixels, metal); ``None`` for fractional HU."""
+    if hu.is_floating_point() or hu.is_complex() or hu.numel() == 0:
+        return None
+    low, high = (int(value) for value in torch.aminmax(hu))
+    largest = max(abs(low - 50), abs(high - 50))
+    return torch.int32 if count * largest * largest < 2 ** 31 else torch.int64
+
+
+def _window_sums_2d(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    """Sums over every ``kernel`` (rows, columns) window of ``x`` ``(..., H, W)``, valid positions only."""
+    return _window_sums(_window_sums(x, kernel[1], -1), kernel[0], -2)
+
+
 def _box_mean(x: torch.Tensor, kernel: Sequence[int], exact_in_float32: bool = False) -> torch.Tensor:
     """Mean over every ``kernel``-sized window (valid positions only) of ``x`` ``(..., H, W)`` (float32): the same
     as ``avg_pool2d(x, kernel, stride=1)``, as sums along the rows and then the columns, at a cost that barely
     grows with the kernel. The sums are taken in float64, so that those of large values stay exact to float32
     precision, or in float32 where they are exact there (``exact_in_float32``: whole numbers whose window sums stay
     under 2^24); in both the one rounding is the division, as in a float64 summed-area table."""
-    rows, columns = kernel
-    sums = _window_sums(_window_sums(x if exact_in_float32 else x.double(), columns, -1), rows, -2)
-    return sums.div_(rows * columns).float()
+    sums = _window_sums_2d(x if exact_in_float32 else x.double(), kernel)
+    return sums.div_(kernel[0] * kernel[1]).float()
 
 
 def _window_sums(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     """Sums over every ``size`` consecutive elements along ``dim`` (valid positions only), from sums over
     windows of 1, 2, 4, ... elements: a handful of additions of whole arrays, whatever ``size``."""
     length = x.shape[dim] - size + 1
-    total, offset, power, width = None, 0, x, 1
+    parts, offset, power, width = [], 0, x, 1
     while True:
         if size & width:  # this power of two is in size's binary form: its window sums join the total
-            part = power.narrow(dim, offset, length)
-            total = part.clone() if total is None else total.add_(part)
+            parts.append(power.narrow(dim, offset, length))
             offset += width
         if 2 * width > size:
-            return total
+            break
         power = power.narrow(dim, 0, power.shape[dim] - width) + power.narrow(dim, width, power.shape[dim] - width)
         width *= 2
+    total = parts[0] + parts[1] if len(parts) > 1 else parts[0].clone()
+    for part in parts[2:]:
+        total.add_(part)
+    return total
 
 
 def _tissue_sd_mode(sd: torch.Tensor, tissue: torch.Tensor, step: torch.Tensor, bins: int) -> torch.Tensor:

@@ -44,13 +44,14 @@ def test_gni_on_anatomy_includes_tissue_texture_but_tracks_noise():
 
 
 def test_box_means_and_the_noise_index_are_those_of_float64_pooling_on_real_heads_and_bodies():
-    # The window sums of whole HU run in float32 (their sums are exact there), those of their squares and of
-    # fractions in float64: each is the float64 mean of avg_pool2d on the real head and on every real slice
-    # pydicom ships, and the noise index of a series' int16 slices is that of the same slices as float.
+    # The window sums of a series' whole HU and of their squares run in int32, those of float slices in float32
+    # where they are whole and in float64 otherwise: each is the float64 mean of avg_pool2d on the real head and on
+    # every real slice pydicom ships, and the noise index of a series' int16 slices is that of the same slices as
+    # float, also where metal's squares would leave int32.
     import torch.nn.functional as F
 
     from DistilIQALib.io.reading import read_volume
-    from DistilIQALib.quality.noise import _box_mean
+    from DistilIQALib.quality.noise import _box_mean, _exact_sum_dtype, _window_sums_2d
 
     from .shipped_ct import shipped_ct_files
     from .test_regions import CRANIUM, read_inv3
@@ -58,6 +59,7 @@ def test_box_means_and_the_noise_index_are_those_of_float64_pooling_on_real_head
     volumes = [read_volume(path, force=True) for path in shipped_ct_files()]
     if CRANIUM.is_file():
         volumes.append(read_inv3(CRANIUM))
+    types = set()
     for volume in volumes:
         stored = torch.from_numpy(np.array(volume.hu[:12]))
         assert not stored.is_floating_point()
@@ -66,5 +68,18 @@ def test_box_means_and_the_noise_index_are_those_of_float64_pooling_on_real_head
         for values, whole in ((centred, True), (centred * centred, False), (centred * 0.37, False)):
             pooled = F.avg_pool2d(values.double()[:, None], kernel, stride=1)[:, 0].float()
             assert torch.equal(_box_mean(values, kernel, whole), pooled), (volume.source, whole)
+        count = kernel[0] * kernel[1]
+        exact = _exact_sum_dtype(stored, count)
+        types.add(exact)
+        integer = stored.to(exact) - 50
+        for values, same in ((integer, centred), (integer * integer, centred * centred)):
+            pooled = F.avg_pool2d(same.double()[:, None], kernel, stride=1)[:, 0].float()
+            assert torch.equal(_window_sums_2d(values, kernel).double().div_(count).float(), pooled), volume.source
         noise = global_noise_index(stored, volume.spacing_mm[:2])
         np.testing.assert_array_equal(noise.numpy(), global_noise_index(stored.float(), volume.spacing_mm[:2]).numpy())
+        metal = stored.clone()
+        metal[:, 100:104, 100:104] = 32767
+        assert _exact_sum_dtype(metal, count) == torch.int64
+        np.testing.assert_array_equal(global_noise_index(metal, volume.spacing_mm[:2]).numpy(),
+                                      global_noise_index(metal.float(), volume.spacing_mm[:2]).numpy())
+    assert torch.int32 in types  # CT values in windows of their size
