@@ -126,7 +126,8 @@ def read_dicom_files(files: List[str], source: str, force: bool = False) -> CTVo
 
 
 def _check_same_matrix(files: List[str], source: str) -> None:
-    """The series reader takes the first file's matrix for all: a slice of another size would be misread."""
+    """Which file of a series the series reader failed on: a truncated or corrupt one, or one whose matrix
+    differs from the others' (the reader stops at the first size mismatch, naming neither)."""
     sizes = {}
     probe = sitk.ImageFileReader()
     for name in files:
@@ -143,13 +144,14 @@ def _check_same_matrix(files: List[str], source: str) -> None:
 
 
 def _read_dicom_files(files: List[str], source: str) -> Tuple[sitk.Image, Dict[str, str]]:
-    _check_same_matrix(files, source)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as error:
+        # each file's header only now, to say which file and why (mixed matrices, a truncated file)
+        _check_same_matrix(files, source)
         raise InputError(f"cannot read the DICOM series in {source}: {_first_line(error)}") from None
     metadata = {key: reader.GetMetaData(0, tag).strip()
                 for key, tag in DICOM_TAGS.items() if reader.HasMetaDataKey(0, tag)}
