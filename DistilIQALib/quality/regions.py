@@ -239,7 +239,8 @@ def _block_max(image: torch.Tensor, pool: int) -> torch.Tensor:
         return image
     batch, _, height, width = image.shape
     rows, columns = -(-height // pool), -(-width // pool)
-    padded = F.pad(image[:, 0], (0, columns * pool - width, 0, rows * pool - height), value=float("-inf"))
+    padding = (0, columns * pool - width, 0, rows * pool - height)
+    padded = F.pad(image[:, 0], padding, value=float("-inf")) if any(padding) else image[:, 0]
     across = padded.view(batch, rows * pool, columns, pool).amax(dim=-1)
     return across.view(batch, rows, pool, columns).amax(dim=2).unsqueeze(1)
 

@@ -358,3 +358,17 @@ def test_the_archive_report_shows_regions_and_series_above_routine(tmp_path):
     table = {row["series_uid"]: row for row in csv.DictReader(open(tmp_path / "s.csv"))}
     assert table["hi"]["region"] == HEAD and table["hi"]["median_dose_equivalent"] == "2.5"
     assert table["half"]["fraction_above_routine"] == "0.5"
+
+
+def test_block_maxima_are_those_of_max_pooling_whether_or_not_the_blocks_divide_the_image():
+    import torch.nn.functional as F
+
+    from DistilIQALib.quality.regions import _block_max
+
+    from .shipped_ct import shipped_ct_files
+
+    volume = read_volume(shipped_ct_files()[-1], force=True)
+    image = torch.from_numpy(np.array(volume.hu[:1], dtype=np.float32))[:, None]
+    for pool in (1, 2, 3, 4, 5):  # 512 pixels: blocks of 2 and 4 divide it, those of 3 and 5 leave a short block
+        expected = F.max_pool2d(image, pool, ceil_mode=True)
+        assert torch.equal(_block_max(image, pool), expected), pool
