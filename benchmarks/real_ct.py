@@ -206,9 +206,10 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> dict:
             truncated = bool(dose.series.get("dw_truncated"))
             thickness = volume.metadata.get("slice_thickness_per_slice_mm") or volume.slice_thickness_mm
             kernel, manufacturer = volume.metadata.get("kernel", ""), volume.metadata.get("manufacturer", "")
+            description = volume.metadata.get("series_description", "")
             learned_noise = network(volume.hu) if judged else None
             verdicts = region_verdicts(noise, thickness, size, regions, found.reason, references, learned_noise,
-                                       info.artefact_margin, kernel, manufacturer, ssde, truncated)
+                                       info.artefact_margin, kernel, manufacturer, ssde, truncated, description)
             bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
                      if b in verdicts.adequacy}
             order = np.argsort(-volume.z_mm(), kind="stable")
@@ -241,7 +242,8 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> dict:
                 if reference is not None and ssde is not None and not truncated:
                     truth = float(np.nanmedian(ssde)) > reference
                     noise_only = region_verdicts(noise, thickness, size, regions, found.reason, references,
-                                                 learned_noise, info.artefact_margin, kernel, manufacturer)
+                                                 learned_noise, info.artefact_margin, kernel, manufacturer,
+                                                 series_description=description)
                     chosen = np.array([r == main for r in regions])
                     found_tables["above"].append((entry.patient, main, truth,
                                                   bool(verdicts.above_routine[chosen].mean() > 0.5),
@@ -319,6 +321,7 @@ def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkN
     for entry in entries:
         series = (entry.details.get("series") or [{}])[0]
         kernel, manufacturer = str(series.get("kernel", "")), str(series.get("manufacturer", ""))
+        description = str(series.get("series", ""))
         for n, source in enumerate(entry_sources(entry, root, min(slices, entry.slices_used))):
             hu = source.hu.astype(np.float32)
             simulator = own_noise_simulator(hu, source.pixel_mm, seed * 1000 + n)
@@ -330,7 +333,8 @@ def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkN
                 noise = slice_noise_index(image, source.pixel_mm)
                 size = float(noise_equivalent_diameter_cm(tensor, (source.pixel_mm, source.pixel_mm))[0])
                 found = region_verdicts([noise], source.thickness_mm, [size], [source.region or "unknown"], [""],
-                                        references, network(image), info.artefact_margin, kernel, manufacturer)
+                                        references, network(image), info.artefact_margin, kernel, manufacturer,
+                                        series_description=description)
                 value = found.dose_equivalent if found.learned_dose_equivalent is None else \
                     found.learned_dose_equivalent
                 rows.append((entry.patient, source.region or "unknown", f"{source.name}", dose, float(value[0]),

@@ -62,6 +62,7 @@ def stored_scores(store_path: os.PathLike[str] | str, series_uid: str, weights: 
                        thickness_mm=float("nan") if thickness is None else float(thickness), regions=regions,
                        effective_noise_hu=effective if learned else None, kernel=record.get("kernel") or "",
                        manufacturer=record.get("manufacturer") or "",
+                       series_description=record.get("description") or "",
                        ssde_mgy=verdict_ssde(record.get("ssde_mgy"), [r.get("ssde_mgy") for r in rows]),
                        ssde_upper_bound=bool(record.get("dw_truncated")))
 

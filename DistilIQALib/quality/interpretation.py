@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .kernels import SHARP, kernel_class
+from .kernels import SHARP, iterative_reconstruction, kernel_class
 
 #: Dose equivalents are reported between these ends: below 5% the estimate means little, and above four
 #: routine doses the noise (half the routine level) is too low to measure the difference reliably.
@@ -395,7 +395,7 @@ CMS_ROUTINE_NOISE_HU = {"head": (115.0, "Head Routine Dose"), "neck": (25.0, "Ne
 def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str], region_reasons: Sequence[str],
                     references: Dict[str, Dict[str, Any]], effective_noise_hu=None,
                     artefact_margin: Optional[float] = None, kernel: str = "", manufacturer: str = "",
-                    ssde_mgy=None, ssde_upper_bound: bool = False) -> Verdicts:
+                    ssde_mgy=None, ssde_upper_bound: bool = False, series_description: str = "") -> Verdicts:
     """Verdicts of each slice against the routine reference of its body region; ``unknown`` with its reason
     wherever the slice lies outside what that reference was fitted on (region, size, thickness) or has no
     noise figure. Never an extrapolation.
@@ -416,7 +416,14 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
     region's reference dose (:func:`reference_ssde_mgy`), sharp kernels included, and from the noise's dose
     equivalent only where it is not; :attr:`Verdicts.above_basis` says which. With ``ssde_upper_bound`` (the body
     cut by the field of view, so Dw is too small and SSDE too large) an SSDE at or below the reference still shows
-    the dose is not above it, and one above it decides nothing: the noise decides there."""
+    the dose is not above it, and one above it decides nothing: the noise decides there.
+
+    An iterative reconstruction named in ``series_description`` or the kernel
+    (:func:`~DistilIQALib.quality.kernels.iterative_reconstruction`) leaves less noise than filtered back-projection
+    at the same dose, which is what the references were fitted on, and its lower noise does not bring the same
+    low-contrast detection. Where its noise reduction is known, the slice is judged at the noise filtered
+    back-projection would leave (measured noise / factor; the network's likewise), with that note; where it is not,
+    the note says that the noise overstates the dose. The CMS check takes the measured noise, as the measure does."""
     noise = np.asarray(noise_hu, dtype=np.float64)
     count = len(noise)
     delivered = np.full(count, np.nan) if ssde_mgy is None else np.broadcast_to(
@@ -433,7 +440,14 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
                         None if effective_noise_hu is None else np.full(count, np.nan), [""] * count, basis)
     thickness = np.broadcast_to(np.asarray(thickness_mm, dtype=np.float64), (count,))
     diameter = np.broadcast_to(np.asarray(diameter_cm, dtype=np.float64), (count,))
-    combined = None if effective_noise_hu is None else effective_noise(noise, effective_noise_hu, artefact_margin)
+    factor, reconstruction = iterative_reconstruction(series_description, kernel, manufacturer)
+    corrected = bool(np.isfinite(factor)) and factor != 1.0
+    judged = noise / factor if corrected else noise  # the noise of filtered back-projection at the same dose
+    if reconstruction:
+        reconstruction += (": judged at the noise filtered back-projection would leave" if corrected else
+                           ": its noise reads more dose than filtered back-projection at that dose would show")
+    combined = None if effective_noise_hu is None else effective_noise(
+        judged, np.asarray(effective_noise_hu, dtype=np.float64) / (factor if corrected else 1.0), artefact_margin)
     dose = np.full(count, np.nan)
     learned = np.full(count, np.nan)
     labels, notes, drivers = [UNKNOWN] * count, [""] * count, [""] * count
@@ -449,7 +463,7 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
             notes[n] = "; ".join(part for part in (why, remark) if part)
             continue
         bands = {"on": "dose_equivalent", "bands": reference["bands"]}
-        dose[n] = noise_dose_equivalent(noise[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
+        dose[n] = noise_dose_equivalent(judged[n:n + 1], thickness[n], diameter[n:n + 1], reference)[0]
         labels[n] = adequacy_labels(dose[n:n + 1], bands)[0]
         drivers[n] = DRIVER_NOISE
         value = dose[n]
@@ -468,6 +482,8 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
             remark = f"{ABOVE_ROUTINE_NOTE} (judged from the noise)" if above[n] else ""
         if remark:
             remarks.insert(0, remark)
+        if reconstruction:
+            remarks.append(reconstruction + (f" ({judged[n]:.1f} HU)" if corrected else ""))
         if reference.get("basis") == "literature":
             remarks.append(f"{region} routine level from published measurements")
         notes[n] = "; ".join(remarks)

@@ -60,6 +60,8 @@ class SliceScores:
     #: The DICOM ConvolutionKernel and Manufacturer: a sharp kernel gets no soft-tissue verdict.
     kernel: str = ""
     manufacturer: str = ""
+    #: The DICOM SeriesDescription: it names an iterative reconstruction, whose lower noise is judged for what it is.
+    series_description: str = ""
     #: Body region of each slice (read from the image, or given by the user); ``None``: not determined.
     regions: Optional[SliceRegions] = None
     #: A learned model's effective noise of each slice (HU): the noise of a pure dose reduction that would degrade
@@ -83,7 +85,8 @@ class SliceScores:
         """Per-region verdicts from the model's noise reference, and the learned dose equivalent of a model that
         gives an effective noise (``None`` when the bands are on the score). Computed once for the same inputs."""
         inputs = (self.info, self.regions, self.noise_hu, self.diameter_cm, self.thickness_mm, self.effective_noise_hu,
-                  self.thickness_per_slice_mm, self.kernel, self.ssde_mgy, self.ssde_upper_bound)
+                  self.thickness_per_slice_mm, self.kernel, self.ssde_mgy, self.ssde_upper_bound,
+                  self.series_description)
         cached = self._verdicts
         if cached is None or len(cached[0]) != len(inputs) or any(a is not b for a, b in zip(cached[0], inputs)):
             self._verdicts = cached = (inputs, self._compute_verdicts())
@@ -98,7 +101,7 @@ class SliceScores:
         return region_verdicts(self.noise_hu, thickness, diameter, self.region, reasons,
                                region_references(self.info.noise_reference, self.info.adequacy),
                                self.effective_noise_hu, self.info.artefact_margin, self.kernel, self.manufacturer,
-                               self.ssde_mgy, self.ssde_upper_bound)
+                               self.ssde_mgy, self.ssde_upper_bound, self.series_description)
 
     @property
     def driver(self) -> List[str]:
@@ -229,6 +232,8 @@ class SliceScores:
                         if name in self.driver},
             **self._region_summary(),
             "slice_thickness_mm": round(float(self.thickness_mm), 3) if np.isfinite(self.thickness_mm) else None,
+            # what the verdicts read from the headers beside the pixels: the kernel's class, a named reconstruction
+            "kernel": self.kernel, "manufacturer": self.manufacturer, "series_description": self.series_description,
             "model_preset": self.info.preset,
             "weights_id": self.info.weights_id,
             "device": self.device,

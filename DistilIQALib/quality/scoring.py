@@ -109,6 +109,7 @@ class Scorer:
             regions=regions, effective_noise_hu=np.exp(scores.astype(np.float64)) if learned else None,
             thickness_per_slice_mm=_per_slice(volume.metadata.get("slice_thickness_per_slice_mm"), total),
             kernel=str(volume.metadata.get("kernel", "")), manufacturer=str(volume.metadata.get("manufacturer", "")),
+            series_description=str(volume.metadata.get("series_description", "")),
         )
         if learned:
             # the score of a learned model is its dose equivalent: one scale for every region, NaN without a verdict

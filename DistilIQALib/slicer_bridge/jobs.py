@@ -259,6 +259,8 @@ def read_score_results(csv_path, json_path, weights=None):
         spacing_mm=tuple(summary.get("spacing_mm") or ()), warnings=list(summary.get("warnings") or ()),
         diameter_cm=np.array([_float_or_nan(r.get("water_diameter_cm", "")) for r in rows], dtype=np.float32),
         thickness_mm=_float_or_nan(summary.get("slice_thickness_mm")),
+        kernel=summary.get("kernel") or "", manufacturer=summary.get("manufacturer") or "",
+        series_description=summary.get("series_description") or "",
         effective_noise_hu=effective if learned else None,
         regions=SliceRegions([r.get("region") or UNKNOWN for r in rows],
                              [_region_reason(r.get("verdict_note") or "") for r in rows],

@@ -268,6 +268,11 @@ def show_results(ct_node, scores: SliceScores, volume: Optional[CTVolume] = None
     return ResultNodes(table, score_chart, adequacy_chart, quality_map)
 
 
+def _reordered(values, order):
+    """Per-slice ``values`` in ``order`` (one value for all, or ``None``, as it is)."""
+    return values if values is None or np.ndim(values) == 0 else np.asarray(values)[order]
+
+
 def show_stored_results(ct_node, scores: SliceScores) -> ResultNodes:
     """:func:`show_results` for scores made elsewhere (a batch run): each stored slice is matched to the
     node's axial slice at the same z, since the two readers need not order slices alike."""
@@ -284,7 +289,11 @@ def show_stored_results(ct_node, scores: SliceScores) -> ResultNodes:
                           source=scores.source, device=scores.device, elapsed_s=scores.elapsed_s,
                           matrix=scores.matrix, spacing_mm=scores.spacing_mm,
                           diameter_cm=None if scores.diameter_cm is None else scores.diameter_cm[order],
-                          thickness_mm=scores.thickness_mm,
+                          thickness_mm=scores.thickness_mm, kernel=scores.kernel, manufacturer=scores.manufacturer,
+                          series_description=scores.series_description,
+                          thickness_per_slice_mm=_reordered(scores.thickness_per_slice_mm, order),
+                          ssde_mgy=_reordered(scores.ssde_mgy, order),
+                          ssde_upper_bound=scores.ssde_upper_bound,
                           effective_noise_hu=(None if scores.effective_noise_hu is None
                                               else scores.effective_noise_hu[order]),
                           regions=None if scores.regions is None else SliceRegions(
