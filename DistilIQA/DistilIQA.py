@@ -599,13 +599,19 @@ class DistilIQALogic(ScriptedLoadableModuleLogic):
         return True
 
     def startScoring(self, ctNode, weightsPath=None, device="auto", batchSize=0, region="auto"):
-        """Write ``ctNode`` to a temporary NRRD and start ``score`` on it in a child process; returns the
+        """Start ``score`` in a child process on the DICOM files ``ctNode`` was loaded from (their headers carry the
+        kernel, reconstruction and delivered dose), or else on a temporary NRRD of it; returns the
         :class:`DistilIQALib.slicer_bridge.jobs.ScoreJob` (poll it, cancel it, then :meth:`showScoringResults`)."""
         from DistilIQALib.slicer_bridge.jobs import ScoreJob
-        from DistilIQALib.slicer_bridge.mrml import write_volume_file
+        from DistilIQALib.slicer_bridge.mrml import dicom_series_of, write_volume_file
 
         workDir = tempfile.mkdtemp(prefix="DistilIQA-")
         try:
+            database = getattr(slicer, "dicomDatabase", None)
+            series = dicom_series_of(ctNode, database.fileForInstance) if database and database.isOpen else None
+            if series:
+                return ScoreJob(series[0], workDir, weightsPath, device, batchSize or 0, self._pythonSlicer(),
+                                region=region, series_uid=series[1])
             volumeFile = write_volume_file(ctNode, os.path.join(workDir, "volume.nrrd"))
             return ScoreJob(volumeFile, workDir, weightsPath, device, batchSize or 0, self._pythonSlicer(),
                             region=region)

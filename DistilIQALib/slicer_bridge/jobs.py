@@ -54,13 +54,16 @@ def engine_environment(environment: Optional[Dict[str, str]] = None) -> Dict[str
 
 
 def score_arguments(volume_file, work_dir, weights=None, device: str = "auto", batch_size: int = 0,
-                    region: str = "auto") -> List[str]:
-    """``score VOLUME --out WORK/scores.csv --json WORK/summary.json --device D [--weights W] [--batch-size N]
-    [--region R] --progress-lines``; ``batch_size`` 0 means the engine's default for the device, ``region``
+                    region: str = "auto", series_uid: str = "") -> List[str]:
+    """``score VOLUME --out WORK/scores.csv --json WORK/summary.json --device D [--series UID] [--weights W]
+    [--batch-size N] [--region R] --progress-lines``; ``VOLUME`` a volume file or a DICOM folder (with
+    ``series_uid``, the series in it), ``batch_size`` 0 means the engine's default for the device, ``region``
     ``auto`` each slice's body region read from the image."""
     work_dir = Path(work_dir)
     arguments = ["score", str(volume_file), "--out", str(work_dir / SCORES_CSV), "--json",
                  str(work_dir / SUMMARY_JSON), "--device", device or "auto"]
+    if series_uid:
+        arguments += ["--series", series_uid]
     weights = chosen_path(weights)
     if weights:
         arguments += ["--weights", weights]
@@ -158,14 +161,16 @@ def error_line(lines: Sequence[str]) -> str:
 
 
 class ScoreJob:
-    """*Assess Quality* in a child process: ``score`` on a volume file, progress from its lines, results
-    read back from ``work_dir``. The caller writes the volume file and removes ``work_dir`` (:meth:`cleanup`)."""
+    """*Assess Quality* in a child process: ``score`` on a volume file (or a DICOM folder's series, ``series_uid``),
+    progress from its lines, results read back from ``work_dir``. The caller writes the volume file and removes
+    ``work_dir`` (:meth:`cleanup`)."""
 
     def __init__(self, volume_file, work_dir, weights=None, device: str = "auto", batch_size: int = 0,
-                 python: Optional[str] = None, region: str = "auto") -> None:
+                 python: Optional[str] = None, region: str = "auto", series_uid: str = "") -> None:
         self.work_dir = Path(work_dir)
         self.weights = chosen_path(weights)
-        self.arguments = score_arguments(volume_file, self.work_dir, self.weights, device, batch_size, region)
+        self.arguments = score_arguments(volume_file, self.work_dir, self.weights, device, batch_size, region,
+                                         series_uid)
         self.command = engine_command(self.arguments, python)
         self.done, self.total = 0, 0
         self.device_name = ""

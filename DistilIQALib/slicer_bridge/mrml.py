@@ -9,6 +9,8 @@ application, and takes the scene from the nodes it is given, so it runs against 
 * :func:`node_from_volume`: the reverse, for volumes the engine read itself.
 * :func:`write_volume_file`: a volume node written as Slicer writes it (uncompressed NRRD), for a scoring
   process that runs outside Slicer's process.
+* :func:`dicom_series_of`: the folder and series of the DICOM files a volume node was loaded from, so that the
+  scoring process reads them with their headers (kernel, reconstruction, CTDIvol, each slice's thickness).
 * :func:`show_results`: per-slice results as a table node, a score plot chart, a dose-adequacy
   chart and a quality-map volume (each axial slice filled with its score) displayed with a
   red-to-green colour table; all placed beside the CT in the subject hierarchy. Running it again
@@ -19,8 +21,10 @@ application, and takes the scene from the nodes it is given, so it runs against 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import slicer
@@ -37,6 +41,9 @@ from ..quality.region_labels import SliceRegions
 from ..quality.results import SliceScores
 from ..volume import CTVolume, to_axial
 
+#: What Slicer's DICOM plugins set on a volume node they load: the SOP Instance UID of each slice's file, in
+#: the node's slice order, space-separated ("Unknown" where a file has none).
+DICOM_INSTANCES_ATTRIBUTE = "DICOM.instanceUIDs"
 ATTRIBUTE_SOURCE = "DistilIQA.SourceVolumeID"
 ATTRIBUTE_ROLE = "DistilIQA.Role"
 COLOR_TABLE_NAME = "DistilIQA quality"
@@ -82,6 +89,34 @@ def write_volume_file(node, path) -> str:
     if not storage.WriteData(node):
         raise OSError(f"could not write {node.GetName()} to {path}")
     return str(path)
+
+
+def dicom_series_of(node, file_for_instance: Callable[[str], str]) -> Optional[Tuple[str, str]]:
+    """``(folder, SeriesInstanceUID)`` of the DICOM files ``node`` was loaded from (``file_for_instance``: the DICOM
+    database's lookup of a file by SOP Instance UID), where the engine reads that folder's series back as exactly
+    those files, one per slice of the node: then the scoring process reads the scanner's headers beside the
+    pixels, which a volume file does not keep. ``None`` otherwise (a volume not loaded from DICOM, files moved or
+    spread over folders, a series Slicer split or the folder holds more of)."""
+    from ..io.reading import list_dicom_series
+
+    uids = (node.GetAttribute(DICOM_INSTANCES_ATTRIBUTE) or "").split()
+    image = node.GetImageData()
+    if not uids or "Unknown" in uids or image is None or image.GetDimensions()[2] != len(uids):
+        return None
+    files = [file_for_instance(uid) or "" for uid in uids]
+    if not all(os.path.isfile(name) for name in files):
+        return None
+    folders = {os.path.dirname(os.path.realpath(name)) for name in files}
+    if len(folders) != 1:
+        return None
+    folder = folders.pop()
+    found = [series for series in list_dicom_series(Path(folder))
+             if os.path.realpath(str(series["folder"])) == folder]
+    wanted = {os.path.realpath(name) for name in files}
+    matching = [series for series in found if {os.path.realpath(name) for name in series["files"]} == wanted]
+    if len(matching) != 1 or len(wanted) != len(uids):
+        return None
+    return folder, str(matching[0]["uid"])
 
 
 def _ijk_to_ras(volume: CTVolume, spacing_mm) -> vtk.vtkMatrix4x4:

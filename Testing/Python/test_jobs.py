@@ -215,3 +215,85 @@ def test_results_reader_refuses_a_truncated_csv(tmp_path, tiny_weights):
     (tmp_path / "summary.json").write_text('{"num_slices": 3}')
     with pytest.raises(ValueError, match="3 slices"):
         read_score_results(tmp_path / "scores.csv", tmp_path / "summary.json", tiny_weights)
+
+
+def _loaded_from_dicom(scene, folder):
+    """A node as Slicer's DICOM plugin leaves it: the series' voxels, and the SOP Instance UID of each slice's file
+    in the node's slice order (DICOMScalarVolumePlugin sets ``DICOM.instanceUIDs``); with the database's lookup of
+    a file by that UID."""
+    import pydicom
+
+    from DistilIQALib.io.reading import read_volume
+    from DistilIQALib.slicer_bridge import mrml
+
+    volume = read_volume(folder)
+    node = mrml.node_from_volume(scene, volume, "CT from DICOM")
+    files = {}
+    for path in sorted(Path(folder).iterdir()):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        files[float(ds.ImagePositionPatient[2])] = (str(ds.SOPInstanceUID), str(path))
+    by_slice = [files[z] for z in sorted(files)]
+    node.SetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE, " ".join(uid for uid, _ in by_slice))
+    return node, dict(by_slice).get, str(pydicom.dcmread(by_slice[0][1]).SeriesInstanceUID)
+
+
+def test_a_node_loaded_from_dicom_is_scored_from_its_files_with_their_headers(tmp_path, slicer):
+    import pydicom
+
+    from DistilIQALib.slicer_bridge import mrml
+
+    from .test_above_routine import _siemens_copy
+
+    # a real Siemens slice as a 3-slice series reconstructed with a sharp kernel, CTDIvol 29.77 mGy (body phantom)
+    folder = _siemens_copy(tmp_path, "sharp", 29.77, uid="77", count=3)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ConvolutionKernel = "B70f"
+        ds.save_as(path)
+    scene = slicer.vtkMRMLScene()
+    ct, file_for_instance, uid = _loaded_from_dicom(scene, folder)
+    assert mrml.dicom_series_of(ct, file_for_instance) == (os.path.realpath(folder), uid)
+    results = {}
+    for way in ("dicom", "nrrd"):
+        work = tmp_path / way
+        work.mkdir()
+        if way == "dicom":  # as DistilIQALogic.startScoring does for such a node
+            job = ScoreJob(folder, work, None, "cpu", 0, region="neck", series_uid=uid)
+            assert job.arguments[:2] == ["score", str(folder)] and "--series" in job.arguments
+        else:
+            job = ScoreJob(mrml.write_volume_file(ct, work / "volume.nrrd"), work, None, "cpu", 0, region="neck")
+        assert job.wait(240) == 0, job.log
+        scores = job.results()
+        table = mrml.show_stored_results(ct, scores).table.GetTable()
+        columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+        results[way] = [table.GetValue(r, columns.index("adequacy")).ToString() for r in range(3)], scores
+        job.cleanup()
+    # from the files: the sharp kernel leaves no soft-tissue verdict, and the delivered dose is known; a volume file
+    # keeps neither, so the same voxels get verdicts from their noise alone
+    (labels, scores), (nrrd_labels, nrrd_scores) = results["dicom"], results["nrrd"]
+    assert labels == ["unknown"] * 3 and all("sharp reconstruction kernel (B70f" in n for n in scores.verdict_note)
+    assert scores.ssde_mgy is not None and np.isfinite(scores.ssde_mgy).all()
+    assert "unknown" not in nrrd_labels and nrrd_scores.ssde_mgy is None
+
+
+def test_only_a_node_whose_files_are_exactly_one_series_of_one_folder_is_scored_from_them(tmp_path, slicer):
+    import shutil
+
+    from DistilIQALib.slicer_bridge import mrml
+
+    from .test_above_routine import _siemens_copy
+
+    scene = slicer.vtkMRMLScene()
+    folder = _siemens_copy(tmp_path, "series", 29.77, uid="78", count=3)
+    ct, file_for_instance, _ = _loaded_from_dicom(scene, folder)
+    assert mrml.dicom_series_of(ct, file_for_instance) is not None
+    plain = mrml.node_from_volume(scene, mrml.volume_from_node(ct), "not from DICOM")
+    assert mrml.dicom_series_of(plain, file_for_instance) is None  # no instance UIDs
+    first = ct.GetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE).split()[0]
+    assert mrml.dicom_series_of(ct, lambda uid: "" if uid == first else file_for_instance(uid)) is None  # moved
+    fewer = " ".join(ct.GetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE).split()[1:])
+    ct.SetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE, fewer)
+    assert mrml.dicom_series_of(ct, file_for_instance) is None  # not one file per slice
+    ct, file_for_instance, _ = _loaded_from_dicom(scene, folder)
+    shutil.copy(_siemens_copy(tmp_path, "more", 29.77, uid="78", count=4) / "slice3.dcm", folder / "slice3.dcm")
+    assert mrml.dicom_series_of(ct, file_for_instance) is None  # the folder holds more of the series than the node
