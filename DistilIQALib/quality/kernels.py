@@ -58,7 +58,7 @@ def kernel_class(kernel: str, manufacturer: str = "") -> Tuple[str, str]:
 
 
 #: Philips iDose4: the noise reduction against filtered back-projection from the same raw data that the vendor states
-#: for each of its levels 1-7 (Philips Healthcare, "iDose4 iterative reconstruction technique", white paper, 2011).
+#: for each of its levels 1-7, as quoted in the literature (Philips Healthcare's iDose4 white paper, 2011).
 IDOSE_NOISE_REDUCTION = {1: 0.11, 2: 0.16, 3: 0.23, 4: 0.29, 5: 0.37, 6: 0.45, 7: 0.55}
 
 #: Names of iterative (and deep-learning) reconstructions as vendors write them in the series description or the
