@@ -209,7 +209,8 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> dict:
             description = volume.metadata.get("series_description", "")
             learned_noise = network(volume.hu) if judged else None
             verdicts = region_verdicts(noise, thickness, size, regions, found.reason, references, learned_noise,
-                                       info.artefact_margin, kernel, manufacturer, ssde, truncated, description)
+                                       info.artefact_margin, kernel, manufacturer, ssde, truncated, description,
+                                       volume.z_mm())
             bands = {b: verdicts.adequacy.count(b) for b in ("good", "borderline", "inadequate", "unknown")
                      if b in verdicts.adequacy}
             order = np.argsort(-volume.z_mm(), kind="stable")
@@ -243,7 +244,7 @@ def region_detection(entries, root: Path, info, network: NetworkNoise) -> dict:
                     truth = float(np.nanmedian(ssde)) > reference
                     noise_only = region_verdicts(noise, thickness, size, regions, found.reason, references,
                                                  learned_noise, info.artefact_margin, kernel, manufacturer,
-                                                 series_description=description)
+                                                 series_description=description, z_mm=volume.z_mm())
                     chosen = np.array([r == main for r in regions])
                     found_tables["above"].append((entry.patient, main, truth,
                                                   bool(verdicts.above_routine[chosen].mean() > 0.5),
@@ -332,12 +333,14 @@ def simulated_verdicts(entries, root: Path, info, slices: int, network: NetworkN
                 tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
                 noise = slice_noise_index(image, source.pixel_mm)
                 size = float(noise_equivalent_diameter_cm(tensor, (source.pixel_mm, source.pixel_mm))[0])
-                found = region_verdicts([noise], source.thickness_mm, [size], [source.region or "unknown"], [""],
+                # judged within its series: a short end of a chest or abdominal scan against its exam's region
+                region = source.judged_region or source.region or "unknown"
+                found = region_verdicts([noise], source.thickness_mm, [size], [region], [""],
                                         references, network(image), info.artefact_margin, kernel, manufacturer,
                                         series_description=description)
                 value = found.dose_equivalent if found.learned_dose_equivalent is None else \
                     found.learned_dose_equivalent
-                rows.append((entry.patient, source.region or "unknown", f"{source.name}", dose, float(value[0]),
+                rows.append((entry.patient, region, f"{source.name}", dose, float(value[0]),
                              found.adequacy[0], bool(found.above_routine[0]), found.note[0]))
     return rows
 

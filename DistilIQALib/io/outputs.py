@@ -135,7 +135,8 @@ def _draw_dose_panel(axis, scores: SliceScores, z: np.ndarray, dose: np.ndarray,
     ``artefacts`` are in z order already."""
     from ..quality.interpretation import DOSE_RANGE, region_references
 
-    regions = [scores.region[n] for n in order]
+    judged = scores.judged_region
+    regions = [judged[n] for n in order]
     references = region_references(scores.info.noise_reference, scores.info.adequacy)
     known = [region for region in regions if region in references]
     main = max(set(known), key=known.count) if known else None

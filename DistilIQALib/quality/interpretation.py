@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .kernels import SHARP, iterative_reconstruction, kernel_class
+from .region_labels import exam_regions
 
 #: Dose equivalents are reported between these ends: below 5% the estimate means little, and above four
 #: routine doses the noise (half the routine level) is too low to measure the difference reliably.
@@ -395,7 +396,8 @@ CMS_ROUTINE_NOISE_HU = {"head": (115.0, "Head Routine Dose"), "neck": (25.0, "Ne
 def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str], region_reasons: Sequence[str],
                     references: Dict[str, Dict[str, Any]], effective_noise_hu=None,
                     artefact_margin: Optional[float] = None, kernel: str = "", manufacturer: str = "",
-                    ssde_mgy=None, ssde_upper_bound: bool = False, series_description: str = "") -> Verdicts:
+                    ssde_mgy=None, ssde_upper_bound: bool = False, series_description: str = "",
+                    z_mm=None) -> Verdicts:
     """Verdicts of each slice against the routine reference of its body region; ``unknown`` with its reason
     wherever the slice lies outside what that reference was fitted on (region, size, thickness) or has no
     noise figure. Never an extrapolation.
@@ -423,9 +425,16 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
     at the same dose, which is what the references were fitted on, and its lower noise does not bring the same
     low-contrast detection. Where its noise reduction is known, the slice is judged at the noise filtered
     back-projection would leave (measured noise / factor; the network's likewise), with that note; where it is not,
-    the note says that the noise overstates the dose. The CMS check takes the measured noise, as the measure does."""
+    the note says that the noise overstates the dose. The CMS check takes the measured noise, as the measure does.
+
+    With ``z_mm`` (each slice's position, the slices one series) a short end of a chest or abdominal scan in the
+    other region is judged as part of its exam (:func:`~DistilIQALib.quality.region_labels.exam_regions`): against
+    that exam's routine level, reference dose and CMS category, with a note."""
     noise = np.asarray(noise_hu, dtype=np.float64)
     count = len(noise)
+    exam_notes = [""] * count
+    if z_mm is not None:
+        regions, exam_notes = exam_regions(z_mm, regions)
     delivered = np.full(count, np.nan) if ssde_mgy is None else np.broadcast_to(
         np.asarray([np.nan if v is None else v for v in np.atleast_1d(ssde_mgy)], dtype=np.float64), (count,))
     klass, described = kernel_class(kernel, manufacturer)
@@ -435,7 +444,7 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
         above, basis, notes = np.zeros(count, dtype=bool), [""] * count, [why] * count
         for n in range(count):
             above[n], basis[n], remark = _above_from_ssde(regions[n], delivered[n], ssde_upper_bound)
-            notes[n] = "; ".join(part for part in (why, remark) if part)
+            notes[n] = "; ".join(part for part in (why, remark, exam_notes[n]) if part)
         return Verdicts(np.full(count, np.nan), [UNKNOWN] * count, above, notes,
                         None if effective_noise_hu is None else np.full(count, np.nan), [""] * count, basis)
     thickness = np.broadcast_to(np.asarray(thickness_mm, dtype=np.float64), (count,))
@@ -484,6 +493,8 @@ def region_verdicts(noise_hu, thickness_mm, diameter_cm, regions: Sequence[str],
             remarks.insert(0, remark)
         if reconstruction:
             remarks.append(reconstruction + (f" ({judged[n]:.1f} HU)" if corrected else ""))
+        if exam_notes[n]:
+            remarks.append(exam_notes[n])
         if reference.get("basis") == "literature":
             remarks.append(f"{region} routine level from published measurements")
         notes[n] = "; ".join(remarks)

@@ -24,7 +24,7 @@ from .interpretation import (
     region_verdicts,
 )
 from .model_info import ModelInfo
-from .region_labels import SliceRegions
+from .region_labels import SliceRegions, exam_regions
 
 #: ``score.name`` of a model whose outputs are the log of an effective noise (HU), turned into a learned dose
 #: equivalent through the routine reference of each slice's region.
@@ -81,12 +81,18 @@ class SliceScores:
         return list(self.regions.region) if self.regions else [UNKNOWN] * len(self.score)
 
     @property
+    def judged_region(self) -> List[str]:
+        """The region whose routine level each slice is judged against: its own, or that of the exam a short end of
+        a chest or abdominal scan belongs to (:func:`~DistilIQALib.quality.region_labels.exam_regions`)."""
+        return exam_regions(self.z_mm, self.region)[0]
+
+    @property
     def verdicts(self) -> Optional[Verdicts]:
         """Per-region verdicts from the model's noise reference, and the learned dose equivalent of a model that
         gives an effective noise (``None`` when the bands are on the score). Computed once for the same inputs."""
         inputs = (self.info, self.regions, self.noise_hu, self.diameter_cm, self.thickness_mm, self.effective_noise_hu,
                   self.thickness_per_slice_mm, self.kernel, self.ssde_mgy, self.ssde_upper_bound,
-                  self.series_description)
+                  self.series_description, self.z_mm)
         cached = self._verdicts
         if cached is None or len(cached[0]) != len(inputs) or any(a is not b for a, b in zip(cached[0], inputs)):
             self._verdicts = cached = (inputs, self._compute_verdicts())
@@ -101,7 +107,7 @@ class SliceScores:
         return region_verdicts(self.noise_hu, thickness, diameter, self.region, reasons,
                                region_references(self.info.noise_reference, self.info.adequacy),
                                self.effective_noise_hu, self.info.artefact_margin, self.kernel, self.manufacturer,
-                               self.ssde_mgy, self.ssde_upper_bound, self.series_description)
+                               self.ssde_mgy, self.ssde_upper_bound, self.series_description, self.z_mm)
 
     @property
     def driver(self) -> List[str]:

@@ -222,7 +222,7 @@ def _thresholds(scores: SliceScores):
         return [(f"{band['name']}_from", np.full(count, band_threshold(band))) for band in info.adequacy["bands"]
                 if band_threshold(band) is not None]
     references = region_references(info.noise_reference, info.adequacy)
-    per_slice = [references.get(region) for region in scores.region]
+    per_slice = [references.get(region) for region in scores.judged_region]
     names = []
     for reference in references.values():
         names += [band["name"] for band in reference["bands"] if band_threshold(band) is not None

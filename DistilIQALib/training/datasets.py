@@ -259,6 +259,9 @@ class SourceSlice:
     #: Body region read from the slice within its whole series (:mod:`DistilIQALib.quality.regions`); empty when
     #: unknown.
     region: str = ""
+    #: The region whose routine level the slice is judged against within its series (its own, or the exam's at a
+    #: short end of a chest or abdominal scan: :func:`~DistilIQALib.quality.region_labels.exam_regions`).
+    judged_region: str = ""
 
 
 def preprocess_simulated(sources: Iterable[SourceSlice], output: Path | str,
@@ -448,6 +451,7 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
     """Full-dose slices from every CT under ``folder``: each DICOM series folder and each volume or
     image file is one patient; ``slices_per_volume`` slices are taken evenly along z."""
     from ..io.reading import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, list_dicom_series, read_volume
+    from ..quality.region_labels import exam_regions
     from ..quality.regions import volume_regions
 
     folder = Path(folder)
@@ -467,6 +471,7 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
             patient += "_" + uid.rsplit(".", 1)[-1]  # several series in one folder
         picks = np.unique(np.linspace(0, volume.num_slices - 1, min(slices_per_volume, volume.num_slices)).round())
         regions = volume_regions(volume).region
+        judged = exam_regions(volume.z_mm(), regions)[0]
         for index in picks.astype(int):
             hu = np.asarray(volume.hu[index], dtype=np.float32)
             side = max(hu.shape)
@@ -476,7 +481,8 @@ def source_slices_from_folder(folder: Path | str, slices_per_volume: int = 4) ->
                 square[top:top + hu.shape[0], left:left + hu.shape[1]] = hu
                 hu = square
             sources.append(SourceSlice(patient, f"slice{index:04d}", hu, float(volume.spacing_mm[0]),
-                                       thickness_mm=volume.slice_thickness_mm, region=regions[index]))
+                                       thickness_mm=volume.slice_thickness_mm, region=regions[index],
+                                       judged_region=judged[index]))
     if not sources:
         raise InputError(f"no CT found under {folder}")
     return sources

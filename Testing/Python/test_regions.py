@@ -372,3 +372,45 @@ def test_block_maxima_are_those_of_max_pooling_whether_or_not_the_blocks_divide_
     for pool in (1, 2, 3, 4, 5):  # 512 pixels: blocks of 2 and 4 divide it, those of 3 and 5 leave a short block
         expected = F.max_pool2d(image, pool, ceil_mode=True)
         assert torch.equal(_block_max(image, pool), expected), pool
+
+
+def test_a_short_end_of_a_chest_or_abdominal_scan_is_judged_as_part_of_its_exam():
+    from DistilIQALib.quality.region_labels import EXAM_END_CM, exam_regions
+
+    # Lung_Dx-A0002 as read from its images: 27 chest slices, then 3 of upper abdomen (8 mm apart, head first)
+    z = -8.0 * np.arange(30)
+    judged, notes = exam_regions(z, [CHEST] * 27 + [ABDOMEN] * 3)
+    assert judged == [CHEST] * 30
+    assert notes[:27] == [""] * 27 and all("upper abdomen of a chest scan (2.4 cm" in note for note in notes[27:])
+    # an abdominal scan that starts over the lung bases (4 slices, 5 mm apart) is an abdominal exam
+    judged, notes = exam_regions(-5.0 * np.arange(40), [CHEST] * 4 + [ABDOMEN] * 36)
+    assert judged == [ABDOMEN] * 40 and "lung bases of an abdominal scan (2.0 cm" in notes[0]
+    # chest-abdomen scans (CRLM-CT-1004's 7.5 and 13 cm, Pancreas-CT-CB_001's 12 and 28.5 cm) keep each slice's own
+    for step, chest, abdomen in ((5.0, 15, 26), (15.0, 8, 19)):
+        labels = [CHEST] * chest + [ABDOMEN] * abdomen
+        assert exam_regions(-step * np.arange(chest + abdomen), labels) == (labels, [""] * len(labels))
+    # the limit is inclusive: 12 slices 5 mm apart are 6.0 cm
+    assert EXAM_END_CM == 6.0
+    assert exam_regions(-5.0 * np.arange(61), [CHEST] * 49 + [ABDOMEN] * 12)[0] == [CHEST] * 61
+    assert exam_regions(-5.0 * np.arange(62), [CHEST] * 49 + [ABDOMEN] * 13)[0][-1] == ABDOMEN
+    # an end that is not wholly beyond the other region, no positions, or one region only: each slice's own
+    mixed = [CHEST] * 4 + [ABDOMEN, CHEST] + [ABDOMEN] * 5
+    assert exam_regions(-47.0 * np.arange(11), mixed)[0] == mixed
+    assert exam_regions([np.nan] * 30, [CHEST] * 27 + [ABDOMEN] * 3)[0][-1] == ABDOMEN
+    assert exam_regions(-5.0 * np.arange(3), [HEAD, NECK, CHEST])[0] == [HEAD, NECK, CHEST]
+
+
+def test_the_upper_abdomen_of_a_chest_scan_is_judged_by_the_chest_reference_its_dose_and_its_cms_category():
+    ranges = dict(per_cm=0.0, basis="fitted", above_routine_from=2.0, valid_diameter_cm=[20.0, 40.0],
+                  valid_thickness_mm=[1.0, 5.0])
+    # the abdomen's routine noise 0.81x the chest's, as the shipped references have it
+    references = {CHEST: dict(intercept=math.log(250.0), bands=region_bands(0.45, 0.30), **ranges),
+                  ABDOMEN: dict(intercept=math.log(250.0 * 0.81 ** 2), bands=region_bands(0.50, 0.33), **ranges)}
+    # 13.3 HU at 2.5 mm, 28 chest slices then 2 of upper abdomen 8 mm apart (1.6 cm): as the chest, 0.57 (good);
+    # as the abdomen it would be 0.37 (borderline)
+    noise, regions, z = np.full(30, 13.3), [CHEST] * 28 + [ABDOMEN] * 2, -8.0 * np.arange(30)
+    alone = region_verdicts(noise, 2.5, np.full(30, 30.0), regions, [""] * 30, references)
+    within = region_verdicts(noise, 2.5, np.full(30, 30.0), regions, [""] * 30, references, z_mm=z)
+    assert alone.adequacy[-1] == "borderline" and within.adequacy == ["good"] * 30
+    np.testing.assert_allclose(within.dose_equivalent, alone.dose_equivalent[0])
+    assert "judged against the chest's routine level" in within.note[-1] and within.note[0] == ""
