@@ -649,7 +649,7 @@ def _batch_from_server(args: argparse.Namespace, server, query, store, scorer, s
 
 
 def _add_listen_parser(commands) -> None:
-    from .archive.listener import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MIN_FREE_MB
+    from .archive.receiver_limits import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MIN_FREE_MB
 
     parser = commands.add_parser(
         "listen", help="receive CT images pushed by a scanner or PACS (DICOM C-STORE) and score each series",

@@ -40,12 +40,10 @@ from ..errors import InputError, MissingPackageError
 from ..quality.scoring import Scorer
 from .archive import UID_PATTERN, SeriesEntry, dicom_text
 from .batch import BatchSummary, read_series_folder, store_folder_series
+from .receiver_limits import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_MIN_FREE_MB
 from .store import ResultStore
 
 DEFAULT_SERIES_TIMEOUT_S = 30.0
-DEFAULT_MIN_FREE_MB = 1024.0
-DEFAULT_MAX_ASSOCIATIONS = 10
-DEFAULT_IDLE_TIMEOUT_S = 60.0
 #: Written into a series folder once the series is scored: the files scored and the model. Its modification
 #: time is when the series was last scored (what retention counts from).
 SCORED_MARKER = ".distiliqa-scored.json"

@@ -160,6 +160,16 @@ def test_headers_give_ctdivol_with_its_phantom_or_say_why_not():
     assert ge[0].ctdivol_mgy is None and ge[0].notes == [NO_CTDIVOL] and ge[0].kvp == 120.0
 
 
+def test_the_phantom_codes_written_out_are_pydicoms_and_the_reports():
+    from pydicom.sr.codedict import codes
+
+    from DistilIQALib.dose import headers
+
+    assert headers.PHANTOMS == {("DCM", codes.DCM.IECHeadDosimetryPhantom.value): "head16",
+                                ("DCM", codes.DCM.IECBodyDosimetryPhantom.value): "body32"}
+    assert headers.PHANTOMS == reports.PHANTOMS
+
+
 def test_enhanced_ct_frames_carry_their_own_ctdivol():
     from pydicom.dataset import Dataset
 
