@@ -14,13 +14,17 @@ the ``score`` command end to end, with the ratios to the ``paper`` preset and to
    The difference over the extra slices is the per-slice cost a user waits for, start-up (imports, loading the
    model) left out. It is compared with the shipped network's own best time and with the ``paper`` preset's.
 
+4. **Before and after** (``--against CHECKOUT``, a worktree of an earlier commit): ``score`` end to end with that
+   checkout's code and this one's, alternating within each round, so both meet the same spells of a busy machine.
+
     .venv/bin/python benchmarks/speed.py [--seconds 3] [--slices 100] [--repeats 3] [--device cpu]
-                                         [--presets paper,fast,tiny,shipped] [--json results.json]
+                                         [--presets paper,fast,tiny,shipped] [--against CHECKOUT] [--json results.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -169,14 +173,35 @@ def measure_stages(series: str, device_name: str) -> dict:
             "regions": {region: scores.region.count(region) for region in set(scores.region)}}
 
 
-def time_score_command(series: Path, device_name: str) -> float:
-    """Wall-clock seconds of ``python -m DistilIQALib score`` on ``series``, in a fresh process."""
+def time_score_command(series: Path, device_name: str, checkout: Path = ROOT) -> float:
+    """Wall-clock seconds of ``python -m DistilIQALib score`` on ``series``, in a fresh process, with the
+    ``DistilIQALib`` of ``checkout`` (this one by default)."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(checkout)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "DistilIQALib", "score", str(series), "--device", device_name,
                         "--out", str(Path(folder) / "scores.csv"), "--json", str(Path(folder) / "summary.json")],
-                       check=True, capture_output=True, cwd=ROOT)
+                       check=True, capture_output=True, cwd=checkout, env=environment)
         return time.perf_counter() - started
+
+
+def compare_checkouts(other: Path, large: Path, small: Path, slices: int, device_name: str, repeats: int) -> dict:
+    """``score`` end to end per slice with this checkout's code and ``other``'s, alternating in each round (which
+    goes first alternates too), the best of ``repeats`` rounds of each: a before-and-after in one run."""
+    best = {"this": [float("inf")] * 2, "other": [float("inf")] * 2}
+    for round_ in range(repeats):
+        order = [("this", ROOT), ("other", other)]
+        for name, checkout in order[::-1] if round_ % 2 else order:
+            for n, series in enumerate((large, small)):
+                best[name][n] = min(best[name][n], time_score_command(series, device_name, checkout))
+    per_slice = {name: 1000.0 * (large_s - small_s) / (slices - SMALL_SLICES)
+                 for name, (large_s, small_s) in best.items()}
+    print(f"\nthis checkout against {other} (`score` end to end, alternating, best of {repeats} rounds): "
+          f"{per_slice['this']:.1f} against {per_slice['other']:.1f} ms per slice, "
+          f"{per_slice['this'] / per_slice['other']:.2f}x its time")
+    return {"this_ms_per_slice": per_slice["this"], "other_ms_per_slice": per_slice["other"],
+            "other": str(other)}
 
 
 def child(args: argparse.Namespace, *extra: str) -> dict:
@@ -235,6 +260,9 @@ def main() -> int:
                         help="rounds, each timing the shipped network, then `score` on both series; the best of each "
                         "is kept, so a busy spell of the machine touches them alike")
     parser.add_argument("--networks-only", action="store_true", help="time the networks only (step 1)")
+    parser.add_argument("--against", metavar="CHECKOUT", type=Path,
+                        help="also time `score` end to end with another checkout's code (a git worktree of an "
+                        "earlier commit), alternating with this one's in each round: before and after in one run")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--stages", help=argparse.SUPPRESS)
@@ -272,6 +300,9 @@ def main() -> int:
                         network = again
                 large_s = min(large_s, time_score_command(large, args.device))
                 small_s = min(small_s, time_score_command(small, args.device))
+            if args.against:
+                report["against"] = compare_checkouts(args.against.resolve(), large, small, args.slices,
+                                                      args.device, args.repeats)
         per_slice_ms = 1000.0 * (large_s - small_s) / (args.slices - SMALL_SLICES)
         report["end_to_end"] = {"large_s": large_s, "small_s": small_s, "ms_per_slice": per_slice_ms,
                                 "network_ms_per_slice": network["ms_per_slice"],
