@@ -106,15 +106,16 @@ def dicom_series_of(node, file_for_instance: Callable[[str], str]) -> Optional[T
     files = [file_for_instance(uid) or "" for uid in uids]
     if not all(os.path.isfile(name) for name in files):
         return None
-    folders = {os.path.dirname(os.path.realpath(name)) for name in files}
-    if len(folders) != 1:
+    wanted = {os.path.realpath(name) for name in files}
+    folders = {os.path.dirname(name) for name in wanted}
+    if len(wanted) != len(uids) or len(folders) != 1:  # a file for two slices, or files in several folders
         return None
     folder = folders.pop()
-    found = [series for series in list_dicom_series(Path(folder))
-             if os.path.realpath(str(series["folder"])) == folder]
-    wanted = {os.path.realpath(name) for name in files}
-    matching = [series for series in found if {os.path.realpath(name) for name in series["files"]} == wanted]
-    if len(matching) != 1 or len(wanted) != len(uids):
+    # the series the engine finds in that folder (a scan of its headers, so only once the cheap checks pass)
+    matching = [series for series in list_dicom_series(Path(folder))
+                if os.path.realpath(str(series["folder"])) == folder
+                and {os.path.realpath(name) for name in series["files"]} == wanted]
+    if len(matching) != 1:
         return None
     return folder, str(matching[0]["uid"])
 

@@ -291,6 +291,11 @@ def test_only_a_node_whose_files_are_exactly_one_series_of_one_folder_is_scored_
     assert mrml.dicom_series_of(plain, file_for_instance) is None  # no instance UIDs
     first = ct.GetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE).split()[0]
     assert mrml.dicom_series_of(ct, lambda uid: "" if uid == first else file_for_instance(uid)) is None  # moved
+    other, other_file_for, _ = _loaded_from_dicom(scene, _siemens_copy(tmp_path, "twice", 29.77, uid="79", count=3))
+    first, second = other.GetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE).split()[:2]
+    os.remove(other_file_for(second))  # the folder holds the other files only: the node's slices use one twice
+    twice = mrml.dicom_series_of(other, lambda uid: other_file_for(first if uid == second else uid))
+    assert twice is None
     fewer = " ".join(ct.GetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE).split()[1:])
     ct.SetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE, fewer)
     assert mrml.dicom_series_of(ct, file_for_instance) is None  # not one file per slice
